@@ -1,0 +1,145 @@
+"""Invariant checks that need no finite differences, and golden-value expectations.
+
+Each check returns a :class:`~gradcheck_cli.model.Check`. The thresholds are rounding-error bounds
+derived from the computation, not tuning knobs; each is stated where it is computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gradcheck_cli.core.loss import CrossEntropyProblem, per_sample_loss, reduce_loss
+from gradcheck_cli.core.softmax import softmax_jacobian
+from gradcheck_cli.model import Check, Expect
+
+FloatArray = NDArray[np.float64]
+EPS = float(np.finfo(np.float64).eps)
+#: The constant added to every logit by the shift-invariance check (a power of two, so it is
+#: exactly representable and the check measures only the rounding of z + c itself).
+SHIFT = 1024.0
+#: Rows of Jacobians materialized at once by the Jacobian-property check (2^22 values, 32 MiB).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def probs_sum_to_one(probs: FloatArray) -> Check:
+    """Every row of ``probs`` (N, K) sums to 1 within ``2 (K + 1) eps``.
+
+    Each ``p_k`` is a rounded exponential divided by a sum of K rounded terms, so it carries a
+    relative error of at most about ``(K + 1) eps``; weighted by ``p_k`` these add up to at most
+    ``(K + 1) eps`` over the row, and summing the K values adds at most as much again.
+    """
+    k = probs.shape[-1]
+    dev = float(np.max(np.abs(np.sum(probs, axis=-1) - 1.0)))
+    bound = 2 * (k + 1) * EPS
+    return Check(
+        "probs_sum_to_one", dev <= bound, f"max |sum(p) - 1| = {dev:.3g} (bound {bound:.3g})"
+    )
+
+
+def grad_rows_sum_to_zero(grad: FloatArray, targets: FloatArray, weights: FloatArray) -> Check:
+    """Every gradient row (N, K) sums to 0, since ``sum_k (p_k sum(t) - t_k) = sum(t)(sum(p) - 1)``.
+
+    Bound per row: ``2 (K + 1) eps * max(w_n sum_k |t_k|, sum_k |g_k|)``, the rounding of K terms
+    whose magnitudes add up to that scale (``w_n`` is the row's reduction weight).
+    """
+    k = grad.shape[-1]
+    row_sums = np.abs(np.sum(grad, axis=-1))
+    scale = np.maximum(weights * np.sum(np.abs(targets), axis=-1), np.sum(np.abs(grad), axis=-1))
+    bound = 2 * (k + 1) * EPS * scale
+    worst = int(np.argmax(row_sums - bound))
+    ok = bool(np.all(row_sums <= bound))
+    return Check(
+        "grad_rows_sum_to_zero",
+        ok,
+        f"max |row sum| = {float(np.max(row_sums)):.3g} "
+        f"(bound at worst row {worst}: {float(bound[worst]):.3g})",
+    )
+
+
+def jacobian_properties(probs: FloatArray) -> Check:
+    """Each softmax Jacobian ``diag(p) - p p^T`` is exactly symmetric and its rows sum to 0.
+
+    Symmetry is exact (``p_i p_j == p_j p_i``). Row i sums to ``p_i (1 - sum p)`` in exact
+    arithmetic; the bound is ``2 (K + 1) eps * p_i`` plus the probability-sum deviation.
+    """
+    n, k = probs.shape
+    asym = 0.0
+    worst_excess = -np.inf
+    worst_row_sum = 0.0
+    rows = max(1, _CHUNK_ELEMENTS // (k * k))
+    for start in range(0, n, rows):
+        p = probs[start : start + rows]
+        jac = softmax_jacobian(p)
+        asym = max(asym, float(np.max(np.abs(jac - np.swapaxes(jac, -1, -2)))))
+        row_sums = np.abs(np.sum(jac, axis=-1))  # (B, K)
+        sum_dev = np.abs(np.sum(p, axis=-1, keepdims=True) - 1.0)
+        bound = 2 * (k + 1) * EPS * p + p * sum_dev
+        worst_excess = max(worst_excess, float(np.max(row_sums - bound)))
+        worst_row_sum = max(worst_row_sum, float(np.max(row_sums)))
+    ok = asym == 0.0 and worst_excess <= 0.0
+    return Check(
+        "jacobian_symmetric_rows_sum_to_zero",
+        ok,
+        f"max |J - J^T| = {asym:.3g}, max |row sum| = {worst_row_sum:.3g}",
+    )
+
+
+def shift_invariance(problem: CrossEntropyProblem, loss: float | FloatArray) -> Check:
+    """``loss(z + c) == loss(z)`` for ``c = 1024`` added to every logit, up to rounding.
+
+    Rounding ``z + c`` moves each logit by at most ``eps (|z| + c) / 2``, which moves a
+    per-sample loss by at most twice that (the gradient's 1-norm is at most 2); evaluating
+    ``logsumexp(z + c) - (z_y + c)`` adds a few ``eps (|z| + c)``. Bound per sample:
+    ``8 eps (max|z| + c) + 4 eps |l|``, summed over samples for ``sum``.
+    """
+    shifted = problem.logits + SHIFT
+    other = reduce_loss(problem, per_sample_loss(problem, shifted))
+    base = np.asarray(loss, dtype=np.float64)
+    diff = float(np.max(np.abs(np.asarray(other) - base)))
+    n, _ = problem.shape
+    zmax = float(np.max(np.abs(problem.logits)))
+    bound = 8 * EPS * (zmax + SHIFT) + 4 * EPS * float(np.max(np.abs(base)))
+    if problem.reduction == "sum":
+        bound *= n
+    return Check(
+        "shift_invariance",
+        diff <= bound,
+        f"|loss(z + {SHIFT:g}) - loss(z)| = {diff:.3g} (bound {bound:.3g})",
+    )
+
+
+def expectations(
+    expect: Expect, loss: float | FloatArray, probs: FloatArray, grad: FloatArray | None
+) -> list[Check]:
+    """One check per expected value: ``|computed - expected| <= atol + rtol |expected|``.
+
+    Arrays are in the logits' own shape; ``grad`` is the reference gradient.
+    """
+    out = []
+    pairs: list[tuple[str, object, object]] = [
+        ("loss", expect.loss, loss),
+        ("probs", expect.probs, probs),
+        ("grad", expect.grad, grad),
+    ]
+    for name, wanted, got in pairs:
+        if wanted is None:
+            continue
+        if got is None:
+            out.append(Check(f"expect.{name}", False, "no reference value was computed"))
+            continue
+        w = np.asarray(wanted, dtype=np.float64)
+        g = np.asarray(got, dtype=np.float64)
+        diff = np.abs(g - w)
+        allowed = expect.atol + expect.rtol * np.abs(w)
+        bad = np.isnan(diff) | (diff > allowed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(np.isnan(diff), np.inf, diff / allowed)
+        i = np.unravel_index(int(np.argmax(ratio)), w.shape) if w.ndim else ()
+        where = "" if not w.ndim else "[" + ", ".join(str(int(x)) for x in i) + "] "
+        detail = (
+            f"{where}computed {float(g[i]):.10g}, expected {float(w[i]):.10g}: "
+            f"|Δ| = {float(diff[i]):.3g}, allowed {float(allowed[i]):.3g}"
+        )
+        out.append(Check(f"expect.{name}", not bool(np.any(bad)), detail))
+    return out

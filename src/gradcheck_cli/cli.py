@@ -1,0 +1,314 @@
+"""The ``xentcheck`` command line: parse, load, compute, render, exit code. Nothing else.
+
+Exit codes: 0 every spec passed; 1 some comparison, check or expectation failed; 2 some spec was
+invalid or the command was misused (2 wins over 1). Reports go to stdout or ``--output``; messages
+go to stderr. Heavy modules (NumPy, Rich, YAML) are imported inside the commands so that
+``xentcheck --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from gradcheck_cli import __version__
+from gradcheck_cli.errors import SpecError, UsageError, XentcheckError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gradcheck_cli.model import SpecResult
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+
+app = typer.Typer(
+    name="xentcheck",
+    help="Verify softmax cross-entropy losses and their gradients.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class MethodName(str, Enum):
+    analytic = "analytic"
+    jacobian = "jacobian"
+    finite_difference = "finite_difference"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xentcheck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Verify softmax cross-entropy losses and their gradients."""
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout() -> Console:
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(highlight=False, width=width)
+
+
+def _fail(message: str) -> NoReturn:
+    _stderr().print(f"error: {message}", markup=False)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def bundled_specs_dir() -> Path:
+    """The example specs shipped in the wheel (or, in a source checkout, the repo's specs/)."""
+    from importlib.resources import files
+
+    shipped = Path(str(files("gradcheck_cli"))) / "specs"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "specs"
+
+
+def _write(text: str, output: Path | None) -> None:
+    """Write the report to stdout, or atomically to ``output`` (temporary file, then rename)."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    target = output.resolve()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+
+
+def collect_results(paths: list[str], options: object) -> list[SpecResult]:
+    """Load and run every spec named by ``paths``; every failure becomes an error result."""
+    from gradcheck_cli.engine import RunOptions, run_spec
+    from gradcheck_cli.model import Spec, error_result
+    from gradcheck_cli.spec import discover, load_file
+
+    assert isinstance(options, RunOptions)
+    results: list[SpecResult] = []
+    for found in discover(paths):
+        if isinstance(found, SpecError):
+            results.append(error_result(found.file, found.file, str(found)))
+            continue
+        path, display = found
+        for item in load_file(path, display):
+            if isinstance(item, SpecError):
+                results.append(error_result(_error_name(item, path), display, str(item)))
+                continue
+            assert isinstance(item, Spec)
+            try:
+                results.append(run_spec(item, options))
+            except XentcheckError as exc:
+                results.append(error_result(item.name, display, f"{display}: {exc}"))
+            except Exception as exc:
+                results.append(
+                    error_result(
+                        item.name,
+                        display,
+                        f"{display}: internal error ({type(exc).__name__}: {exc}); "
+                        "please report this with the spec file",
+                    )
+                )
+    return results
+
+
+def _error_name(error: SpecError, path: Path) -> str:
+    field = error.field or ""
+    if field.startswith("cases["):
+        return f"{path.stem}{field[5 : field.index(']') + 1]}"
+    return path.stem
+
+
+@app.command()
+def run(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Spec files, directories (searched recursively for *.yaml, *.yml) or globs. "
+            "Default: the bundled example specs.",
+            show_default=False,
+        ),
+    ] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Report format.")] = Format.table,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the report to this file (atomically).", dir_okay=False
+        ),
+    ] = None,
+    method: Annotated[
+        list[MethodName] | None,
+        typer.Option("--method", "-m", help="Run only this gradient method (repeatable)."),
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option(help="Relative tolerance for every comparison.", min=0.0)
+    ] = None,
+    atol: Annotated[
+        float | None, typer.Option(help="Absolute tolerance for every comparison.", min=0.0)
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
+    ] = False,
+) -> None:
+    """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input."""
+    from gradcheck_cli.engine import RunOptions
+
+    err = _stderr()
+    if not paths:
+        bundled = bundled_specs_dir()
+        paths = [str(bundled)]
+        if not quiet:
+            err.print(
+                f"No paths given: running the bundled example specs in {bundled}", markup=False
+            )
+    options = RunOptions(
+        methods=tuple(m.value for m in method) if method else None, rtol=rtol, atol=atol
+    )
+    results = collect_results(paths, options)
+    for r in results:
+        if r.status == "error" and r.message:
+            err.print(f"error: {r.message}", markup=False)
+
+    try:
+        if format is Format.json:
+            from gradcheck_cli.report import json as json_report
+
+            _write(json_report.render(results), output)
+            if not quiet:
+                from gradcheck_cli.report.table import summary_line
+
+                err.print(summary_line(results), markup=False)
+        else:
+            from gradcheck_cli.report import table
+
+            if output is None:
+                table.render(results, _stdout())
+            else:
+                from rich.console import Console
+
+                buf = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
+                table.render(results, buf)
+                _write(buf.export_text(), output)
+    except XentcheckError as exc:
+        _fail(str(exc))
+
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(EXIT_ERROR)
+    if any(r.status == "fail" for r in results):
+        raise typer.Exit(EXIT_FAIL)
+
+
+def _parse_logits(text: str) -> list[float]:
+    import math
+
+    values = []
+    for i, part in enumerate(text.split(",")):
+        part = part.strip()
+        try:
+            x = float(part)
+        except ValueError:
+            raise UsageError(
+                f"--logits: expected comma-separated numbers, found {part!r} at position {i + 1}"
+            ) from None
+        if not math.isfinite(x):
+            raise UsageError(
+                f"--logits: expected finite numbers, found {part!r} at position {i + 1}"
+            )
+        values.append(x)
+    return values
+
+
+def _parse_label(text: str, classes: list[str] | None, k: int) -> int:
+    if classes is not None and text in classes:
+        return classes.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        known = f" (classes: {', '.join(classes)})" if classes else " (no --classes given)"
+        raise UsageError(
+            f"--label: {text!r} is neither a class index nor a class name{known}"
+        ) from None
+    if not 0 <= index < k:
+        raise UsageError(f"--label: class index {index} out of range: expected 0 to {k - 1}")
+    return index
+
+
+@app.command()
+def jacobian(
+    logits: Annotated[str, typer.Option(help="Comma-separated logits, e.g. 1,2,0.5.")],
+    label: Annotated[
+        str | None, typer.Option(help="True class (index or name): also show the chain rule.")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Show the softmax Jacobian of one sample and, with a label, the chain rule through it."""
+    try:
+        values = _parse_logits(logits)
+        names = [c.strip() for c in classes.split(",")] if classes is not None else None
+        if names is not None and len(names) != len(values):
+            raise UsageError(
+                f"--classes: expected {len(values)} names (one per logit), found {len(names)}"
+            )
+        if names is not None and len(set(names)) != len(names):
+            raise UsageError("--classes: class names must be unique")
+        index = _parse_label(label, names, len(values)) if label is not None else None
+    except UsageError as exc:
+        _fail(str(exc))
+
+    import numpy as np
+
+    from gradcheck_cli.engine import jacobian_view
+    from gradcheck_cli.report import jacobian as view_report
+
+    view = jacobian_view(np.array(values, dtype=np.float64), index, tuple(names) if names else None)
+    if format is Format.json:
+        from gradcheck_cli.report.json import dumps
+
+        sys.stdout.write(dumps(view_report.to_dict(view)))
+    else:
+        view_report.render_table(view, _stdout())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

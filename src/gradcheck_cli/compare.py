@@ -1,0 +1,141 @@
+"""Error metrics, tolerances and verdicts: one method's gradient against a reference.
+
+An element passes iff ``|a - b| <= atol + rtol * |b|`` (``a`` the method's value, ``b`` the
+reference's), the rule of ``numpy.isclose``. The reported *worst element* is the one that comes
+closest to breaking (or breaks furthest) that rule, i.e. the largest ``|a - b| / (atol + rtol|b|)``;
+that is the element a reader needs when a comparison fails.
+
+Relative error is reported element-wise as ``|a - b| / |b|`` (0 where both are 0, inf where only
+the reference is 0): the honest figure, never hidden behind the absolute tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Tolerance of an element-wise comparison: pass iff ``|a - b| <= atol + rtol |b|``."""
+
+    rtol: float
+    """Relative part, a multiple of the reference value."""
+    atol: float
+    """Absolute part."""
+
+
+#: Default tolerances of each method against the analytic reference, in float64.
+#:
+#: * ``jacobian``: the chain ``J^T (-t/p)`` and the closed form agree to a few ulps of the
+#:   gradient's scale (measured: at most 8.9e-16 absolute over random logits of scale up to 100),
+#:   so a disagreement above 1e-12 is a bug in one of them.
+#: * ``finite_difference``: the central quotient's truncation error is at most
+#:   ``h^2 max|l'''| / 6`` with ``|l'''| <= 0.0962`` for softmax cross-entropy and
+#:   ``h = eps^(1/3) max(1, |z|)``; for |z| <= 1000 that is below 6e-7 (measured 5.9e-7), plus
+#:   rounding below 1e-10. atol 1e-6 therefore never fails a correct gradient there, and still
+#:   catches any error of 1e-6 or more.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "jacobian": Tolerance(rtol=1e-10, atol=1e-12),
+    "finite_difference": Tolerance(rtol=1e-6, atol=1e-6),
+}
+#: Fallback for any other comparison.
+FALLBACK_TOLERANCE = Tolerance(rtol=1e-9, atol=1e-12)
+
+
+def default_tolerance(method: str) -> Tolerance:
+    """The default tolerance of ``method`` compared against the reference."""
+    return DEFAULT_TOLERANCES.get(method, FALLBACK_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One method's gradient compared element-wise with the reference gradient."""
+
+    method: str
+    """The method compared."""
+    reference: str
+    """The method it is compared against."""
+    max_abs_error: float
+    """``max |a - b|`` over all elements."""
+    max_rel_error: float
+    """``max |a - b| / |b|`` over all elements (0/0 counts 0, x/0 counts inf)."""
+    worst_index: tuple[int, ...]
+    """Index of the worst element in the logits' own shape: (k,) for one sample, (n, k) else."""
+    value: float
+    """The method's value at the worst element."""
+    reference_value: float
+    """The reference's value at the worst element."""
+    rtol: float
+    """Relative tolerance applied."""
+    atol: float
+    """Absolute tolerance applied."""
+    failed_elements: int
+    """How many elements break the tolerance."""
+
+    @property
+    def passed(self) -> bool:
+        """True iff every element is within tolerance."""
+        return self.failed_elements == 0
+
+
+def elementwise_errors(
+    a: NDArray[np.float64], b: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Absolute and relative errors of ``a`` against reference ``b`` (same shape as the inputs)."""
+    abs_err = np.abs(a - b)
+    # Equal values (including equal infinities) have error 0.
+    abs_err = np.where(a == b, 0.0, abs_err)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = abs_err / np.abs(b)
+    rel = np.where(abs_err == 0.0, 0.0, rel)
+    return abs_err, rel
+
+
+def compare(
+    method: str,
+    values: NDArray[np.float64],
+    reference: str,
+    reference_values: NDArray[np.float64],
+    tolerance: Tolerance,
+) -> Comparison:
+    """Compare ``values`` with ``reference_values`` element by element.
+
+    Parameters
+    ----------
+    method, reference : names reported in the result.
+    values, reference_values : arrays of the same shape (the logits' shape, (K,) or (N, K)).
+    tolerance : pass iff ``|a - b| <= atol + rtol |b|`` for every element.
+    """
+    if values.shape != reference_values.shape:
+        raise ValueError(f"shape mismatch: {values.shape} vs {reference_values.shape}")
+    abs_err, rel_err = elementwise_errors(values, reference_values)
+    allowed = tolerance.atol + tolerance.rtol * np.abs(reference_values)
+    nan_err = np.isnan(abs_err)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(abs_err == 0.0, 0.0, abs_err / allowed)
+    ratio = np.where(nan_err, np.inf, ratio)
+    failed = nan_err | (abs_err > allowed)
+    flat = int(np.argmax(ratio)) if ratio.size else 0
+    worst = tuple(int(i) for i in np.unravel_index(flat, values.shape)) if values.size else ()
+    return Comparison(
+        method=method,
+        reference=reference,
+        max_abs_error=_nanmax(abs_err),
+        max_rel_error=_nanmax(rel_err),
+        worst_index=worst,
+        value=float(values[worst]) if values.size else 0.0,
+        reference_value=float(reference_values[worst]) if values.size else 0.0,
+        rtol=tolerance.rtol,
+        atol=tolerance.atol,
+        failed_elements=int(np.count_nonzero(failed)),
+    )
+
+
+def _nanmax(x: NDArray[np.float64]) -> float:
+    """Max of ``x`` where a nan anywhere makes the result nan (errors must not hide)."""
+    if x.size == 0:
+        return 0.0
+    return float(np.max(x))

@@ -1,0 +1,43 @@
+"""The exceptions xentcheck turns into messages and exit codes (in ``cli.py``, and only there)."""
+
+from __future__ import annotations
+
+
+class XentcheckError(Exception):
+    """Base of every error whose message is meant for the user as it stands."""
+
+
+class UsageError(XentcheckError):
+    """The command line asks for something impossible (exit code 2)."""
+
+
+class SpecError(XentcheckError):
+    """A spec file is invalid. The message names the file, line and column, and the field.
+
+    Rendered as ``file:line:column: field: message``; line and column are 1-based.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.field = field
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"

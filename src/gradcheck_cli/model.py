@@ -1,0 +1,127 @@
+"""Validated specs and run results: plain frozen dataclasses, no I/O.
+
+Data flows one way: ``spec.py`` builds :class:`Spec` objects from YAML, ``engine.py`` turns each
+into a :class:`SpecResult`, and the renderers in ``report/`` format results without computing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gradcheck_cli.compare import Comparison
+from gradcheck_cli.core.loss import Reduction
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+Status = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True)
+class ToleranceOverride:
+    """A partial tolerance: a field left ``None`` falls through to the next level."""
+
+    rtol: float | None = None
+    atol: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Expect:
+    """Golden values a spec expects, each checked as a named check."""
+
+    loss: float | FloatArray | None = None
+    """Expected loss: a number, or shape (N,) with reduction ``none``."""
+    probs: FloatArray | None = None
+    """Expected softmax probabilities, shaped like the logits."""
+    grad: FloatArray | None = None
+    """Expected gradient (of the reduced loss), shaped like the logits."""
+    rtol: float = 1e-6
+    """Relative tolerance of every expectation."""
+    atol: float = 1e-9
+    """Absolute tolerance of every expectation."""
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """One validated case: everything needed to run it, nothing left to check."""
+
+    name: str
+    """Case name (default: the file stem, with ``[i]`` for the i-th entry of ``cases``)."""
+    file: str
+    """The spec file as given on the command line (for messages and reports)."""
+    logits: FloatArray
+    """Logits, shape (N, K); a single sample has N = 1 and ``single`` set."""
+    single: bool
+    """True when the spec gave one sample as a flat list (K,): results keep that shape."""
+    labels: IntArray | None = None
+    """Class indices, shape (N,)."""
+    targets: FloatArray | None = None
+    """Probability targets, shape (N, K)."""
+    reduction: Reduction = "mean"
+    classes: tuple[str, ...] | None = None
+    """Class names, length K."""
+    description: str | None = None
+    methods: tuple[str, ...] | None = None
+    """Methods to run (``None``: all)."""
+    tolerance: ToleranceOverride = field(default_factory=ToleranceOverride)
+    """Tolerance for every comparison of this spec."""
+    method_tolerances: dict[str, ToleranceOverride] = field(default_factory=dict)
+    """Per-method tolerances, more specific than ``tolerance``."""
+    expect: Expect | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named pass/fail check (an invariant or an expectation) with a one-line detail."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True, eq=False)
+class SpecResult:
+    """Everything computed for one spec (or the error that stopped it).
+
+    Arrays are in the logits' own shape: (K,) for a single sample, (N, K) for a batch.
+    """
+
+    name: str
+    file: str
+    status: Status
+    message: str | None = None
+    """For errors: the located message. For passes and failures: a note, if any."""
+    shape: tuple[int, ...] | None = None
+    """Shape of the logits as given."""
+    classes: tuple[str, ...] | None = None
+    reduction: Reduction | None = None
+    logits: FloatArray | None = None
+    targets: FloatArray | None = None
+    """Dense targets (one-hot for labels), shaped like the logits."""
+    labels: IntArray | None = None
+    """Class indices (N,), when the spec gave labels."""
+    loss: float | FloatArray | None = None
+    """The reduced loss: a float, or shape (N,) with reduction ``none``."""
+    probs: FloatArray | None = None
+    gradients: dict[str, FloatArray | None] = field(default_factory=dict)
+    """Each method's gradient, or None where it was not computable."""
+    not_computable: dict[str, str] = field(default_factory=dict)
+    """Why a method produced no gradient."""
+    method_notes: dict[str, str] = field(default_factory=dict)
+    """How a method computed its gradient (step rules and the like)."""
+    reference: str | None = None
+    """The method every comparison is made against."""
+    comparisons: tuple[Comparison, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+def error_result(name: str, file: str, message: str) -> SpecResult:
+    """A result for a spec that could not be run."""
+    return SpecResult(name=name, file=file, status="error", message=message)

@@ -1,0 +1,101 @@
+"""Renderers of ``xentcheck jacobian``: a Rich table view and a JSON document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gradcheck_cli.engine import JacobianView
+from gradcheck_cli.report.table import err, num, verdict
+
+
+def _names(v: JacobianView) -> list[str]:
+    k = v.logits.shape[0]
+    return list(v.classes) if v.classes else [str(i) for i in range(k)]
+
+
+def render_table(v: JacobianView, console: Console) -> None:
+    names = _names(v)
+    k = len(names)
+    probs = Table(
+        title="softmax", title_justify="left", box=None, pad_edge=False, header_style="bold"
+    )
+    probs.add_column("class")
+    probs.add_column("logit z", justify="right")
+    probs.add_column("p = softmax(z)", justify="right")
+    for i in range(k):
+        probs.add_row(names[i], num(float(v.logits[i])), num(float(v.probs[i])))
+    console.print(probs)
+    console.print()
+
+    jac = Table(
+        title="softmax Jacobian J[i, j] = dp_i/dz_j (diagonal p_i(1 - p_i), off-diagonal -p_i p_j)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    jac.add_column("dp_i \\ dz_j")
+    for name in names:
+        jac.add_column(name, justify="right")
+    for i in range(k):
+        jac.add_row(names[i], *(num(float(v.jacobian[i, j])) for j in range(k)))
+    console.print(jac)
+    line = Text("symmetric: ")
+    line.append(verdict(v.max_asymmetry == 0.0))
+    line.append(f" (max |J - Jᵀ| = {err(v.max_asymmetry)})   rows sum to 0: ")
+    line.append(verdict(v.max_row_sum <= 1e-15 * max(1, k)))
+    line.append(f" (max |row sum| = {err(v.max_row_sum)})")
+    console.print(line)
+
+    if v.label is None or v.dl_dp is None or v.closed_form is None:
+        return
+    console.print()
+    chain = Table(
+        title=f"chain rule for label {names[v.label]} (loss -log p_y = {num(v.loss or 0.0)})",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+    )
+    chain.add_column("class")
+    chain.add_column("dL/dp = -y/p", justify="right")
+    chain.add_column("Jᵀ · dL/dp", justify="right")
+    chain.add_column("p - y", justify="right")
+    chain.add_column("|Δ|", justify="right")
+    for i in range(k):
+        chained = "n/a" if v.chain is None else num(float(v.chain[i]))
+        delta = "" if v.chain is None else err(abs(float(v.chain[i]) - float(v.closed_form[i])))
+        chain.add_row(
+            names[i], num(float(v.dl_dp[i])), chained, num(float(v.closed_form[i])), delta
+        )
+    console.print(chain)
+    if v.chain_note:
+        console.print(Text(f"Jᵀ · dL/dp not computable: {v.chain_note}", style="yellow"))
+
+
+def to_dict(v: JacobianView) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "logits": v.logits,
+        "classes": list(v.classes) if v.classes else None,
+        "probs": v.probs,
+        "jacobian": v.jacobian,
+        "symmetric": v.max_asymmetry == 0.0,
+        "max_asymmetry": v.max_asymmetry,
+        "max_row_sum": v.max_row_sum,
+    }
+    if v.label is not None:
+        doc.update(
+            {
+                "label": v.label,
+                "loss": v.loss,
+                "dl_dp": v.dl_dp,
+                "chain": v.chain,
+                "chain_note": v.chain_note,
+                "closed_form": v.closed_form,
+            }
+        )
+    return doc

@@ -1,0 +1,107 @@
+"""The JSON report: strict RFC 8259 JSON (no NaN or Infinity tokens).
+
+Non-finite numbers are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"``; arrays keep the
+logits' shape ((K,) for a single sample, (N, K) for a batch). ``schema_version`` changes only when
+a field changes meaning or disappears; new fields may be added within a version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gradcheck_cli import __version__
+from gradcheck_cli.compare import Comparison
+from gradcheck_cli.model import Check, SpecResult
+
+SCHEMA_VERSION = 1
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values from floats, NumPy arrays, tuples and dicts; non-finite -> strings."""
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        x = float(value)
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def comparison_dict(c: Comparison) -> dict[str, Any]:
+    return {
+        "method": c.method,
+        "reference": c.reference,
+        "max_abs_error": c.max_abs_error,
+        "max_rel_error": c.max_rel_error,
+        "worst_index": list(c.worst_index),
+        "value": c.value,
+        "reference_value": c.reference_value,
+        "rtol": c.rtol,
+        "atol": c.atol,
+        "failed_elements": c.failed_elements,
+        "passed": c.passed,
+    }
+
+
+def check_dict(c: Check) -> dict[str, Any]:
+    return {"name": c.name, "passed": c.passed, "detail": c.detail}
+
+
+def result_dict(r: SpecResult) -> dict[str, Any]:
+    """One entry of ``results``: the fields of the documented schema, in order."""
+    return {
+        "name": r.name,
+        "file": r.file,
+        "status": r.status,
+        "message": r.message,
+        "shape": list(r.shape) if r.shape is not None else None,
+        "classes": list(r.classes) if r.classes is not None else None,
+        "reduction": r.reduction,
+        "loss": r.loss,
+        "probs": r.probs,
+        "reference": r.reference,
+        "gradients": dict(r.gradients),
+        "not_computable": dict(r.not_computable),
+        "method_notes": dict(r.method_notes),
+        "comparisons": [comparison_dict(c) for c in r.comparisons],
+        "checks": [check_dict(c) for c in r.checks],
+    }
+
+
+def summary(results: Sequence[SpecResult]) -> dict[str, int]:
+    return {
+        "total": len(results),
+        "passed": sum(r.status == "pass" for r in results),
+        "failed": sum(r.status == "fail" for r in results),
+        "errors": sum(r.status == "error" for r in results),
+    }
+
+
+def render(results: Sequence[SpecResult]) -> str:
+    """The whole report as a JSON document (ends with a newline)."""
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "xentcheck", "version": __version__},
+        "summary": summary(results),
+        "results": [result_dict(r) for r in results],
+    }
+    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"
+
+
+def dumps(doc: Any) -> str:
+    """Any other document (``xentcheck jacobian``) with the same number conventions."""
+    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"

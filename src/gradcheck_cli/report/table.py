@@ -1,0 +1,173 @@
+"""Rich tables for a terminal (or plain text when the output is not one).
+
+Colour follows Rich's rules: none when the output is not a terminal, none when ``NO_COLOR`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from gradcheck_cli.model import SpecResult
+
+#: A single sample gets one row per class up to this many classes.
+MAX_CLASS_ROWS = 30
+
+_STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold red"}
+
+
+def num(x: float) -> str:
+    """A value with 8 significant digits (enough to see agreement to ~1e-8)."""
+    return f"{x:.8g}"
+
+
+def err(x: float) -> str:
+    """An error magnitude: 2 significant digits in scientific notation, plain 0 for exact."""
+    return "0" if x == 0 else f"{x:.2e}"
+
+
+def verdict(ok: bool) -> Text:
+    return Text("pass", style="green") if ok else Text("FAIL", style="bold red")
+
+
+def _index(idx: Sequence[int]) -> str:
+    return "[" + ", ".join(str(i) for i in idx) + "]"
+
+
+def _shape(shape: Sequence[int] | None) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def header(r: SpecResult) -> Text:
+    t = Text()
+    t.append(r.status.upper(), style=_STATUS_STYLE[r.status])
+    t.append("  ")
+    t.append(r.name, style="bold")
+    t.append(f"  {r.file}")
+    if r.status != "error":
+        t.append(f"  shape {_shape(r.shape)}  reduction {r.reduction}  loss ")
+        loss = np.asarray(r.loss)
+        t.append(
+            num(float(loss)) if loss.ndim == 0 else "[" + ", ".join(num(v) for v in loss) + "]"
+        )
+    return t
+
+
+def class_table(r: SpecResult) -> Table | None:
+    """One row per class for a single sample: logit, p, target, each method's gradient."""
+    if r.logits is None or r.probs is None or r.targets is None or r.logits.ndim != 1:
+        return None
+    k = r.logits.shape[0]
+    if k > MAX_CLASS_ROWS:
+        return None
+    methods = [m for m, g in r.gradients.items() if g is not None]
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("class")
+    for col in ("logit", "p", "target", *methods, "max |Δ|"):
+        table.add_column(col, justify="right")
+    ref = r.gradients.get(r.reference or "")
+    for i in range(k):
+        name = r.classes[i] if r.classes else str(i)
+        grads = [r.gradients[m] for m in methods]
+        cells = [num(float(g[i])) for g in grads if g is not None]
+        delta = 0.0
+        if ref is not None:
+            delta = max(
+                (abs(float(g[i]) - float(ref[i])) for g in grads if g is not None), default=0.0
+            )
+        table.add_row(
+            name,
+            num(float(r.logits[i])),
+            num(float(r.probs[i])),
+            num(float(r.targets[i])),
+            *cells,
+            err(delta),
+        )
+    return table
+
+
+def comparison_table(r: SpecResult) -> Table | None:
+    if not r.comparisons:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col, justify in (
+        ("method", "left"),
+        ("vs", "left"),
+        ("max abs err", "right"),
+        ("max rel err", "right"),
+        ("worst at", "left"),
+        ("value", "right"),
+        ("reference", "right"),
+        ("rtol / atol", "left"),
+        ("result", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in r.comparisons:
+        result = verdict(c.passed)
+        if not c.passed:
+            result.append(f" ({c.failed_elements} elements)")
+        table.add_row(
+            c.method,
+            c.reference,
+            err(c.max_abs_error),
+            err(c.max_rel_error),
+            _index(c.worst_index),
+            num(c.value),
+            num(c.reference_value),
+            f"{c.rtol:g} / {c.atol:g}",
+            result,
+        )
+    return table
+
+
+def check_table(r: SpecResult) -> Table | None:
+    if not r.checks:
+        return None
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for c in r.checks:
+        table.add_row(c.name, verdict(c.passed), c.detail)
+    return table
+
+
+def spec_block(r: SpecResult) -> RenderableType:
+    parts: list[RenderableType] = [header(r)]
+    if r.status == "error":
+        parts.append(Text(f"  {r.message}", style="red"))
+        return Group(*parts)
+    for part in (class_table(r), comparison_table(r)):
+        if part is not None:
+            parts.append(Text(""))
+            parts.append(part)
+    for method, reason in r.not_computable.items():
+        parts.append(Text(f"{method}: not computable: {reason}", style="yellow"))
+    checks = check_table(r)
+    if checks is not None:
+        parts.append(Text(""))
+        parts.append(checks)
+    for method, note in r.method_notes.items():
+        parts.append(Text(f"{method}: {note}", style="dim"))
+    return Group(*parts)
+
+
+def summary_line(results: Sequence[SpecResult]) -> str:
+    passed = sum(r.status == "pass" for r in results)
+    failed = sum(r.status == "fail" for r in results)
+    errors = sum(r.status == "error" for r in results)
+    return f"{passed} passed, {failed} failed, {errors} errors"
+
+
+def render(results: Sequence[SpecResult], console: Console) -> None:
+    """Print every result, then the summary line."""
+    for r in results:
+        console.print(spec_block(r))
+        console.print()
+    console.print(summary_line(results), highlight=False)

@@ -1,0 +1,811 @@
+"""Load YAML spec files into validated :class:`~gradcheck_cli.model.Spec` objects.
+
+Every problem is reported as a :class:`~gradcheck_cli.errors.SpecError` naming the file, the line
+and column (1-based), the field path (``logits[1][2]``, ``cases[0].label``) and what was expected.
+
+How the YAML is read
+--------------------
+* Only the YAML *node graph* is built (``yaml.compose``); no Python object is ever constructed, so
+  tags such as ``!!python/object`` cannot execute anything and are rejected with a message.
+* Plain scalars are resolved by the YAML 1.2 core schema, not PyYAML's YAML 1.1 rules: ``1e-9``,
+  ``1E5`` and ``-.inf`` are numbers (YAML 1.1 loaders read the first two as strings), and ``yes``,
+  ``no``, ``on``, ``off`` stay strings (class names such as ``no`` are not booleans).
+* Duplicate keys are errors (YAML loaders otherwise keep the last one silently); unknown keys are
+  errors with a "did you mean" when a known key is close.
+
+Adding a key
+------------
+Keys are declared once, in :data:`CASE_KEYS`; a later feature adds its key there and reads it in
+:func:`_build_spec`. Nested mappings (``tolerance``, ``expect``) have their own key tables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from gradcheck_cli.core.loss import REDUCTIONS, Reduction
+from gradcheck_cli.errors import SpecError
+from gradcheck_cli.methods import METHODS
+from gradcheck_cli.model import Expect, Spec, ToleranceOverride
+
+#: Keys a case may have. Top-level keys of a ``cases:`` file are defaults for every case.
+CASE_KEYS: dict[str, str] = {
+    "name": "case name (string)",
+    "description": "free text",
+    "classes": "class names, a list of K strings",
+    "num_classes": "number of classes K (integer)",
+    "logits": "K numbers, or N lists of K numbers",
+    "label": "class index or name; a list of N for a batch",
+    "target": "probability distribution(s), shaped like the logits",
+    "reduction": "mean | sum | none",
+    "methods": "list of gradient methods",
+    "tolerance": "{rtol, atol} for every comparison, or per method",
+    "expect": "golden values: {loss, probs, grad, rtol, atol}",
+}
+FILE_KEYS = ("cases",)
+EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
+TOLERANCE_KEYS = ("rtol", "atol")
+
+#: Target rows must sum to 1 within this absolute tolerance.
+TARGET_SUM_TOLERANCE = 1e-6
+#: Most array elements one spec may hold (guards memory against hostile files).
+MAX_ELEMENTS = 50_000_000
+
+_PLAIN = "tag:xentcheck:plain"
+_CORE = "tag:yaml.org,2002:"
+
+# YAML 1.2 core schema, https://yaml.org/spec/1.2.2/#1032-tag-resolution
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^[-+]?[0-9]+$")
+_INT_OCT = re.compile(r"^0o[0-7]+$")
+_INT_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
+_INF = re.compile(r"^[-+]?\.(?:inf|Inf|INF)$")
+_NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that marks every untagged plain scalar, so the core schema can resolve it."""
+
+    def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode and implicit[0]:
+            return _PLAIN
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+
+def _loader_class() -> type[yaml.SafeLoader]:
+    return _Loader
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """Where we are: the file (as the user named it) for every message."""
+
+    file: str
+
+    def error(self, node: Node | None, field: str | None, message: str) -> SpecError:
+        if node is None:
+            return SpecError(self.file, message, field=field)
+        mark = node.start_mark
+        return SpecError(
+            self.file, message, line=mark.line + 1, column=mark.column + 1, field=field
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Scalars
+
+
+def _describe(node: Node) -> str:
+    """What a node is, for 'found ...' in messages."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    value = _scalar(node)
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    return f"number {node.value}"
+
+
+def _scalar(node: Node) -> Any:
+    """The value of a scalar node: None, bool, int, float or str (YAML 1.2 core schema)."""
+    assert isinstance(node, ScalarNode)
+    text: str = node.value
+    tag: str = node.tag
+    if tag == _PLAIN:
+        if _NULL.match(text):
+            return None
+        if _BOOL.match(text):
+            return text.lower() == "true"
+        if _INT.match(text):
+            return int(text)
+        if _INT_OCT.match(text):
+            return int(text[2:], 8)
+        if _INT_HEX.match(text):
+            return int(text[2:], 16)
+        if _FLOAT.match(text):
+            return float(text)
+        if _INF.match(text):
+            return -math.inf if text.startswith("-") else math.inf
+        if _NAN.match(text):
+            return math.nan
+        return text
+    if tag == _CORE + "str":
+        return text
+    raise ValueError(tag)  # handled by callers through _check_tags
+
+
+def _check_tags(ctx: _Ctx, node: Node, field: str) -> None:
+    """Reject every explicit tag: a spec is plain data."""
+    if isinstance(node, ScalarNode):
+        if node.tag in (_PLAIN, _CORE + "str"):
+            return
+    elif node.tag in (_CORE + "seq", _CORE + "map"):
+        return
+    tag = node.tag.replace(_CORE, "!!")
+    hint = " (Python tags are never loaded: specs are plain data)" if "python" in tag else ""
+    raise ctx.error(node, field, f"explicit YAML tag {tag} is not allowed{hint}")
+
+
+def _number(ctx: _Ctx, node: Node, field: str) -> float:
+    """A real number (int or float in YAML); rejects booleans, strings and overflow to inf."""
+    _check_tags(ctx, node, field)
+    if isinstance(node, ScalarNode):
+        value = _scalar(node)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if math.isinf(number) and not _INF.match(node.value):
+                raise ctx.error(node, field, f"number {node.value} overflows float64")
+            return number
+        if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            sign = "-" if value.startswith("-") else ""
+            spelled = ".nan" if "nan" in value.lower() else f"{sign}.inf"
+            raise ctx.error(
+                node, field, f"expected a number, found string {value!r} (YAML spells it {spelled})"
+            )
+    raise ctx.error(node, field, f"expected a number, found {_describe(node)}")
+
+
+def _integer(ctx: _Ctx, node: Node, field: str) -> int:
+    _check_tags(ctx, node, field)
+    if isinstance(node, ScalarNode):
+        value = _scalar(node)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    raise ctx.error(node, field, f"expected an integer, found {_describe(node)}")
+
+
+def _string(ctx: _Ctx, node: Node, field: str) -> str:
+    _check_tags(ctx, node, field)
+    if isinstance(node, ScalarNode):
+        value = _scalar(node)
+        if isinstance(value, str):
+            return value
+    raise ctx.error(node, field, f"expected a string, found {_describe(node)}")
+
+
+def _sequence(ctx: _Ctx, node: Node, field: str, what: str) -> list[Node]:
+    _check_tags(ctx, node, field)
+    if not isinstance(node, SequenceNode):
+        raise ctx.error(node, field, f"expected {what}, found {_describe(node)}")
+    return cast(list[Node], node.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Mappings
+
+
+def _mapping(
+    ctx: _Ctx, node: Node, field: str | None, allowed: Iterable[str], what: str
+) -> dict[str, tuple[Node, Node]]:
+    """A mapping's entries by key as (key node, value node); rejects duplicate and unknown keys."""
+    if field is not None:
+        _check_tags(ctx, node, field)
+    if not isinstance(node, MappingNode):
+        raise ctx.error(node, field, f"expected {what}, found {_describe(node)}")
+    allowed = tuple(allowed)
+    entries: dict[str, tuple[Node, Node]] = {}
+    for key_node, value_node in node.value:
+        key_field = field or "(top level)"
+        if not isinstance(key_node, ScalarNode) or not isinstance(_safe_scalar(key_node), str):
+            raise ctx.error(
+                key_node, key_field, f"keys must be strings, found {_describe(key_node)}"
+            )
+        key = key_node.value
+        sub = _join(field, key)
+        if key in entries:
+            first = entries[key][0].start_mark.line + 1
+            raise ctx.error(key_node, sub, f"duplicate key (first given on line {first})")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(allowed)
+            raise ctx.error(key_node, sub, f"unknown key (known keys: {known}){hint}")
+        entries[key] = (key_node, value_node)
+    return entries
+
+
+def _safe_scalar(node: ScalarNode) -> Any:
+    try:
+        return _scalar(node)
+    except ValueError:
+        return None
+
+
+def _join(field: str | None, key: str) -> str:
+    return key if not field else f"{field}.{key}"
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays
+
+
+def _float_array(ctx: _Ctx, node: Node, field: str, what: str) -> np.ndarray:
+    """A list of numbers (K,) or a list of equal-length lists of numbers (N, K), as float64."""
+    items = _sequence(ctx, node, field, what)
+    if not items:
+        raise ctx.error(node, field, f"expected {what}, found an empty list")
+    if isinstance(items[0], SequenceNode):
+        rows: list[list[float]] = []
+        width: int | None = None
+        if len(items) > MAX_ELEMENTS:
+            raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+        for i, row_node in enumerate(items):
+            row_field = f"{field}[{i}]"
+            row = _sequence(ctx, row_node, row_field, "a list of numbers (every row is a list)")
+            if width is None:
+                width = len(row)
+                if width == 0:
+                    raise ctx.error(
+                        row_node, row_field, "expected a list of numbers, found an empty list"
+                    )
+                if width * len(items) > MAX_ELEMENTS:
+                    raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+            elif len(row) != width:
+                raise ctx.error(
+                    row_node,
+                    row_field,
+                    f"ragged batch: this row has {len(row)} entries, row 0 has {width}",
+                )
+            rows.append([_number(ctx, x, f"{row_field}[{j}]") for j, x in enumerate(row)])
+        return np.array(rows, dtype=np.float64)
+    if len(items) > MAX_ELEMENTS:
+        raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+    return np.array(
+        [_number(ctx, x, f"{field}[{j}]") for j, x in enumerate(items)], dtype=np.float64
+    )
+
+
+def _shaped(ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A float array that must have exactly ``shape`` (the logits' shape)."""
+    arr = _float_array(ctx, node, field, what)
+    if arr.shape != shape:
+        raise ctx.error(
+            node,
+            field,
+            f"expected shape {_shape(shape)} like the logits, found shape {_shape(arr.shape)}",
+        )
+    return arr
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _finite(ctx: _Ctx, node: Node, field: str, arr: np.ndarray) -> None:
+    """Reject nan and infinities, naming the first offending element."""
+    bad = ~np.isfinite(arr)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        elem = _element(node, idx)
+        path = field + "".join(f"[{i}]" for i in idx)
+        raise ctx.error(elem, path, f"expected a finite number, found {arr[idx]}")
+
+
+def _element(node: Node, idx: tuple[int, ...]) -> Node:
+    """The node of an array element, for locating a message."""
+    for i in idx:
+        node = node.value[i]
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Files and cases
+
+
+def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
+    """Every case of one spec file, each a :class:`Spec` or the :class:`SpecError` that stops it.
+
+    A problem with the file as a whole (unreadable, not YAML, not a mapping) is one error; a
+    problem in one entry of ``cases`` stops only that entry.
+    """
+    ctx = _Ctx(display or str(path))
+    try:
+        root = _compose(ctx, path)
+        entries = _mapping(
+            ctx, root, None, (*CASE_KEYS, *FILE_KEYS), "a mapping of spec keys (logits, label, ...)"
+        )
+    except SpecError as exc:
+        return [exc]
+    stem = path.stem
+    if "cases" not in entries:
+        return [_case(ctx, entries, None, stem)]
+    _, cases_node = entries.pop("cases")
+    try:
+        case_nodes = _sequence(ctx, cases_node, "cases", "a list of cases")
+        if not case_nodes:
+            raise ctx.error(cases_node, "cases", "expected a list of cases, found an empty list")
+    except SpecError as exc:
+        return [exc]
+    out: list[Spec | SpecError] = []
+    for i, case_node in enumerate(case_nodes):
+        field = f"cases[{i}]"
+        try:
+            own = _mapping(ctx, case_node, field, CASE_KEYS, "a mapping of spec keys")
+        except SpecError as exc:
+            out.append(exc)
+            continue
+        merged = {**entries, **own}
+        out.append(_case(ctx, merged, field, f"{stem}[{i}]", own_fields=set(own)))
+    return out
+
+
+def _compose(ctx: _Ctx, path: Path) -> Node:
+    """Read and compose one YAML document, with located errors for every way that fails."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ctx.error(None, None, f"cannot read file: {exc.strerror or exc}") from None
+    if b"\x00" in data:
+        raise ctx.error(None, None, "not a text file (contains NUL bytes); expected a YAML spec")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(
+            ctx.file, f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", line=line, column=col
+        ) from None
+    try:
+        docs = _compose_all(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if mark is None:
+            raise ctx.error(None, None, f"invalid YAML: {problem}") from None
+        raise SpecError(
+            ctx.file, f"invalid YAML: {problem}", line=mark.line + 1, column=mark.column + 1
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ctx.error(None, None, f"invalid YAML: {exc}") from None
+    if not docs:
+        raise SpecError(
+            ctx.file,
+            "the file is empty; expected a mapping with at least 'logits'",
+            line=1,
+            column=1,
+        )
+    if len(docs) > 1:
+        raise ctx.error(
+            docs[1], None, "several YAML documents in one file; put several cases under 'cases:'"
+        )
+    return docs[0]
+
+
+def _compose_all(text: str) -> list[Node]:
+    loader = _loader_class()(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                docs.append(node)
+        return docs
+    finally:
+        loader.dispose()
+
+
+def _case(
+    ctx: _Ctx,
+    entries: dict[str, tuple[Node, Node]],
+    prefix: str | None,
+    default_name: str,
+    own_fields: set[str] | None = None,
+) -> Spec | SpecError:
+    """Build one case; return the error instead of raising it, so other cases still run."""
+    try:
+        return _build_spec(ctx, entries, prefix, default_name, own_fields)
+    except SpecError as exc:
+        return exc
+
+
+def _build_spec(
+    ctx: _Ctx,
+    entries: dict[str, tuple[Node, Node]],
+    prefix: str | None,
+    default_name: str,
+    own_fields: set[str] | None,
+) -> Spec:
+    def field(key: str) -> str:
+        # A key inherited from the top level of a cases file is reported under its own name.
+        if prefix is None or (own_fields is not None and key not in own_fields):
+            return key
+        return f"{prefix}.{key}"
+
+    def value(key: str) -> Node | None:
+        return entries[key][1] if key in entries else None
+
+    name = default_name
+    if (node := value("name")) is not None:
+        name = _string(ctx, node, field("name"))
+    description = None
+    if (node := value("description")) is not None:
+        description = _string(ctx, node, field("description"))
+
+    logits_node = value("logits")
+    if logits_node is None:
+        where = entries[next(iter(entries))][0] if entries else None
+        raise ctx.error(
+            where, field("logits"), "missing required key: K numbers, or N lists of K numbers"
+        )
+    logits = _float_array(ctx, logits_node, field("logits"), "K numbers, or N lists of K numbers")
+    _finite(ctx, logits_node, field("logits"), logits)
+    single = logits.ndim == 1
+    batch = logits[None, :] if single else logits
+    n, k = batch.shape
+
+    classes: tuple[str, ...] | None = None
+    if (node := value("classes")) is not None:
+        names = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(_sequence(ctx, node, field("classes"), "a list of class names")):
+            nm = _string(ctx, item, f"{field('classes')}[{i}]")
+            if nm in seen:
+                raise ctx.error(
+                    item,
+                    f"{field('classes')}[{i}]",
+                    f"duplicate class name {nm!r} (also at index {seen[nm]})",
+                )
+            seen[nm] = i
+            names.append(nm)
+        if len(names) != k:
+            raise ctx.error(
+                node,
+                field("classes"),
+                f"expected {k} class names (one per logit), found {len(names)}",
+            )
+        classes = tuple(names)
+
+    if (node := value("num_classes")) is not None:
+        declared = _integer(ctx, node, field("num_classes"))
+        if declared != k:
+            raise ctx.error(
+                node,
+                field("num_classes"),
+                f"num_classes is {declared} but the logits have {k} classes",
+            )
+
+    label_node, target_node = value("label"), value("target")
+    if label_node is not None and target_node is not None:
+        raise ctx.error(target_node, field("target"), "give either 'label' or 'target', not both")
+    labels = targets = None
+    if label_node is not None:
+        labels = _labels(ctx, label_node, field("label"), single, n, k, classes)
+    elif target_node is not None:
+        t = _shaped(
+            ctx, target_node, field("target"), logits.shape, "probabilities shaped like the logits"
+        )
+        _finite(ctx, target_node, field("target"), t)
+        _check_targets(ctx, target_node, field("target"), t)
+        targets = t[None, :] if single else t
+    else:
+        raise ctx.error(
+            logits_node,
+            field("label"),
+            "missing required key: give 'label' (class index or name) or 'target'",
+        )
+
+    reduction: Reduction = "mean"
+    if (node := value("reduction")) is not None:
+        text = _string(ctx, node, field("reduction"))
+        if text not in REDUCTIONS:
+            raise ctx.error(
+                node,
+                field("reduction"),
+                f"expected one of {' | '.join(REDUCTIONS)}, found {text!r}",
+            )
+        reduction = text
+
+    methods = None
+    if (node := value("methods")) is not None:
+        methods = _methods(ctx, node, field("methods"))
+
+    tolerance = ToleranceOverride()
+    per_method: dict[str, ToleranceOverride] = {}
+    if (node := value("tolerance")) is not None:
+        tolerance, per_method = _tolerance(ctx, node, field("tolerance"))
+
+    expect = None
+    if (node := value("expect")) is not None:
+        expect = _expect(ctx, node, field("expect"), logits.shape, n, reduction)
+
+    return Spec(
+        name=name,
+        file=ctx.file,
+        logits=np.ascontiguousarray(batch),
+        single=single,
+        labels=labels,
+        targets=targets,
+        reduction=reduction,
+        classes=classes,
+        description=description,
+        methods=methods,
+        tolerance=tolerance,
+        method_tolerances=per_method,
+        expect=expect,
+    )
+
+
+def _labels(
+    ctx: _Ctx,
+    node: Node,
+    field: str,
+    single: bool,
+    n: int,
+    k: int,
+    classes: tuple[str, ...] | None,
+) -> np.ndarray:
+    if single:
+        if isinstance(node, SequenceNode):
+            raise ctx.error(
+                node, field, "one sample takes one label (a class index or name), found a list"
+            )
+        return np.array([_label(ctx, node, field, k, classes)], dtype=np.int64)
+    items = _sequence(ctx, node, field, f"a list of {n} labels, one per row of logits")
+    if len(items) != n:
+        raise ctx.error(
+            node, field, f"expected {n} labels (one per row of logits), found {len(items)}"
+        )
+    return np.array(
+        [_label(ctx, x, f"{field}[{i}]", k, classes) for i, x in enumerate(items)], dtype=np.int64
+    )
+
+
+def _label(ctx: _Ctx, node: Node, field: str, k: int, classes: tuple[str, ...] | None) -> int:
+    _check_tags(ctx, node, field)
+    value = _scalar(node) if isinstance(node, ScalarNode) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < k:
+            raise ctx.error(node, field, f"class index {value} out of range: expected 0 to {k - 1}")
+        return value
+    if isinstance(value, str):
+        if classes is None:
+            raise ctx.error(
+                node, field, f"class name {value!r} given but the spec has no 'classes' list"
+            )
+        if value not in classes:
+            close = difflib.get_close_matches(value, classes, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ctx.error(
+                node, field, f"unknown class name {value!r} (classes: {', '.join(classes)}){hint}"
+            )
+        return classes.index(value)
+    if isinstance(value, float):
+        raise ctx.error(node, field, f"expected an integer class index, found number {node.value}")
+    raise ctx.error(node, field, f"expected a class index or class name, found {_describe(node)}")
+
+
+def _check_targets(ctx: _Ctx, node: Node, field: str, t: np.ndarray) -> None:
+    """Targets are probabilities: entries in [0, 1], each distribution summing to 1 within 1e-6.
+
+    ``t`` has the shape the spec gave, (K,) or (N, K), so indices map straight onto the nodes.
+    """
+    outside = (t < 0) | (t > 1)
+    if np.any(outside):
+        idx = tuple(int(i) for i in np.argwhere(outside)[0])
+        path = field + "".join(f"[{i}]" for i in idx)
+        raise ctx.error(
+            _element(node, idx), path, f"expected a probability in [0, 1], found {t[idx]:g}"
+        )
+    sums = np.sum(t, axis=-1, keepdims=True).reshape(-1)
+    off = np.abs(sums - 1.0) > TARGET_SUM_TOLERANCE
+    if np.any(off):
+        row = int(np.argmax(off))
+        at, path = (node.value[row], f"{field}[{row}]") if t.ndim == 2 else (node, field)
+        raise ctx.error(
+            at,
+            path,
+            f"probabilities must sum to 1 (within {TARGET_SUM_TOLERANCE:g}), "
+            f"found sum {sums[row]:.10g}",
+        )
+
+
+def _methods(ctx: _Ctx, node: Node, field: str) -> tuple[str, ...]:
+    known = tuple(METHODS)
+    names: list[str] = []
+    items = _sequence(ctx, node, field, f"a list of methods ({', '.join(known)})")
+    if not items:
+        raise ctx.error(node, field, f"expected at least one method ({', '.join(known)})")
+    for i, item in enumerate(items):
+        name = _string(ctx, item, f"{field}[{i}]")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ctx.error(
+                item, f"{field}[{i}]", f"unknown method {name!r} (known: {', '.join(known)}){hint}"
+            )
+        if name in names:
+            raise ctx.error(item, f"{field}[{i}]", f"method {name!r} listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _tolerance(
+    ctx: _Ctx, node: Node, field: str
+) -> tuple[ToleranceOverride, dict[str, ToleranceOverride]]:
+    entries = _mapping(
+        ctx,
+        node,
+        field,
+        (*TOLERANCE_KEYS, *METHODS),
+        "a mapping {rtol, atol} or per-method mappings",
+    )
+    overall = _tolerance_pair(ctx, {k: v for k, v in entries.items() if k in TOLERANCE_KEYS}, field)
+    per_method: dict[str, ToleranceOverride] = {}
+    for key, (_, sub) in entries.items():
+        if key in METHODS:
+            sub_field = f"{field}.{key}"
+            per_method[key] = _tolerance_pair(
+                ctx,
+                _mapping(ctx, sub, sub_field, TOLERANCE_KEYS, "a mapping {rtol, atol}"),
+                sub_field,
+            )
+    return overall, per_method
+
+
+def _tolerance_pair(
+    ctx: _Ctx, entries: dict[str, tuple[Node, Node]], field: str
+) -> ToleranceOverride:
+    values: dict[str, float] = {}
+    for key, (_, node) in entries.items():
+        values[key] = _nonnegative(ctx, node, f"{field}.{key}")
+    return ToleranceOverride(rtol=values.get("rtol"), atol=values.get("atol"))
+
+
+def _nonnegative(ctx: _Ctx, node: Node, field: str) -> float:
+    x = _number(ctx, node, field)
+    if not (math.isfinite(x) and x >= 0):
+        raise ctx.error(node, field, f"expected a finite number >= 0, found {node.value}")
+    return x
+
+
+def _expect(
+    ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...], n: int, reduction: Reduction
+) -> Expect:
+    entries = _mapping(ctx, node, field, EXPECT_KEYS, "a mapping {loss, probs, grad, rtol, atol}")
+    loss: float | np.ndarray | None = None
+    if "loss" in entries:
+        loss_node = entries["loss"][1]
+        if reduction == "none":
+            arr = _float_array(
+                ctx, loss_node, f"{field}.loss", f"a list of {n} losses (reduction none)"
+            )
+            if arr.shape != (n,):
+                raise ctx.error(
+                    loss_node,
+                    f"{field}.loss",
+                    f"expected {n} losses (reduction none), found shape {_shape(arr.shape)}",
+                )
+            loss = arr
+        else:
+            loss = _number(ctx, loss_node, f"{field}.loss")
+    probs = grad = None
+    if "probs" in entries:
+        probs = _shaped(
+            ctx,
+            entries["probs"][1],
+            f"{field}.probs",
+            shape,
+            "probabilities shaped like the logits",
+        )
+    if "grad" in entries:
+        grad = _shaped(
+            ctx, entries["grad"][1], f"{field}.grad", shape, "a gradient shaped like the logits"
+        )
+    defaults = Expect()
+    rtol = (
+        _nonnegative(ctx, entries["rtol"][1], f"{field}.rtol")
+        if "rtol" in entries
+        else defaults.rtol
+    )
+    atol = (
+        _nonnegative(ctx, entries["atol"][1], f"{field}.atol")
+        if "atol" in entries
+        else defaults.atol
+    )
+    return Expect(loss=loss, probs=probs, grad=grad, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding spec files
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def discover(paths: Iterable[str]) -> Iterator[tuple[Path, str] | SpecError]:
+    """Spec files named by ``paths`` (files, directories searched recursively, globs), in order.
+
+    Yields ``(path, display name)`` for each file, de-duplicated, or a :class:`SpecError` for a
+    path that matches nothing.
+    """
+    seen: set[Path] = set()
+    for raw in paths:
+        candidates: list[Path]
+        p = Path(raw)
+        if p.is_dir():
+            candidates = sorted(f for f in _walk(p) if f.suffix in SPEC_SUFFIXES and f.is_file())
+            if not candidates:
+                yield SpecError(raw, "directory contains no *.yaml or *.yml files")
+                continue
+        elif p.exists():
+            candidates = [p]
+        elif any(ch in raw for ch in "*?["):
+            candidates = sorted(
+                f
+                for f in _glob(raw)
+                if f.is_file() and (f.suffix in SPEC_SUFFIXES or f == Path(raw))
+            )
+            if not candidates:
+                yield SpecError(raw, "pattern matches no spec files")
+                continue
+        else:
+            yield SpecError(raw, "no such file or directory")
+            continue
+        for f in candidates:
+            key = f.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            yield f, str(f)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, not following symbolic links to directories (no loops)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            children = list(d.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            if child.is_dir() and not child.is_symlink():
+                stack.append(child)
+            else:
+                yield child
+
+
+def _glob(pattern: str) -> list[Path]:
+    import glob
+
+    return [Path(m) for m in glob.glob(pattern, recursive=True)]

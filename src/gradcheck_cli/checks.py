@@ -57,11 +57,23 @@ def grad_rows_sum_to_zero(grad: FloatArray, targets: FloatArray, weights: FloatA
     )
 
 
+def jacobian_row_sum_bound(p: FloatArray) -> FloatArray:
+    """Rounding bound on each Jacobian row sum ``|sum_j J[i, j]|``, same shape as ``p`` (..., K).
+
+    Row i sums to ``p_i (1 - sum p)`` in exact arithmetic: at most ``2 (K + 1) eps p_i`` for
+    correctly computed probabilities (see :func:`probs_sum_to_one`), and rounding the K products
+    and their sum adds as much again: ``4 (K + 1) eps p_i``.
+    """
+    k = p.shape[-1]
+    out: FloatArray = 4 * (k + 1) * EPS * p
+    return out
+
+
 def jacobian_properties(probs: FloatArray) -> Check:
     """Each softmax Jacobian ``diag(p) - p p^T`` is exactly symmetric and its rows sum to 0.
 
-    Symmetry is exact (``p_i p_j == p_j p_i``). Row i sums to ``p_i (1 - sum p)`` in exact
-    arithmetic; the bound is ``2 (K + 1) eps * p_i`` plus the probability-sum deviation.
+    Symmetry is exact (``p_i p_j == p_j p_i``); row sums must be within
+    :func:`jacobian_row_sum_bound`. ``probs`` has shape (N, K); Jacobians are formed in chunks.
     """
     n, k = probs.shape
     asym = 0.0
@@ -73,9 +85,7 @@ def jacobian_properties(probs: FloatArray) -> Check:
         jac = softmax_jacobian(p)
         asym = max(asym, float(np.max(np.abs(jac - np.swapaxes(jac, -1, -2)))))
         row_sums = np.abs(np.sum(jac, axis=-1))  # (B, K)
-        sum_dev = np.abs(np.sum(p, axis=-1, keepdims=True) - 1.0)
-        bound = 2 * (k + 1) * EPS * p + p * sum_dev
-        worst_excess = max(worst_excess, float(np.max(row_sums - bound)))
+        worst_excess = max(worst_excess, float(np.max(row_sums - jacobian_row_sum_bound(p))))
         worst_row_sum = max(worst_row_sum, float(np.max(row_sums)))
     ok = asym == 0.0 and worst_excess <= 0.0
     return Check(
@@ -138,7 +148,7 @@ def expectations(
         i = np.unravel_index(int(np.argmax(ratio)), w.shape) if w.ndim else ()
         where = "" if not w.ndim else "[" + ", ".join(str(int(x)) for x in i) + "] "
         detail = (
-            f"{where}computed {float(g[i]):.10g}, expected {float(w[i]):.10g}: "
+            f"{where}{float(g[i]):.10g} vs expected {float(w[i]):.10g}: "
             f"|Δ| = {float(diff[i]):.3g}, allowed {float(allowed[i]):.3g}"
         )
         out.append(Check(f"expect.{name}", not bool(np.any(bad)), detail))

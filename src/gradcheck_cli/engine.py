@@ -148,8 +148,10 @@ class JacobianView:
     """``J[i, j] = dp_i/dz_j``: ``p_i (1 - p_i)`` on the diagonal, ``-p_i p_j`` off it."""
     max_asymmetry: float
     """``max |J - J^T|`` (exactly 0 in floating point)."""
-    max_row_sum: float
-    """``max_i |sum_j J[i, j]|`` (0 up to rounding)."""
+    row_sums: np.ndarray
+    """``|sum_j J[i, j]|`` for each row i, shape (K,)."""
+    row_sum_bounds: np.ndarray
+    """Rounding bound on each row sum, shape (K,) (``checks.jacobian_row_sum_bound``)."""
     classes: tuple[str, ...] | None = None
     label: int | None = None
     loss: float | None = None
@@ -161,6 +163,18 @@ class JacobianView:
     """Why ``chain`` is missing."""
     closed_form: np.ndarray | None = None
     """``p - onehot(y)``."""
+
+    @property
+    def symmetric(self) -> bool:
+        return self.max_asymmetry == 0.0
+
+    @property
+    def max_row_sum(self) -> float:
+        return float(np.max(self.row_sums))
+
+    @property
+    def rows_sum_to_zero(self) -> bool:
+        return bool(np.all(self.row_sums <= self.row_sum_bounds))
 
 
 def jacobian_view(
@@ -177,7 +191,8 @@ def jacobian_view(
         probs=probs,
         jacobian=jac,
         max_asymmetry=float(np.max(np.abs(jac - jac.T))),
-        max_row_sum=float(np.max(np.abs(np.sum(jac, axis=1)))),
+        row_sums=np.abs(np.sum(jac, axis=1)),
+        row_sum_bounds=checks.jacobian_row_sum_bound(probs),
         classes=classes,
     )
     if label is None:
@@ -199,7 +214,8 @@ def jacobian_view(
         probs=view.probs,
         jacobian=view.jacobian,
         max_asymmetry=view.max_asymmetry,
-        max_row_sum=view.max_row_sum,
+        row_sums=view.row_sums,
+        row_sum_bounds=view.row_sum_bounds,
         classes=classes,
         label=label,
         loss=float(per_sample_loss(problem)[0]),

@@ -15,6 +15,7 @@ from gradcheck_cli.core.loss import (
     reduction_weights,
 )
 from gradcheck_cli.core.softmax import (
+    cross_entropy_terms,
     log_softmax,
     logsumexp,
     softmax,
@@ -25,6 +26,7 @@ __all__ = [
     "REDUCTIONS",
     "CrossEntropyProblem",
     "Reduction",
+    "cross_entropy_terms",
     "dense_targets",
     "log_softmax",
     "logsumexp",

@@ -5,8 +5,12 @@ For one sample with logits ``z`` (K,) the loss is
 * index label ``y``:            ``l = logsumexp(z) - z_y``            (= -log p_y)
 * probability target ``t`` (K,): ``l = -sum_c t_c log_softmax(z)_c``  (= -sum_c t_c log p_c)
 
-The index form never evaluates ``log p_y``: ``logsumexp(z) - z_y`` stays exact where ``p_y``
-underflows to 0 (logits (0, -800, 1), label 1 give 801.3132616875...). In the probability form a
+Neither form evaluates ``log p``: they stay exact where ``p_y`` underflows to 0 (logits
+(0, -800, 1), label 1 give 801.3132616875...). Both are evaluated in the rearranged form
+``-log p_c = (m - z_c) + log1p(sum_{j != j*} exp(z_j - m))`` (``m = z_{j*}`` the row maximum), a
+sum of two non-negative terms: ``logsumexp(z) - z_y`` subtracts two numbers of similar size when
+the loss is small and loses its relative accuracy (for logits (40, 0, 0), label 0, it rounds to 0
+instead of 8.4967e-18); the rearranged form keeps a few ulps everywhere. In the probability form a
 class with ``t_c == 0`` contributes exactly 0.
 
 A batch (N, K) gives N per-sample losses; the reduction combines them: ``mean`` divides their sum
@@ -23,7 +27,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.softmax import log_softmax, logsumexp
+from gradcheck_cli.core.softmax import cross_entropy_terms
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
@@ -82,16 +86,16 @@ def per_sample_loss(problem: CrossEntropyProblem, logits: FloatArray | None = No
     array of shape (..., N).
     """
     z = problem.logits if logits is None else logits
+    gap, log_norm = cross_entropy_terms(z)  # -log p = gap + log_norm, both >= 0
     if problem.labels is not None:
-        lse = logsumexp(z)
         idx = np.broadcast_to(problem.labels[:, None], (*z.shape[:-1], 1))
-        z_y = np.take_along_axis(z, idx, axis=-1)[..., 0]
-        return lse - z_y
+        out: FloatArray = (np.take_along_axis(gap, idx, axis=-1) + log_norm)[..., 0]
+        return out
     assert problem.targets is not None
     t = problem.targets
     # 0 * log p = 0 for classes the target does not use, even where log p is very negative.
-    terms = np.where(t > 0, t * log_softmax(z), 0.0)
-    out: FloatArray = -np.sum(terms, axis=-1)
+    terms = np.where(t > 0, t * (gap + log_norm), 0.0)
+    out = np.sum(terms, axis=-1)
     return out
 
 

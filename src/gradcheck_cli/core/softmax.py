@@ -1,13 +1,15 @@
 """Numerically stable softmax, log-softmax and log-sum-exp, and the softmax Jacobian.
 
-All three forward functions shift by the row maximum ``m = max_k z_k`` before exponentiating:
+All forward functions shift by the row maximum ``m = max_k z_k = z_{j*}`` before exponentiating:
 
-    logsumexp(z) = m + log(sum_k exp(z_k - m))
+    logsumexp(z) = m + log(sum_k exp(z_k - m)) = m + log1p(sum_{j != j*} exp(z_j - m))
 
 Every exponent is then <= 0, so ``exp`` cannot overflow, and the largest term is exactly 1, so the
 sum is in [1, K] and its logarithm is never log(0). This is exact algebra (softmax is invariant to
 adding a constant to every logit), so nothing is lost by the shift; it is what keeps logits such as
-(1000, -1000, 0) finite.
+(1000, -1000, 0) finite. Writing the logarithm as ``log1p`` of the other terms keeps full relative
+accuracy when those terms are tiny (a near-certain prediction), where ``log(1 + tiny)`` would
+round the tiny part away.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float64]
 
 
-def _shifted(z: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Return ``(z - m, m)`` with ``m`` the max over the last axis (kept as a length-1 axis).
+def _shift_terms(z: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Max-shift the logits and sum the exponentials other than the maximum's.
 
     Parameters
     ----------
@@ -27,15 +29,22 @@ def _shifted(z: FloatArray) -> tuple[FloatArray, FloatArray]:
 
     Returns
     -------
-    shifted : array of shape (..., K), every entry <= 0 and at least one entry == 0 per row.
-    m : array of shape (..., 1).
+    shifted : ``z - m``, shape (..., K); every entry <= 0, the maximum's exactly 0.
+    m : the row maxima, shape (..., 1).
+    rest : ``sum_{j != j*} exp(z_j - m)`` with ``j*`` the (first) argmax, shape (..., 1);
+        so that ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of it is ``log1p(rest)``.
     """
-    m = np.max(z, axis=-1, keepdims=True)
-    return z - m, m
+    top = np.argmax(z, axis=-1)[..., None]
+    m = np.take_along_axis(z, top, axis=-1)
+    shifted = z - m
+    e = np.exp(shifted)
+    np.put_along_axis(e, top, 0.0, axis=-1)
+    rest = np.sum(e, axis=-1, keepdims=True)
+    return shifted, m, rest
 
 
 def logsumexp(z: FloatArray) -> FloatArray:
-    """``log(sum_k exp(z_k))`` over the last axis, max-shifted.
+    """``log(sum_k exp(z_k)) = m + log1p(sum_{j != j*} exp(z_j - m))`` over the last axis.
 
     Parameters
     ----------
@@ -45,16 +54,18 @@ def logsumexp(z: FloatArray) -> FloatArray:
     -------
     array of shape (...).
     """
-    shifted, m = _shifted(z)
-    out: FloatArray = (m + np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True)))[..., 0]
+    _, m, rest = _shift_terms(z)
+    out: FloatArray = (m + np.log1p(rest))[..., 0]
     return out
 
 
 def log_softmax(z: FloatArray) -> FloatArray:
-    """``log p_k = (z_k - m) - log(sum_j exp(z_j - m))`` over the last axis.
+    """``log p_k = (z_k - m) - log1p(sum_{j != j*} exp(z_j - m))`` over the last axis.
 
     Computed from the shifted logits rather than as ``log(softmax(z))``, so it stays finite (and
-    accurate) where ``p_k`` underflows to 0: log_softmax((0, -800, 1))[1] is about -801.31.
+    accurate) where ``p_k`` underflows to 0: log_softmax((0, -800, 1))[1] is about -801.31. Both
+    terms are <= 0, so their difference involves no cancellation: every entry has a relative error
+    of a few ulps, including the tiny ``log p`` of a near-certain class.
 
     Parameters
     ----------
@@ -64,8 +75,8 @@ def log_softmax(z: FloatArray) -> FloatArray:
     -------
     array of shape (..., K), every entry <= 0.
     """
-    shifted, _ = _shifted(z)
-    out: FloatArray = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    shifted, _, rest = _shift_terms(z)
+    out: FloatArray = shifted - np.log1p(rest)
     return out
 
 
@@ -83,10 +94,22 @@ def softmax(z: FloatArray) -> FloatArray:
     -------
     array of shape (..., K), entries in [0, 1], each row summing to 1 up to rounding.
     """
-    shifted, _ = _shifted(z)
-    e = np.exp(shifted)
+    m = np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z - m)
     out: FloatArray = e / np.sum(e, axis=-1, keepdims=True)
     return out
+
+
+def cross_entropy_terms(z: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The two non-negative parts of ``-log p_k = (m - z_k) + log1p(rest)``.
+
+    Returns ``(m - z, log1p(rest))`` with shapes (..., K) and (..., 1). Adding two non-negative
+    numbers cannot cancel, so ``-log p_k`` computed this way keeps a relative error of a few ulps
+    even when it is tiny (logits (40, 0, 0), class 0: 8.4967e-18, where ``logsumexp(z) - z_0``
+    would round to 0).
+    """
+    shifted, _, rest = _shift_terms(z)
+    return -shifted, np.log1p(rest)
 
 
 def softmax_jacobian(p: FloatArray) -> FloatArray:

@@ -20,9 +20,8 @@ def _names(v: JacobianView) -> list[str]:
 def render_table(v: JacobianView, console: Console) -> None:
     names = _names(v)
     k = len(names)
-    probs = Table(
-        title="softmax", title_justify="left", box=None, pad_edge=False, header_style="bold"
-    )
+    console.print(Text("softmax p = exp(z - max z) / sum exp(z - max z)", style="bold"))
+    probs = Table(box=None, pad_edge=False, header_style="bold")
     probs.add_column("class")
     probs.add_column("logit z", justify="right")
     probs.add_column("p = softmax(z)", justify="right")
@@ -31,13 +30,13 @@ def render_table(v: JacobianView, console: Console) -> None:
     console.print(probs)
     console.print()
 
-    jac = Table(
-        title="softmax Jacobian J[i, j] = dp_i/dz_j (diagonal p_i(1 - p_i), off-diagonal -p_i p_j)",
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-        header_style="bold",
+    console.print(
+        Text(
+            "softmax Jacobian J[i, j] = dp_i/dz_j (diagonal p_i(1 - p_i), off-diagonal -p_i p_j)",
+            style="bold",
+        )
     )
+    jac = Table(box=None, pad_edge=False, header_style="bold")
     jac.add_column("dp_i \\ dz_j")
     for name in names:
         jac.add_column(name, justify="right")
@@ -45,22 +44,23 @@ def render_table(v: JacobianView, console: Console) -> None:
         jac.add_row(names[i], *(num(float(v.jacobian[i, j])) for j in range(k)))
     console.print(jac)
     line = Text("symmetric: ")
-    line.append(verdict(v.max_asymmetry == 0.0))
+    line.append(verdict(v.symmetric))
     line.append(f" (max |J - Jᵀ| = {err(v.max_asymmetry)})   rows sum to 0: ")
-    line.append(verdict(v.max_row_sum <= 1e-15 * max(1, k)))
+    line.append(verdict(v.rows_sum_to_zero))
     line.append(f" (max |row sum| = {err(v.max_row_sum)})")
     console.print(line)
 
     if v.label is None or v.dl_dp is None or v.closed_form is None:
         return
     console.print()
-    chain = Table(
-        title=f"chain rule for label {names[v.label]} (loss -log p_y = {num(v.loss or 0.0)})",
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-        header_style="bold",
+    console.print(
+        Text(
+            f"chain rule for label {names[v.label]}: loss -log p_y = {num(v.loss or 0.0)}, "
+            "dL/dz = Jᵀ · dL/dp = p - y",
+            style="bold",
+        )
     )
+    chain = Table(box=None, pad_edge=False, header_style="bold")
     chain.add_column("class")
     chain.add_column("dL/dp = -y/p", justify="right")
     chain.add_column("Jᵀ · dL/dp", justify="right")
@@ -83,9 +83,10 @@ def to_dict(v: JacobianView) -> dict[str, Any]:
         "classes": list(v.classes) if v.classes else None,
         "probs": v.probs,
         "jacobian": v.jacobian,
-        "symmetric": v.max_asymmetry == 0.0,
+        "symmetric": v.symmetric,
         "max_asymmetry": v.max_asymmetry,
         "max_row_sum": v.max_row_sum,
+        "rows_sum_to_zero": v.rows_sum_to_zero,
     }
     if v.label is not None:
         doc.update(

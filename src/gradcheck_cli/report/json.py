@@ -99,9 +99,29 @@ def render(results: Sequence[SpecResult]) -> str:
         "summary": summary(results),
         "results": [result_dict(r) for r in results],
     }
-    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"
+    return encode(jsonable(doc)) + "\n"
+
+
+def encode(value: Any, indent: int = 0) -> str:
+    """Indented JSON whose numeric vectors sit on one line each (matrices one row per line).
+
+    ``json.dumps(indent=2)`` puts every number of an array on its own line, which makes a
+    (32, 1000) gradient 32,000 lines long; this keeps the structure readable and the file small.
+    """
+    pad, inner = "  " * indent, "  " * (indent + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{json.dumps(k)}: {encode(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return json.dumps(value, allow_nan=False, separators=(", ", ": "))
+        items = [inner + encode(v, indent + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value, allow_nan=False)
 
 
 def dumps(doc: Any) -> str:
     """Any other document (``xentcheck jacobian``) with the same number conventions."""
-    return json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"
+    return encode(jsonable(doc)) + "\n"

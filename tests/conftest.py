@@ -1,0 +1,26 @@
+"""Shared fixtures and Hypothesis settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Rich: no colours or terminal escape codes in anything the tests capture.
+os.environ.setdefault("TERM", "dumb")
+os.environ["NO_COLOR"] = "1"
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("ci")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+
+
+@pytest.fixture
+def specs_dir() -> Path:
+    return SPECS

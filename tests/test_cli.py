@@ -1,0 +1,286 @@
+"""The command line: exit codes, report formats, bundled specs, the jacobian command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from gradcheck_cli import __version__
+from gradcheck_cli.cli import Format, MethodName, app, bundled_specs_dir
+from gradcheck_cli.methods import METHODS
+
+runner = CliRunner()
+
+
+def strict_json(text: str) -> Any:
+    """Parse RFC 8259 JSON: NaN and Infinity tokens are errors."""
+
+    def reject(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_method_choices_match_the_registry() -> None:
+    assert [m.value for m in MethodName] == list(METHODS)
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"xentcheck {__version__}\n"
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "run" in result.stdout and "jacobian" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_every_format_renders_the_worked_example(fmt: Format, specs_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "cat_dog_bird.yaml"), "--format", fmt.value]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cat-dog-bird" in result.stdout
+
+
+def test_table_output_of_the_worked_example(specs_dir: Path) -> None:
+    result = runner.invoke(app, ["run", str(specs_dir / "cat_dog_bird.yaml")])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "\x1b[" not in out  # no escape codes when not a terminal
+    lines = out.splitlines()
+    assert lines[0].startswith("PASS  cat-dog-bird")
+    assert "loss 0.46436878" in lines[0]
+    dog = next(line for line in lines if line.startswith("dog "))
+    assert dog.split()[:6] == ["dog", "2", "0.62853172", "1", "-0.37146828", "-0.37146828"]
+    assert lines[-1] == "1 passed, 0 failed, 0 errors"
+
+
+def test_json_report_schema(specs_dir: Path) -> None:
+    result = runner.invoke(app, ["run", str(specs_dir), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = strict_json(result.stdout)
+    assert doc["schema_version"] == 1
+    assert doc["tool"] == {"name": "xentcheck", "version": __version__}
+    assert doc["summary"]["errors"] == 0 and doc["summary"]["failed"] == 0
+    assert doc["summary"]["total"] == len(doc["results"]) >= 6
+    by_name = {r["name"]: r for r in doc["results"]}
+    cdb = by_name["cat-dog-bird"]
+    assert cdb["status"] == "pass" and cdb["message"] is None
+    assert cdb["loss"] == pytest.approx(0.4643688, abs=5e-8)
+    assert cdb["gradients"]["analytic"] == pytest.approx(
+        [0.2312239, -0.3714683, 0.1402444], abs=5e-8
+    )
+    for c in cdb["comparisons"]:
+        assert set(c) >= {
+            "method",
+            "reference",
+            "max_abs_error",
+            "max_rel_error",
+            "worst_index",
+            "rtol",
+            "atol",
+            "passed",
+        }
+    assert {c["name"] for c in cdb["checks"]} >= {"probs_sum_to_one", "expect.loss"}
+    extreme = by_name["extreme-logits"]
+    assert extreme["gradients"]["jacobian"] is None
+    assert "underflows" in extreme["not_computable"]["jacobian"]
+    assert extreme["loss"] == [0.0, 1000.0]
+    assert extreme["gradients"]["analytic"][1] == [1.0, 0.0, -1.0]
+    # Summary line goes to stderr for machine formats.
+    assert result.stderr.strip().endswith("passed, 0 failed, 0 errors")
+
+
+def test_json_nonfinite_values_are_strings() -> None:
+    result = runner.invoke(
+        app, ["jacobian", "--logits=0,-800,1", "--label", "1", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = strict_json(result.stdout)
+    assert doc["dl_dp"] == [0.0, "-inf", 0.0]
+    assert doc["chain"] is None and "underflows" in doc["chain_note"]
+    assert doc["loss"] == pytest.approx(801.3132616875182, rel=1e-15)
+
+
+def test_output_file(tmp_path: Path, specs_dir: Path) -> None:
+    out = tmp_path / "report.json"
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "three_class.yaml"), "-f", "json", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert strict_json(out.read_text())["summary"]["passed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def test_table_output_file(tmp_path: Path, specs_dir: Path) -> None:
+    out = tmp_path / "report.txt"
+    result = runner.invoke(app, ["run", str(specs_dir / "three_class.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert text.startswith("PASS  three-class") and text.rstrip().endswith(
+        "1 passed, 0 failed, 0 errors"
+    )
+
+
+def test_unwritable_output_is_exit_2(tmp_path: Path, specs_dir: Path) -> None:
+    out = tmp_path / "missing-dir" / "r.json"
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "three_class.yaml"), "-f", "json", "-o", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "cannot write --output" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_failing_comparison_exits_1(specs_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "batch_mean.yaml"), "--rtol", "0", "--atol", "0"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAIL  batch-mean" in result.stdout
+    assert result.stdout.splitlines()[-1] == "0 passed, 1 failed, 0 errors"
+
+
+def test_method_option_limits_methods(specs_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "cat_dog_bird.yaml"), "-f", "json", "--method", "jacobian"]
+    )
+    assert result.exit_code == 0, result.output
+    (r,) = strict_json(result.stdout)["results"]
+    assert list(r["gradients"]) == ["analytic", "jacobian"]
+
+
+def test_unknown_method_option_is_usage_error(specs_dir: Path) -> None:
+    result = runner.invoke(app, ["run", str(specs_dir / "cat_dog_bird.yaml"), "--method", "magic"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_bad_spec_among_good_ones_exit_2_and_others_still_run(
+    tmp_path: Path, specs_dir: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logits: [1, 2]\nlabel: 5\n")
+    result = runner.invoke(
+        app, ["run", str(specs_dir / "cat_dog_bird.yaml"), str(bad), "-f", "json"]
+    )
+    assert result.exit_code == 2
+    doc = strict_json(result.stdout)
+    assert [r["status"] for r in doc["results"]] == ["pass", "error"]
+    assert (
+        doc["results"][1]["message"]
+        == f"{bad}:2:8: label: class index 5 out of range: expected 0 to 1"
+    )
+    assert f"error: {bad}:2:8: label:" in result.stderr
+
+
+def test_errors_win_over_failures(tmp_path: Path, specs_dir: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logits: [1, 2]\n")
+    args = ["run", str(specs_dir / "batch_mean.yaml"), str(bad), "--atol", "0", "--rtol", "0"]
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_no_paths_runs_bundled_specs() -> None:
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 0, result.output
+    assert "No paths given: running the bundled example specs in" in result.stderr
+    assert "cat-dog-bird" in result.stdout
+    quiet = runner.invoke(app, ["run", "--quiet"])
+    assert quiet.stderr == ""
+
+
+def test_bundled_specs_dir_has_the_examples() -> None:
+    names = {p.name for p in bundled_specs_dir().glob("*.yaml")}
+    assert {
+        "cat_dog_bird.yaml",
+        "three_class.yaml",
+        "batch_mean.yaml",
+        "probability_target.yaml",
+        "extreme_logits.yaml",
+    } <= names
+
+
+def test_jacobian_table() -> None:
+    result = runner.invoke(
+        app, ["jacobian", "--logits", "1,2,0.5", "--label", "dog", "--classes", "cat,dog,bird"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("dog ") and "0.2334796" in line)
+    assert row.split() == ["dog", "-0.14533155", "0.2334796", "-0.088148043"]
+    assert "symmetric: pass" in result.stdout and "rows sum to 0: pass" in result.stdout
+    chain = [line for line in lines if line.startswith("dog ")][-1]
+    assert chain.split() == ["dog", "-1.5910096", "-0.37146828", "-0.37146828", "0"]
+
+
+def test_jacobian_json() -> None:
+    result = runner.invoke(app, ["jacobian", "--logits", "1,2,0.5", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = strict_json(result.stdout)
+    assert doc["probs"] == pytest.approx([0.2312239, 0.6285317, 0.1402444], abs=5e-8)
+    assert (
+        len(doc["jacobian"]) == 3 and doc["symmetric"] is True and doc["rows_sum_to_zero"] is True
+    )
+    assert "label" not in doc
+
+
+def test_jacobian_negative_logits_and_index_label() -> None:
+    result = runner.invoke(app, ["jacobian", "--logits", "-1,2", "--label", "0", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert strict_json(result.stdout)["label"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--logits", "1,x"],
+            "error: --logits: expected comma-separated numbers, found 'x' at position 2",
+        ),
+        (
+            ["--logits", "1,inf"],
+            "error: --logits: expected finite numbers, found 'inf' at position 2",
+        ),
+        (
+            ["--logits", "1,2", "--label", "3"],
+            "error: --label: class index 3 out of range: expected 0 to 1",
+        ),
+        (
+            ["--logits", "1,2", "--label", "dog"],
+            "error: --label: 'dog' is neither a class index nor a class name (no --classes given)",
+        ),
+        (
+            ["--logits", "1,2", "--classes", "a,b,c"],
+            "error: --classes: expected 2 names (one per logit), found 3",
+        ),
+        (["--logits", "1,2", "--classes", "a,a"], "error: --classes: class names must be unique"),
+    ],
+)
+def test_jacobian_bad_input(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["jacobian", *args])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == message
+    assert result.stdout == ""
+
+
+def test_python_dash_m_entry_point(specs_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradcheck_cli", "run", str(specs_dir / "three_class.yaml"), "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "1 passed, 0 failed, 0 errors"

@@ -1,0 +1,39 @@
+"""Packaging: the installed wheel ships the bundled specs; README and CI run the same command."""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+import gradcheck_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_bundled_specs() -> None:
+    package_dir = Path(gradcheck_cli.__file__).resolve().parent
+    if (ROOT / "src") in package_dir.parents:
+        pytest.skip("running from the source tree, not an installed wheel")
+    shipped = Path(str(files("gradcheck_cli"))) / "specs"
+    repo = sorted(p.name for p in (ROOT / "specs").glob("*.yaml"))
+    assert sorted(p.name for p in shipped.glob("*.yaml")) == repo
+    for name in repo:
+        assert (shipped / name).read_bytes() == (ROOT / "specs" / name).read_bytes()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(
+        r"<!-- test-command -->\n```sh\n(.+?)\n```\n<!-- /test-command -->", readme, re.S
+    )
+    assert block is not None
+    assert "pytest" in block.group(1) and "pip install '.[test]'" in block.group(1)
+    assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_version_matches_pyproject() -> None:
+    text = (ROOT / "src" / "gradcheck_cli" / "__init__.py").read_text(encoding="utf-8")
+    assert f'__version__ = "{gradcheck_cli.__version__}"' in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gradcheck_cli import checks
 from gradcheck_cli.core import CrossEntropyProblem, per_sample_loss, reduce_loss, softmax
@@ -34,8 +35,28 @@ def test_jacobian_properties() -> None:
     check = checks.jacobian_properties(p)
     assert check.passed, check.detail
     assert "max |J - J^T| = 0" in check.detail
-    # Probabilities that do not sum to 1 give Jacobian rows that do not sum to 0.
-    assert not checks.jacobian_properties(p * 1.001).passed
+
+
+def test_jacobian_properties_catch_broken_jacobians(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = softmax(np.random.default_rng(1).normal(size=(3, 8)))
+
+    def naive_with_bad_probs(q: np.ndarray) -> np.ndarray:
+        # diag(q) - q q^T with probabilities off by 0.1%: rows sum to q_i (1 - sum q) != 0.
+        q = q * 1.001
+        return np.einsum("bi,ij->bij", q, np.eye(q.shape[-1])) - q[:, :, None] * q[:, None, :]
+
+    monkeypatch.setattr(checks, "softmax_jacobian", naive_with_bad_probs)
+    assert not checks.jacobian_properties(p).passed
+
+    def asymmetric(q: np.ndarray) -> np.ndarray:
+        jac = np.einsum("bi,ij->bij", q, np.eye(q.shape[-1])) - q[:, :, None] * q[:, None, :]
+        jac[:, 0, 1] += 1e-17
+        jac[:, 0, 0] -= 1e-17
+        return jac
+
+    monkeypatch.setattr(checks, "softmax_jacobian", asymmetric)
+    check = checks.jacobian_properties(p)
+    assert not check.passed and check.detail.startswith("max |J - J^T| = 1.04e-17")
 
 
 def test_shift_invariance() -> None:

@@ -169,3 +169,14 @@ def test_loss_relative_accuracy_on_random_rows() -> None:
             assert got == 0
     # A few ulps: the rounding of z_j - m (relative) grows with |z_j - m|, up to ~50 here.
     assert worst <= 4e-15
+
+
+def test_one_minus_keeps_relative_accuracy() -> None:
+    from gradcheck_cli.core.softmax import one_minus
+
+    z = np.array([[40.0, 0.0, 0.0], [1.0, 2.0, 0.5]])
+    p = softmax(z)
+    assert 1.0 - p[0, 0] == 0.0  # the naive form loses everything
+    ref = 1.0 - mpref.softmax(z)  # float64 rounding of the reference is fine for entries ~1
+    ref[0, 0] = 2 * float(mpref.mpmath.exp(-40) / (1 + 2 * mpref.mpmath.exp(-40)))
+    np.testing.assert_allclose(one_minus(p), ref, rtol=1e-15)

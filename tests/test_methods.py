@@ -180,3 +180,16 @@ def test_reduction_scales_rows() -> None:
     mean = analytic_gradient(CrossEntropyProblem(z, labels=y, reduction="mean")).grad
     np.testing.assert_array_equal(none, summed)
     np.testing.assert_allclose(mean, summed / 4, rtol=1e-16)
+
+
+def test_jacobian_relative_accuracy_for_labels() -> None:
+    # With the diagonal's 1 - p_i as a sum of the other probabilities, the chain keeps relative
+    # accuracy on every element, the near one-hot target component included.
+    rng = np.random.default_rng(31)
+    cases = [random_problem(rng) for _ in range(100)]
+    cases.append(CrossEntropyProblem(np.array([[40.0, 0.0, 0.0]]), labels=np.array([0])))
+    worst = 0.0
+    for problem in cases:
+        ref = mpref.grad(problem.logits, dense_targets(problem), problem.reduction)
+        worst = max(worst, float(np.max(rel_errors(jacobian_gradient(problem).grad, ref))))
+    assert worst <= 1e-13

@@ -112,12 +112,38 @@ def cross_entropy_terms(z: FloatArray) -> tuple[FloatArray, FloatArray]:
     return -shifted, np.log1p(rest)
 
 
+def one_minus(p: FloatArray) -> FloatArray:
+    """``1 - p_i`` as ``sum_{j != i} p_j`` over the last axis, without cancellation.
+
+    When ``p_i`` is close to 1, ``1 - p_i`` loses its relative accuracy (for logits (40, 0, 0) it
+    rounds to 0 instead of 8.4967e-18). The sum of the other probabilities is a sum of
+    non-negative terms, accurate to a few ulps; it is formed for every i at once from exclusive
+    prefix and suffix sums, O(K) per row.
+
+    Parameters
+    ----------
+    p : array of shape (..., K), probabilities.
+
+    Returns
+    -------
+    array of shape (..., K).
+    """
+    prefix = np.zeros_like(p)
+    prefix[..., 1:] = np.cumsum(p, axis=-1)[..., :-1]
+    suffix = np.zeros_like(p)
+    suffix[..., :-1] = np.cumsum(p[..., ::-1], axis=-1)[..., ::-1][..., 1:]
+    out: FloatArray = prefix + suffix
+    return out
+
+
 def softmax_jacobian(p: FloatArray) -> FloatArray:
     """The softmax Jacobian ``J[i, j] = dp_i/dz_j = p_i (delta_ij - p_j) = diag(p) - p p^T``.
 
-    Diagonal entries are ``p_i (1 - p_i)``, off-diagonal entries ``-p_i p_j``. The matrix is
-    symmetric (exactly, since ``p_i * p_j == p_j * p_i`` in floating point) and each row sums to
-    ``p_i (1 - sum_j p_j) = 0`` up to rounding.
+    Diagonal entries are ``p_i (1 - p_i)``, with ``1 - p_i`` computed as the sum of the other
+    probabilities (:func:`one_minus`) so they keep their relative accuracy when ``p_i`` is close
+    to 1; off-diagonal entries are ``-p_i p_j``. The matrix is symmetric (exactly, since
+    ``p_i * p_j == p_j * p_i`` in floating point) and each row sums to ``p_i (1 - sum_j p_j) = 0``
+    up to rounding.
 
     Parameters
     ----------
@@ -130,5 +156,5 @@ def softmax_jacobian(p: FloatArray) -> FloatArray:
     outer = -p[..., :, None] * p[..., None, :]
     k = p.shape[-1]
     diag = np.arange(k)
-    outer[..., diag, diag] = p * (1.0 - p)
+    outer[..., diag, diag] = p * one_minus(p)
     return outer

@@ -63,6 +63,8 @@ MAX_ELEMENTS = 50_000_000
 
 _PLAIN = "tag:xentcheck:plain"
 _CORE = "tag:yaml.org,2002:"
+#: Tags a node has when the YAML gives none (quoted scalars resolve to str).
+_UNTAGGED = (_PLAIN, _CORE + "str", _CORE + "seq", _CORE + "map")
 
 # YAML 1.2 core schema, https://yaml.org/spec/1.2.2/#1032-tag-resolution
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
@@ -75,13 +77,33 @@ _INF = re.compile(r"^[-+]?\.(?:inf|Inf|INF)$")
 _NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
 
 
+#: Deepest nesting of lists and mappings a spec file may have (a spec needs 4 at most).
+MAX_DEPTH = 32
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe loader that marks every untagged plain scalar, so the core schema can resolve it."""
+    """Safe loader that marks every untagged plain scalar, so the core schema can resolve it,
+    and stops nesting deeper than :data:`MAX_DEPTH` with a located error (PyYAML's composer
+    recurses once per level, so deep input would otherwise end in a RecursionError)."""
+
+    _depth = 0
 
     def resolve(self, kind: type[Node], value: Any, implicit: Any) -> Any:
         if kind is ScalarNode and implicit[0]:
             return _PLAIN
         return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call,no-any-return]
+        finally:
+            self._depth -= 1
 
 
 def _loader_class() -> type[yaml.SafeLoader]:
@@ -109,6 +131,8 @@ class _Ctx:
 
 def _describe(node: Node) -> str:
     """What a node is, for 'found ...' in messages."""
+    if node.tag not in _UNTAGGED:
+        return f"a value tagged {_tag_name(node)}"
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
@@ -119,9 +143,17 @@ def _describe(node: Node) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"string {shown!r}"
-    return f"number {node.value}"
+        return f"string {_clip(value)!r}"
+    return f"number {_clip(node.value)}"
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """``text``, shortened with an ellipsis beyond ``limit`` characters (for messages)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tag_name(node: Node) -> str:
+    return str(node.tag).replace(_CORE, "!!")
 
 
 def _scalar(node: Node) -> Any:
@@ -135,7 +167,10 @@ def _scalar(node: Node) -> Any:
         if _BOOL.match(text):
             return text.lower() == "true"
         if _INT.match(text):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # beyond Python's int-from-string digit limit
+                return float(text)
         if _INT_OCT.match(text):
             return int(text[2:], 8)
         if _INT_HEX.match(text):
@@ -154,12 +189,9 @@ def _scalar(node: Node) -> Any:
 
 def _check_tags(ctx: _Ctx, node: Node, field: str) -> None:
     """Reject every explicit tag: a spec is plain data."""
-    if isinstance(node, ScalarNode):
-        if node.tag in (_PLAIN, _CORE + "str"):
-            return
-    elif node.tag in (_CORE + "seq", _CORE + "map"):
+    if node.tag in _UNTAGGED:
         return
-    tag = node.tag.replace(_CORE, "!!")
+    tag = _tag_name(node)
     hint = " (Python tags are never loaded: specs are plain data)" if "python" in tag else ""
     raise ctx.error(node, field, f"explicit YAML tag {tag} is not allowed{hint}")
 
@@ -175,7 +207,7 @@ def _number(ctx: _Ctx, node: Node, field: str) -> float:
             except OverflowError:
                 number = math.inf
             if math.isinf(number) and not _INF.match(node.value):
-                raise ctx.error(node, field, f"number {node.value} overflows float64")
+                raise ctx.error(node, field, f"number {_clip(node.value)} overflows float64")
             return number
         if isinstance(value, str) and value.lower().lstrip("+-") in ("inf", "infinity", "nan"):
             sign = "-" if value.startswith("-") else ""
@@ -219,15 +251,15 @@ def _mapping(
     ctx: _Ctx, node: Node, field: str | None, allowed: Iterable[str], what: str
 ) -> dict[str, tuple[Node, Node]]:
     """A mapping's entries by key as (key node, value node); rejects duplicate and unknown keys."""
-    if field is not None:
-        _check_tags(ctx, node, field)
+    _check_tags(ctx, node, field or "(top level)")
     if not isinstance(node, MappingNode):
         raise ctx.error(node, field, f"expected {what}, found {_describe(node)}")
     allowed = tuple(allowed)
     entries: dict[str, tuple[Node, Node]] = {}
     for key_node, value_node in node.value:
         key_field = field or "(top level)"
-        if not isinstance(key_node, ScalarNode) or not isinstance(_safe_scalar(key_node), str):
+        _check_tags(ctx, key_node, key_field)
+        if not isinstance(key_node, ScalarNode) or not isinstance(_scalar(key_node), str):
             raise ctx.error(
                 key_node, key_field, f"keys must be strings, found {_describe(key_node)}"
             )
@@ -243,13 +275,6 @@ def _mapping(
             raise ctx.error(key_node, sub, f"unknown key (known keys: {known}){hint}")
         entries[key] = (key_node, value_node)
     return entries
-
-
-def _safe_scalar(node: ScalarNode) -> Any:
-    try:
-        return _scalar(node)
-    except ValueError:
-        return None
 
 
 def _join(field: str | None, key: str) -> str:
@@ -349,7 +374,7 @@ def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
         return [exc]
     stem = path.stem
     if "cases" not in entries:
-        return [_case(ctx, entries, None, stem)]
+        return [_case(ctx, entries, None, stem, root)]
     _, cases_node = entries.pop("cases")
     try:
         case_nodes = _sequence(ctx, cases_node, "cases", "a list of cases")
@@ -366,7 +391,7 @@ def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
             out.append(exc)
             continue
         merged = {**entries, **own}
-        out.append(_case(ctx, merged, field, f"{stem}[{i}]", own_fields=set(own)))
+        out.append(_case(ctx, merged, field, f"{stem}[{i}]", case_node))
     return out
 
 
@@ -376,32 +401,44 @@ def _compose(ctx: _Ctx, path: Path) -> Node:
         data = path.read_bytes()
     except OSError as exc:
         raise ctx.error(None, None, f"cannot read file: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ctx.error(None, None, "not UTF-8 (the file starts with a UTF-16 byte-order mark)")
     if b"\x00" in data:
         raise ctx.error(None, None, "not a text file (contains NUL bytes); expected a YAML spec")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
         line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        col = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
         raise SpecError(
             ctx.file, f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", line=line, column=col
         ) from None
     try:
         docs = _compose_all(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        if mark is None:
-            raise ctx.error(None, None, f"invalid YAML: {problem}") from None
+        raise _yaml_error(ctx, exc) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         raise SpecError(
-            ctx.file, f"invalid YAML: {problem}", line=mark.line + 1, column=mark.column + 1
+            ctx.file,
+            f"invalid YAML: unacceptable character #x{exc.character:04x}: "
+            "special characters are not allowed",
+            line=line,
+            column=col,
         ) from None
     except yaml.YAMLError as exc:
         raise ctx.error(None, None, f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ctx.error(
+            None, None, "invalid spec: the YAML is nested too deeply (specs need at most 4 levels)"
+        ) from None
     if not docs:
+        what = "has only comments" if text.strip() else "is empty"
         raise SpecError(
             ctx.file,
-            "the file is empty; expected a mapping with at least 'logits'",
+            f"the file {what}; expected a mapping with at least 'logits'",
             line=1,
             column=1,
         )
@@ -410,6 +447,20 @@ def _compose(ctx: _Ctx, path: Path) -> Node:
             docs[1], None, "several YAML documents in one file; put several cases under 'cases:'"
         )
     return docs[0]
+
+
+def _yaml_error(ctx: _Ctx, exc: yaml.MarkedYAMLError) -> SpecError:
+    """A located message from PyYAML's error, keeping its context ('while parsing a list...')."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+        problem = f"{problem} ({exc.context} started at {where})"
+    if mark is None:
+        return ctx.error(None, None, f"invalid YAML: {problem}")
+    return SpecError(
+        ctx.file, f"invalid YAML: {problem}", line=mark.line + 1, column=mark.column + 1
+    )
 
 
 def _compose_all(text: str) -> list[Node]:
@@ -430,11 +481,11 @@ def _case(
     entries: dict[str, tuple[Node, Node]],
     prefix: str | None,
     default_name: str,
-    own_fields: set[str] | None = None,
+    case_node: Node,
 ) -> Spec | SpecError:
     """Build one case; return the error instead of raising it, so other cases still run."""
     try:
-        return _build_spec(ctx, entries, prefix, default_name, own_fields)
+        return _build_spec(ctx, entries, prefix, default_name, case_node)
     except SpecError as exc:
         return exc
 
@@ -444,16 +495,24 @@ def _build_spec(
     entries: dict[str, tuple[Node, Node]],
     prefix: str | None,
     default_name: str,
-    own_fields: set[str] | None,
+    case_node: Node,
 ) -> Spec:
+    """Validate one case's keys. ``case_node`` (the case's mapping) locates missing keys.
+
+    In a ``cases`` file every field is named with its case (``cases[1].label``), including keys
+    inherited from the top level; the location is where the key is written.
+    """
+
     def field(key: str) -> str:
-        # A key inherited from the top level of a cases file is reported under its own name.
-        if prefix is None or (own_fields is not None and key not in own_fields):
-            return key
-        return f"{prefix}.{key}"
+        return key if prefix is None else f"{prefix}.{key}"
 
     def value(key: str) -> Node | None:
-        return entries[key][1] if key in entries else None
+        if key not in entries:
+            return None
+        node = entries[key][1]
+        if isinstance(node, ScalarNode) and node.tag == _PLAIN and _NULL.match(node.value):
+            raise ctx.error(node, field(key), f"expected {CASE_KEYS[key]}, found an empty value")
+        return node
 
     name = default_name
     if (node := value("name")) is not None:
@@ -464,9 +523,8 @@ def _build_spec(
 
     logits_node = value("logits")
     if logits_node is None:
-        where = entries[next(iter(entries))][0] if entries else None
         raise ctx.error(
-            where, field("logits"), "missing required key: K numbers, or N lists of K numbers"
+            case_node, field("logits"), "missing required key: K numbers, or N lists of K numbers"
         )
     logits = _float_array(ctx, logits_node, field("logits"), "K numbers, or N lists of K numbers")
     _finite(ctx, logits_node, field("logits"), logits)
@@ -520,7 +578,7 @@ def _build_spec(
         targets = t[None, :] if single else t
     else:
         raise ctx.error(
-            logits_node,
+            case_node,
             field("label"),
             "missing required key: give 'label' (class index or name) or 'target'",
         )
@@ -575,6 +633,7 @@ def _labels(
     k: int,
     classes: tuple[str, ...] | None,
 ) -> np.ndarray:
+    _check_tags(ctx, node, field)
     if single:
         if isinstance(node, SequenceNode):
             raise ctx.error(
@@ -611,6 +670,10 @@ def _label(ctx: _Ctx, node: Node, field: str, k: int, classes: tuple[str, ...] |
             )
         return classes.index(value)
     if isinstance(value, float):
+        if _INT.match(node.value):  # an integer too long to convert: certainly out of range
+            raise ctx.error(
+                node, field, f"class index {_clip(node.value)} out of range: expected 0 to {k - 1}"
+            )
         raise ctx.error(node, field, f"expected an integer class index, found number {node.value}")
     raise ctx.error(node, field, f"expected a class index or class name, found {_describe(node)}")
 

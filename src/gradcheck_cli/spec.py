@@ -101,7 +101,7 @@ class _Loader(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(
                     None, None, f"nesting deeper than {MAX_DEPTH} levels", mark
                 )
-            return super().compose_node(parent, index)  # type: ignore[no-untyped-call,no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 

@@ -83,3 +83,12 @@ def test_expectations_report_the_worst_element() -> None:
 def test_expectation_of_nan_fails() -> None:
     (check,) = checks.expectations(Expect(loss=1.0), float("nan"), np.zeros(2), None)
     assert not check.passed
+
+
+def test_expecting_nan_or_inf_matches_exactly() -> None:
+    (check,) = checks.expectations(Expect(loss=float("nan")), float("nan"), np.zeros(2), None)
+    assert check.passed
+    (check,) = checks.expectations(Expect(loss=float("inf")), float("inf"), np.zeros(2), None)
+    assert check.passed
+    (check,) = checks.expectations(Expect(loss=float("nan")), 1.0, np.zeros(2), None)
+    assert not check.passed

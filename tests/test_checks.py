@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli import checks
-from gradcheck_cli.core import CrossEntropyProblem, per_sample_loss, reduce_loss, softmax
+from gradcheck_cli.core import CrossEntropyProblem, reduce_loss, softmax
 from gradcheck_cli.model import Expect
 
 
@@ -61,7 +61,7 @@ def test_jacobian_properties_catch_broken_jacobians(monkeypatch: pytest.MonkeyPa
 
 def test_shift_invariance() -> None:
     problem = CrossEntropyProblem(np.array([[1.0, 2.0, 0.5]]), labels=np.array([1]))
-    loss = reduce_loss(problem, per_sample_loss(problem))
+    loss = reduce_loss(problem)
     check = checks.shift_invariance(problem, loss)
     assert check.passed, check.detail
     assert not checks.shift_invariance(problem, loss + 1e-9).passed

@@ -14,7 +14,6 @@ instead of printing a traceback, so "no traceback" is checked through ``result.e
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,21 +190,15 @@ def test_huge_integer_no_traceback(tmp_path: Path) -> None:
 def test_real_process_streams() -> None:
     """The installed entry point, in a real process: report on stdout, message on stderr."""
     bad = str(BAD / "unknown_key.yaml")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run(
         [sys.executable, "-m", "gradcheck_cli", "run", "-f", "json", "-q", str(GOOD), bad],
         capture_output=True,
         text=True,
-        env=env,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr == (
-        f"error: {bad}:2:1: logit: unknown key (known keys: name, description, classes, "
-        "num_classes, logits, label, target, reduction, methods, tolerance, expect, cases); "
-        "did you mean 'logits'?\n"
-    )
+    assert proc.stderr == f"error: {bad}:2:1: logit: unknown key; did you mean 'logits'?\n"
     statuses = {r["name"]: r["status"] for r in json.loads(proc.stdout)["results"]}
     assert statuses == {"cat-dog-bird": "pass", "unknown_key": "error"}

@@ -6,10 +6,20 @@ derived from the computation, not tuning knobs; each is stated where it is compu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.loss import CrossEntropyProblem, per_sample_loss, reduce_loss
+from gradcheck_cli.core.loss import (
+    CrossEntropyProblem,
+    capped,
+    reduce_loss,
+    reduction_scales,
+    sample_terms,
+    weighted_targets,
+)
+from gradcheck_cli.core.sigmoid import SigmoidProblem, element_losses, softplus
 from gradcheck_cli.core.softmax import softmax_jacobian
 from gradcheck_cli.model import Check, Expect
 
@@ -98,24 +108,75 @@ def jacobian_properties(probs: FloatArray) -> Check:
 def shift_invariance(problem: CrossEntropyProblem, loss: float | FloatArray) -> Check:
     """``loss(z + c) == loss(z)`` for ``c = 1024`` added to every logit, up to rounding.
 
-    Rounding ``z + c`` moves each logit by at most ``eps (|z| + c) / 2``, which moves a
-    per-sample loss by at most twice that (the gradient's 1-norm is at most 2); evaluating
-    ``logsumexp(z + c) - (z_y + c)`` adds a few ``eps (|z| + c)``. Bound per sample:
-    ``8 eps (max|z| + c) + 4 eps |l|``, summed over samples for ``sum``.
+    Holds without a softcap or z-loss (both see the logits' absolute level). Rounding ``z + c``
+    moves each logit by at most ``eps (|z| + c) / 2``, which moves a sample's loss by at most
+    ``2 sum(q)`` times that (the gradient's 1-norm is at most ``2 sum(q)``); evaluating the shifted
+    loss adds a few ``eps (|z| + c) sum(q)``. Bound per sample: ``8 eps (max|z| + c) sum(q) + 4 eps
+    |l|``, scaled like the loss by the reduction.
     """
-    shifted = problem.logits + SHIFT
-    other = reduce_loss(problem, per_sample_loss(problem, shifted))
+    shifted = replace(problem, logits=problem.logits + SHIFT)
+    other = np.asarray(reduce_loss(shifted))
     base = np.asarray(loss, dtype=np.float64)
-    diff = float(np.max(np.abs(np.asarray(other) - base)))
-    n, _ = problem.shape
-    zmax = float(np.max(np.abs(problem.logits)))
-    bound = 8 * EPS * (zmax + SHIFT) + 4 * EPS * float(np.max(np.abs(base)))
-    if problem.reduction == "sum":
-        bound *= n
+    diff = float(np.max(np.abs(other - base)))
+    q_sum = np.sum(weighted_targets(problem), axis=-1)  # (N,)
+    finite = np.isfinite(problem.logits)
+    zmax = float(np.max(np.abs(problem.logits[finite])))
+    per_sample = 8 * EPS * (zmax + SHIFT) * q_sum
+    if problem.reduction == "none":
+        bound_arr = per_sample
+    else:
+        alpha, _ = reduction_scales(problem)
+        bound_arr = np.asarray(np.sum(per_sample * np.where(alpha > 0, alpha, 0.0)))
+    bound = float(np.max(bound_arr + 4 * EPS * np.abs(base)))
     return Check(
         "shift_invariance",
         diff <= bound,
         f"|loss(z + {SHIFT:g}) - loss(z)| = {diff:.3g} (bound {bound:.3g})",
+    )
+
+
+def binary_equivalence(problem: CrossEntropyProblem) -> Check:
+    """For K = 2, softmax cross-entropy equals sigmoid cross-entropy on ``x = z'_1 - z'_0``.
+
+    With weighted target ``q`` and ``y = q_1 / sum(q)``: ``ce = sum(q) * (y softplus(-x) +
+    (1 - y) softplus(x))``, since ``p_1 = sigmoid(x)``. Both sides are accurate to a few ulps;
+    rounding ``x`` moves the loss by at most ``sum(q) eps (|z'_0| + |z'_1|)``. Bound:
+    ``8 eps (|ce| + sum(q) (|z'_0| + |z'_1|))`` per sample.
+    """
+    ce, _ = sample_terms(problem)
+    z = capped(problem, problem.logits)
+    q = weighted_targets(problem)
+    total = np.sum(q, axis=-1)
+    x = z[:, 1] - z[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(total > 0, q[:, 1] / total, 0.0)
+        pos = np.where(y > 0, y * softplus(-x), 0.0)
+        neg = np.where(y < 1, (1.0 - y) * softplus(x), 0.0)
+        binary = total * (pos + neg)
+        diff = np.where(ce == binary, 0.0, np.abs(ce - binary))
+        bound = 8 * EPS * (np.abs(ce) + total * (np.abs(z[:, 0]) + np.abs(z[:, 1])))
+    ok = bool(np.all(diff <= bound))
+    worst = float(np.max(diff))
+    return Check(
+        "binary_equivalence",
+        ok,
+        f"max |softmax CE - sigmoid CE on z1 - z0| = {worst:.3g} (K = 2)",
+    )
+
+
+def label_flip_symmetry(problem: SigmoidProblem) -> Check:
+    """Binary cross-entropy is unchanged by ``x -> -x, y -> 1 - y`` (without pos_weight).
+
+    Both sides evaluate the same softplus terms in swapped roles, so they must agree exactly.
+    """
+    flipped = replace(problem, logits=-problem.logits, targets=1.0 - problem.targets)
+    a = element_losses(problem)
+    b = element_losses(flipped)
+    diff = float(np.max(np.abs(a - b)))
+    return Check(
+        "label_flip_symmetry",
+        diff == 0.0,
+        f"max |l(x, y) - l(-x, 1 - y)| = {diff:.3g}",
     )
 
 

@@ -74,6 +74,9 @@ class Comparison:
     """Absolute tolerance applied."""
     failed_elements: int
     """How many elements break the tolerance."""
+    quantity: str = "logits"
+    """What the gradient is taken with respect to: ``logits``, or a layer's ``weights``,
+    ``bias`` or ``inputs``."""
 
     @property
     def passed(self) -> bool:
@@ -99,6 +102,7 @@ def compare(
     reference: str,
     reference_values: NDArray[np.float64],
     tolerance: Tolerance,
+    quantity: str = "logits",
 ) -> Comparison:
     """Compare ``values`` with ``reference_values`` element by element.
 
@@ -130,6 +134,7 @@ def compare(
         rtol=tolerance.rtol,
         atol=tolerance.atol,
         failed_elements=int(np.count_nonzero(failed)),
+        quantity=quantity,
     )
 
 

@@ -6,23 +6,29 @@ Pure computation: takes a :class:`~gradcheck_cli.model.Spec`, returns a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from gradcheck_cli import checks
 from gradcheck_cli.compare import Comparison, Tolerance, compare, default_tolerance
+from gradcheck_cli.core import Problem, SigmoidProblem, reduce_any
 from gradcheck_cli.core.loss import (
     CrossEntropyProblem,
+    capped,
     dense_targets,
+    loss_note,
     per_sample_loss,
-    reduce_loss,
-    reduction_weights,
+    reduction_scales,
+    weighted_targets,
 )
+from gradcheck_cli.core.sigmoid import sigmoid
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.methods import METHODS, REFERENCE_METHOD, NotComputable
+from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, Spec, SpecResult
+from gradcheck_cli.model import Check, Layer, Spec, SpecResult
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,63 @@ def resolve_tolerance(spec: Spec, method: str, options: RunOptions) -> Tolerance
     return Tolerance(rtol=pick("rtol", default.rtol), atol=pick("atol", default.atol))
 
 
+def build_problem(spec: Spec) -> Problem:
+    """The core problem a spec describes (its logits, targets and loss options)."""
+    if spec.loss == "sigmoid_cross_entropy":
+        assert spec.targets is not None
+        n, k = spec.logits.shape
+        weight = None if spec.weight is None else np.broadcast_to(spec.weight, (n, k)).copy()
+        return SigmoidProblem(
+            spec.logits, spec.targets, spec.reduction, weight=weight, pos_weight=spec.pos_weight
+        )
+    return CrossEntropyProblem(
+        spec.logits,
+        labels=spec.labels,
+        targets=spec.targets,
+        reduction=spec.reduction,
+        weight=spec.weight,
+        ignore_index=spec.ignore_index,
+        label_smoothing=spec.label_smoothing,
+        softcap=spec.softcap,
+        z_loss=spec.z_loss,
+    )
+
+
+def spec_options(spec: Spec) -> dict[str, object]:
+    """The loss options a spec set, by spec key, for reports."""
+    options: dict[str, object] = {}
+    if spec.weight is not None:
+        options["weight"] = spec.weight
+    if spec.ignore_index is not None:
+        options["ignore_index"] = spec.ignore_index
+    if spec.label_smoothing:
+        options["label_smoothing"] = spec.label_smoothing
+    if spec.softcap is not None:
+        options["softcap"] = spec.softcap
+    if spec.z_loss:
+        options["z_loss"] = spec.z_loss
+    if spec.pos_weight is not None:
+        options["pos_weight"] = spec.pos_weight
+    return options
+
+
 def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     """Compute everything a spec asks for and decide pass or fail."""
     options = options or RunOptions()
-    problem = CrossEntropyProblem(
-        spec.logits, labels=spec.labels, targets=spec.targets, reduction=spec.reduction
-    )
-    _, k = problem.shape
+    problem = build_problem(spec)
 
     def shaped(a: np.ndarray) -> np.ndarray:
         return a[0] if spec.single else a
 
-    probs = softmax(problem.logits)
-    loss = reduce_loss(problem, per_sample_loss(problem))
+    loss = reduce_any(problem)
+    if isinstance(problem, SigmoidProblem):
+        probs = sigmoid(problem.logits)
+        note = None if np.all(np.isfinite(np.asarray(loss))) else "the loss is not finite"
+        if spec.single and isinstance(loss, np.ndarray):
+            loss = loss[0]
+    else:
+        probs = softmax(capped(problem, problem.logits))
+        note = loss_note(problem, loss)
 
     requested = options.methods or spec.methods or tuple(METHODS)
     # The reference is always computed: every other method is compared against it.
@@ -87,28 +137,21 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
 
     reference = gradients[REFERENCE_METHOD]
     assert reference is not None  # the closed form is always computable
-    comparisons: list[Comparison] = []
-    for name, grad in gradients.items():
-        if name == REFERENCE_METHOD or grad is None:
-            continue
-        comparisons.append(
-            compare(
-                name,
-                shaped(grad),
-                REFERENCE_METHOD,
-                shaped(reference),
-                resolve_tolerance(spec, name, options),
-            )
-        )
+    comparisons = _compare_all(
+        spec, options, "logits", {m: g for m, g in gradients.items()}, shaped
+    )
 
-    targets = dense_targets(problem)
-    found: list[Check] = [
-        checks.probs_sum_to_one(probs),
-        checks.grad_rows_sum_to_zero(reference, targets, reduction_weights(problem)),
-    ]
-    if k * k <= JACOBIAN_CHUNK_ELEMENTS:
-        found.append(checks.jacobian_properties(probs))
-    found.append(checks.shift_invariance(problem, loss))
+    parameter_gradients: dict[str, dict[str, np.ndarray | None]] = {}
+    if spec.layer is not None:
+        parameter_gradients = _layer_gradients(spec.layer, problem, gradients, not_computable)
+        if spec.single:  # the inputs were one vector (D,)
+            parameter_gradients["inputs"] = {
+                m: (None if g is None else g[0]) for m, g in parameter_gradients["inputs"].items()
+            }
+        for quantity, by_method in parameter_gradients.items():
+            comparisons += _compare_all(spec, options, quantity, by_method, lambda a: a)
+
+    found = _checks(spec, problem, probs, loss, reference, note)
     if spec.expect is not None:
         found.extend(checks.expectations(spec.expect, loss, shaped(probs), shaped(reference)))
 
@@ -117,21 +160,124 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         name=spec.name,
         file=spec.file,
         status="pass" if passed else "fail",
+        message=note,
         shape=spec.logits[0].shape if spec.single else spec.logits.shape,
         classes=spec.classes,
         reduction=spec.reduction,
+        loss_kind=spec.loss,
+        options=spec_options(spec),
         logits=shaped(problem.logits),
-        targets=shaped(targets),
+        targets=shaped(_display_targets(problem)),
         labels=spec.labels,
         loss=loss,
+        loss_note=note,
         probs=shaped(probs),
         gradients={m: (None if g is None else shaped(g)) for m, g in gradients.items()},
         not_computable=not_computable,
         method_notes=notes,
+        parameter_gradients=parameter_gradients,
         reference=REFERENCE_METHOD,
         comparisons=tuple(comparisons),
         checks=tuple(found),
     )
+
+
+def _display_targets(problem: Problem) -> np.ndarray:
+    if isinstance(problem, SigmoidProblem):
+        return problem.targets
+    return dense_targets(problem)
+
+
+def _compare_all(
+    spec: Spec,
+    options: RunOptions,
+    quantity: str,
+    by_method: dict[str, np.ndarray | None],
+    shaped: Callable[[np.ndarray], np.ndarray],
+) -> list[Comparison]:
+    """Every computed method against the reference, for one quantity."""
+    ref = by_method.get(REFERENCE_METHOD)
+    if ref is None:
+        return []
+    return [
+        compare(
+            name,
+            shaped(grad),
+            REFERENCE_METHOD,
+            shaped(ref),
+            resolve_tolerance(spec, name, options),
+            quantity=quantity,
+        )
+        for name, grad in by_method.items()
+        if name != REFERENCE_METHOD and grad is not None
+    ]
+
+
+def _layer_gradients(
+    layer: Layer,
+    problem: Problem,
+    gradients: dict[str, np.ndarray | None],
+    not_computable: dict[str, str],
+) -> dict[str, dict[str, np.ndarray | None]]:
+    """Each method's gradients with respect to the layer's parameters, by parameter."""
+    out: dict[str, dict[str, np.ndarray | None]] = {}
+    for method, grad in gradients.items():
+        try:
+            if method == "finite_difference":
+                found = layer_methods.finite_differences(layer, problem)
+            elif grad is None:
+                found = {}
+            elif method == "jacobian":
+                found = layer_methods.explicit_chain(layer, grad)
+            else:
+                found = layer_methods.closed_form(layer, grad)
+        except NotComputable as exc:
+            not_computable[f"{method} (layer)"] = exc.reason
+            found = {}
+        for name in layer_methods.PARAMETERS:
+            if name == "bias" and layer.bias is None:
+                continue
+            out.setdefault(name, {})[method] = found.get(name)
+    return out
+
+
+def _checks(
+    spec: Spec,
+    problem: Problem,
+    probs: np.ndarray,
+    loss: float | np.ndarray,
+    reference: np.ndarray,
+    note: str | None,
+) -> list[Check]:
+    """The invariant checks that apply to this problem (see ``checks``)."""
+    found: list[Check] = []
+    finite = bool(np.all(np.isfinite(np.asarray(loss))))
+    if not finite:
+        expected = spec.expect is not None and spec.expect.loss is not None
+        found.append(
+            Check(
+                "loss_is_finite",
+                expected,
+                (note or "the loss is not finite")
+                + ("; the spec expects this value" if expected else ""),
+            )
+        )
+    if isinstance(problem, SigmoidProblem):
+        if problem.pos_weight is None:
+            found.append(checks.label_flip_symmetry(problem))
+        return found
+    _, k = problem.shape
+    found.append(checks.probs_sum_to_one(probs))
+    if problem.plain:
+        alpha, _ = reduction_scales(problem)
+        found.append(checks.grad_rows_sum_to_zero(reference, weighted_targets(problem), alpha))
+    if k * k <= JACOBIAN_CHUNK_ELEMENTS:
+        found.append(checks.jacobian_properties(probs))
+    if problem.plain and finite:
+        found.append(checks.shift_invariance(problem, loss))
+    if k == 2:
+        found.append(checks.binary_equivalence(problem))
+    return found
 
 
 @dataclass(frozen=True, eq=False)

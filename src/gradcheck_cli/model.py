@@ -18,6 +18,25 @@ from gradcheck_cli.core.loss import Reduction
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Status = Literal["pass", "fail", "error"]
+LossKind = Literal["softmax_cross_entropy", "sigmoid_cross_entropy"]
+LOSS_KINDS: tuple[LossKind, ...] = ("softmax_cross_entropy", "sigmoid_cross_entropy")
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """A linear layer in front of the loss: ``logits = inputs @ weights + bias``."""
+
+    inputs: FloatArray
+    """Shape (N, D); a single input vector is stored as N = 1."""
+    weights: FloatArray
+    """Shape (D, K), in this layout (row d holds the weights from input d to every class)."""
+    bias: FloatArray | None = None
+    """Shape (K,)."""
+
+    def logits(self) -> FloatArray:
+        """``inputs @ weights + bias``, shape (N, K)."""
+        z: FloatArray = self.inputs @ self.weights
+        return z if self.bias is None else z + self.bias
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,17 @@ class Spec:
     targets: FloatArray | None = None
     """Probability targets, shape (N, K)."""
     reduction: Reduction = "mean"
+    loss: LossKind = "softmax_cross_entropy"
+    weight: FloatArray | None = None
+    """Class weights (K,) for softmax; element weights broadcast to (N, K) for sigmoid."""
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    softcap: float | None = None
+    z_loss: float = 0.0
+    pos_weight: FloatArray | None = None
+    """Positive-term weights (K,), sigmoid only."""
+    layer: Layer | None = None
+    """The layer that produced ``logits``, when the spec gave one instead of logits."""
     classes: tuple[str, ...] | None = None
     """Class names, length K."""
     description: str | None = None
@@ -98,13 +128,19 @@ class SpecResult:
     """Shape of the logits as given."""
     classes: tuple[str, ...] | None = None
     reduction: Reduction | None = None
+    loss_kind: LossKind | None = None
+    options: dict[str, object] = field(default_factory=dict)
+    """The loss options the spec set (weight, ignore_index, ...), for reports."""
     logits: FloatArray | None = None
     targets: FloatArray | None = None
     """Dense targets (one-hot for labels), shaped like the logits."""
     labels: IntArray | None = None
     """Class indices (N,), when the spec gave labels."""
     loss: float | FloatArray | None = None
-    """The reduced loss: a float, or shape (N,) with reduction ``none``."""
+    """The reduced loss: a float; with reduction ``none`` shape (N,) (softmax) or the logits'
+    shape (sigmoid)."""
+    loss_note: str | None = None
+    """Why the loss is not finite, when it is not."""
     probs: FloatArray | None = None
     gradients: dict[str, FloatArray | None] = field(default_factory=dict)
     """Each method's gradient, or None where it was not computable."""
@@ -112,6 +148,9 @@ class SpecResult:
     """Why a method produced no gradient."""
     method_notes: dict[str, str] = field(default_factory=dict)
     """How a method computed its gradient (step rules and the like)."""
+    parameter_gradients: dict[str, dict[str, FloatArray | None]] = field(default_factory=dict)
+    """With a layer: for ``weights`` (D, K), ``bias`` (K,) and ``inputs`` (the inputs' shape),
+    each method's gradient (of the sum of per-sample losses when the reduction is ``none``)."""
     reference: str | None = None
     """The method every comparison is made against."""
     comparisons: tuple[Comparison, ...] = ()

@@ -36,7 +36,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
 from gradcheck_cli.methods import METHODS
-from gradcheck_cli.model import Expect, Spec, ToleranceOverride
+from gradcheck_cli.model import LOSS_KINDS, Expect, Layer, LossKind, Spec, ToleranceOverride
 
 #: Keys a case may have. Top-level keys of a ``cases:`` file are defaults for every case.
 CASE_KEYS: dict[str, str] = {
@@ -44,15 +44,27 @@ CASE_KEYS: dict[str, str] = {
     "description": "free text",
     "classes": "class names, a list of K strings",
     "num_classes": "number of classes K (integer)",
+    "loss": "softmax_cross_entropy | sigmoid_cross_entropy",
     "logits": "K numbers, or N lists of K numbers",
+    "layer": "a linear layer {inputs, weights, bias} that computes the logits",
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
+    "weight": "class weights (K numbers); for sigmoid, element weights broadcast to the logits",
+    "ignore_index": "label value whose samples are ignored (integer)",
+    "label_smoothing": "smoothing in [0, 1]",
+    "softcap": "c > 0: logits pass through c tanh(z / c)",
+    "z_loss": "s >= 0: adds s logsumexp(z)^2 per sample",
+    "pos_weight": "weight of the positive term per class (K numbers), sigmoid only",
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
     "expect": "golden values: {loss, probs, grad, rtol, atol}",
 }
 FILE_KEYS = ("cases",)
+LAYER_KEYS = ("inputs", "weights", "bias")
+#: Keys that only one loss family takes.
+SOFTMAX_ONLY = ("ignore_index", "label_smoothing", "softcap", "z_loss")
+SIGMOID_ONLY = ("pos_weight",)
 EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
 TOLERANCE_KEYS = ("rtol", "atol")
 
@@ -270,9 +282,10 @@ def _mapping(
             raise ctx.error(key_node, sub, f"duplicate key (first given on line {first})")
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            if close:
+                raise ctx.error(key_node, sub, f"unknown key; did you mean {close[0]!r}?")
             known = ", ".join(allowed)
-            raise ctx.error(key_node, sub, f"unknown key (known keys: {known}){hint}")
+            raise ctx.error(key_node, sub, f"unknown key (known keys: {known})")
         entries[key] = (key_node, value_node)
     return entries
 
@@ -521,38 +534,43 @@ def _build_spec(
     if (node := value("description")) is not None:
         description = _string(ctx, node, field("description"))
 
-    logits_node = value("logits")
-    if logits_node is None:
-        raise ctx.error(
-            case_node, field("logits"), "missing required key: K numbers, or N lists of K numbers"
+    loss: LossKind = "softmax_cross_entropy"
+    if (node := value("loss")) is not None:
+        text = _string(ctx, node, field("loss"))
+        if text not in LOSS_KINDS:
+            raise ctx.error(
+                node, field("loss"), f"expected one of {' | '.join(LOSS_KINDS)}, found {text!r}"
+            )
+        loss = text
+    sigmoid = loss == "sigmoid_cross_entropy"
+    for key in SOFTMAX_ONLY if sigmoid else SIGMOID_ONLY:
+        if (node := value(key)) is not None:
+            raise ctx.error(node, field(key), f"{key} does not apply to loss {loss}")
+
+    logits_node, layer_node = value("logits"), value("layer")
+    layer = None
+    if logits_node is not None and layer_node is not None:
+        raise ctx.error(layer_node, field("layer"), "give either 'logits' or 'layer', not both")
+    if layer_node is not None:
+        layer, logits = _layer(ctx, layer_node, field("layer"))
+    elif logits_node is not None:
+        logits = _float_array(
+            ctx, logits_node, field("logits"), "K numbers, or N lists of K numbers"
         )
-    logits = _float_array(ctx, logits_node, field("logits"), "K numbers, or N lists of K numbers")
-    _finite(ctx, logits_node, field("logits"), logits)
+        _check_logits(ctx, logits_node, field("logits"), logits, allow_minus_inf=not sigmoid)
+    else:
+        raise ctx.error(
+            case_node,
+            field("logits"),
+            "missing required key: K numbers, or N lists of K numbers (or a 'layer')",
+        )
     single = logits.ndim == 1
     batch = logits[None, :] if single else logits
     n, k = batch.shape
 
     classes: tuple[str, ...] | None = None
     if (node := value("classes")) is not None:
-        names = []
-        seen: dict[str, int] = {}
-        for i, item in enumerate(_sequence(ctx, node, field("classes"), "a list of class names")):
-            nm = _string(ctx, item, f"{field('classes')}[{i}]")
-            if nm in seen:
-                raise ctx.error(
-                    item,
-                    f"{field('classes')}[{i}]",
-                    f"duplicate class name {nm!r} (also at index {seen[nm]})",
-                )
-            seen[nm] = i
-            names.append(nm)
-        if len(names) != k:
-            raise ctx.error(
-                node,
-                field("classes"),
-                f"expected {k} class names (one per logit), found {len(names)}",
-            )
-        classes = tuple(names)
+        classes = _classes(ctx, node, field("classes"), k)
 
     if (node := value("num_classes")) is not None:
         declared = _integer(ctx, node, field("num_classes"))
@@ -563,25 +581,74 @@ def _build_spec(
                 f"num_classes is {declared} but the logits have {k} classes",
             )
 
+    ignore_index = None
+    if (node := value("ignore_index")) is not None:
+        ignore_index = _integer(ctx, node, field("ignore_index"))
+
     label_node, target_node = value("label"), value("target")
     if label_node is not None and target_node is not None:
         raise ctx.error(target_node, field("target"), "give either 'label' or 'target', not both")
     labels = targets = None
     if label_node is not None:
-        labels = _labels(ctx, label_node, field("label"), single, n, k, classes)
+        if sigmoid:
+            raise ctx.error(
+                label_node,
+                field("label"),
+                "loss sigmoid_cross_entropy takes 'target' (values in [0, 1] shaped like the "
+                "logits), not 'label'",
+            )
+        labels = _labels(ctx, label_node, field("label"), single, n, k, classes, ignore_index)
     elif target_node is not None:
+        if ignore_index is not None:
+            raise ctx.error(
+                entries["ignore_index"][1],
+                field("ignore_index"),
+                "ignore_index applies to index labels ('label'), not to 'target'",
+            )
         t = _shaped(
-            ctx, target_node, field("target"), logits.shape, "probabilities shaped like the logits"
+            ctx, target_node, field("target"), logits.shape, "values shaped like the logits"
         )
         _finite(ctx, target_node, field("target"), t)
-        _check_targets(ctx, target_node, field("target"), t)
+        _check_targets(ctx, target_node, field("target"), t, distributions=not sigmoid)
         targets = t[None, :] if single else t
     else:
         raise ctx.error(
             case_node,
             field("label"),
-            "missing required key: give 'label' (class index or name) or 'target'",
+            "missing required key: give 'label' (class index or name) or 'target'"
+            if not sigmoid
+            else "missing required key: 'target' (values in [0, 1] shaped like the logits)",
         )
+
+    weight = None
+    if (node := value("weight")) is not None:
+        if sigmoid:
+            weight = _broadcast_weight(ctx, node, field("weight"), logits.shape)
+            weight = weight[None, :] if single else weight
+        else:
+            weight = _nonnegative_array(ctx, node, field("weight"), (k,), f"{k} class weights")
+    pos_weight = None
+    if (node := value("pos_weight")) is not None:
+        pos_weight = _nonnegative_array(
+            ctx, node, field("pos_weight"), (k,), f"{k} positive-class weights"
+        )
+    smoothing = 0.0
+    if (node := value("label_smoothing")) is not None:
+        smoothing = _number(ctx, node, field("label_smoothing"))
+        if not 0.0 <= smoothing <= 1.0:
+            raise ctx.error(
+                node, field("label_smoothing"), f"expected a number in [0, 1], found {node.value}"
+            )
+    softcap = None
+    if (node := value("softcap")) is not None:
+        softcap = _number(ctx, node, field("softcap"))
+        if not (math.isfinite(softcap) and softcap > 0):
+            raise ctx.error(
+                node, field("softcap"), f"expected a finite number > 0, found {node.value}"
+            )
+    z_loss = 0.0
+    if (node := value("z_loss")) is not None:
+        z_loss = _nonnegative(ctx, node, field("z_loss"))
 
     reduction: Reduction = "mean"
     if (node := value("reduction")) is not None:
@@ -605,7 +672,8 @@ def _build_spec(
 
     expect = None
     if (node := value("expect")) is not None:
-        expect = _expect(ctx, node, field("expect"), logits.shape, n, reduction)
+        loss_shape = (n,) if not sigmoid else logits.shape
+        expect = _expect(ctx, node, field("expect"), logits.shape, loss_shape, reduction)
 
     return Spec(
         name=name,
@@ -615,6 +683,14 @@ def _build_spec(
         labels=labels,
         targets=targets,
         reduction=reduction,
+        loss=loss,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=smoothing,
+        softcap=softcap,
+        z_loss=z_loss,
+        pos_weight=pos_weight,
+        layer=layer,
         classes=classes,
         description=description,
         methods=methods,
@@ -632,6 +708,7 @@ def _labels(
     n: int,
     k: int,
     classes: tuple[str, ...] | None,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
     _check_tags(ctx, node, field)
     if single:
@@ -639,21 +716,31 @@ def _labels(
             raise ctx.error(
                 node, field, "one sample takes one label (a class index or name), found a list"
             )
-        return np.array([_label(ctx, node, field, k, classes)], dtype=np.int64)
+        return np.array([_label(ctx, node, field, k, classes, ignore_index)], dtype=np.int64)
     items = _sequence(ctx, node, field, f"a list of {n} labels, one per row of logits")
     if len(items) != n:
         raise ctx.error(
             node, field, f"expected {n} labels (one per row of logits), found {len(items)}"
         )
     return np.array(
-        [_label(ctx, x, f"{field}[{i}]", k, classes) for i, x in enumerate(items)], dtype=np.int64
+        [_label(ctx, x, f"{field}[{i}]", k, classes, ignore_index) for i, x in enumerate(items)],
+        dtype=np.int64,
     )
 
 
-def _label(ctx: _Ctx, node: Node, field: str, k: int, classes: tuple[str, ...] | None) -> int:
+def _label(
+    ctx: _Ctx,
+    node: Node,
+    field: str,
+    k: int,
+    classes: tuple[str, ...] | None,
+    ignore_index: int | None = None,
+) -> int:
     _check_tags(ctx, node, field)
     value = _scalar(node) if isinstance(node, ScalarNode) else None
     if isinstance(value, int) and not isinstance(value, bool):
+        if value == ignore_index:
+            return value
         if not 0 <= value < k:
             raise ctx.error(node, field, f"class index {value} out of range: expected 0 to {k - 1}")
         return value
@@ -678,8 +765,11 @@ def _label(ctx: _Ctx, node: Node, field: str, k: int, classes: tuple[str, ...] |
     raise ctx.error(node, field, f"expected a class index or class name, found {_describe(node)}")
 
 
-def _check_targets(ctx: _Ctx, node: Node, field: str, t: np.ndarray) -> None:
-    """Targets are probabilities: entries in [0, 1], each distribution summing to 1 within 1e-6.
+def _check_targets(
+    ctx: _Ctx, node: Node, field: str, t: np.ndarray, *, distributions: bool = True
+) -> None:
+    """Targets are probabilities: entries in [0, 1]; for softmax, each distribution sums to 1
+    within 1e-6 (sigmoid targets are independent probabilities).
 
     ``t`` has the shape the spec gave, (K,) or (N, K), so indices map straight onto the nodes.
     """
@@ -690,6 +780,8 @@ def _check_targets(ctx: _Ctx, node: Node, field: str, t: np.ndarray) -> None:
         raise ctx.error(
             _element(node, idx), path, f"expected a probability in [0, 1], found {t[idx]:g}"
         )
+    if not distributions:
+        return
     sums = np.sum(t, axis=-1, keepdims=True).reshape(-1)
     off = np.abs(sums - 1.0) > TARGET_SUM_TOLERANCE
     if np.any(off):
@@ -701,6 +793,117 @@ def _check_targets(ctx: _Ctx, node: Node, field: str, t: np.ndarray) -> None:
             f"probabilities must sum to 1 (within {TARGET_SUM_TOLERANCE:g}), "
             f"found sum {sums[row]:.10g}",
         )
+
+
+def _check_logits(
+    ctx: _Ctx, node: Node, field: str, logits: np.ndarray, *, allow_minus_inf: bool
+) -> None:
+    """No nan or +inf; -inf only where allowed (softmax: probability 0), and every softmax row
+    needs a finite logit."""
+    bad = np.isnan(logits) | (logits == np.inf)
+    if not allow_minus_inf:
+        bad |= logits == -np.inf
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        path = field + "".join(f"[{i}]" for i in idx)
+        allowed = "a finite number or -.inf" if allow_minus_inf else "a finite number"
+        raise ctx.error(_element(node, idx), path, f"expected {allowed}, found {logits[idx]}")
+    rows = logits.reshape(-1, logits.shape[-1])
+    dead = ~np.any(np.isfinite(rows), axis=-1)
+    if np.any(dead):
+        row = int(np.argmax(dead))
+        at, path = (node.value[row], f"{field}[{row}]") if logits.ndim == 2 else (node, field)
+        raise ctx.error(at, path, "every logit is -inf: the softmax is undefined (0/0)")
+
+
+def _classes(ctx: _Ctx, node: Node, field: str, k: int) -> tuple[str, ...]:
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(_sequence(ctx, node, field, "a list of class names")):
+        name = _string(ctx, item, f"{field}[{i}]")
+        if name in seen:
+            raise ctx.error(
+                item, f"{field}[{i}]", f"duplicate class name {name!r} (also at index {seen[name]})"
+            )
+        seen[name] = i
+        names.append(name)
+    if len(names) != k:
+        raise ctx.error(
+            node, field, f"expected {k} class names (one per logit), found {len(names)}"
+        )
+    return tuple(names)
+
+
+def _nonnegative_array(
+    ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...], what: str
+) -> np.ndarray:
+    """A list of finite numbers >= 0 of exactly ``shape``."""
+    arr = _float_array(ctx, node, field, what)
+    if arr.shape != shape:
+        raise ctx.error(node, field, f"expected {what}, found shape {_shape(arr.shape)}")
+    _require_nonnegative(ctx, node, field, arr)
+    return arr
+
+
+def _require_nonnegative(ctx: _Ctx, node: Node, field: str, arr: np.ndarray) -> None:
+    bad = ~(np.isfinite(arr) & (arr >= 0))
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        path = field + "".join(f"[{i}]" for i in idx)
+        raise ctx.error(
+            _element(node, idx), path, f"expected a finite number >= 0, found {arr[idx]}"
+        )
+
+
+def _broadcast_weight(ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Sigmoid element weights: a number or an array that broadcasts to the logits' shape
+    (PyTorch's rule), returned broadcast to ``shape``."""
+    if isinstance(node, ScalarNode):
+        value = _nonnegative(ctx, node, field)
+        return np.full(shape, value)
+    arr = _float_array(ctx, node, field, "a number or an array that broadcasts to the logits")
+    _require_nonnegative(ctx, node, field, arr)
+    try:
+        return np.broadcast_to(arr, shape).copy()
+    except ValueError:
+        raise ctx.error(
+            node,
+            field,
+            f"shape {_shape(arr.shape)} does not broadcast to the logits' shape {_shape(shape)}",
+        ) from None
+
+
+def _layer(ctx: _Ctx, node: Node, field: str) -> tuple[Layer, np.ndarray]:
+    """``layer: {inputs, weights, bias}`` and the logits it computes (shape (K,) or (N, K))."""
+    entries = _mapping(ctx, node, field, LAYER_KEYS, "a mapping {inputs, weights, bias}")
+    for key in ("inputs", "weights"):
+        if key not in entries:
+            raise ctx.error(node, f"{field}.{key}", "missing required key")
+    in_node, w_node = entries["inputs"][1], entries["weights"][1]
+    inputs = _float_array(ctx, in_node, f"{field}.inputs", "D numbers, or N lists of D numbers")
+    _finite(ctx, in_node, f"{field}.inputs", inputs)
+    weights = _float_array(ctx, w_node, f"{field}.weights", "D lists of K numbers")
+    _finite(ctx, w_node, f"{field}.weights", weights)
+    d = inputs.shape[-1]
+    if weights.ndim != 2 or weights.shape[0] != d:
+        raise ctx.error(
+            w_node,
+            f"{field}.weights",
+            f"expected shape (D, K) with D = {d} (one row per input), found shape "
+            f"{_shape(weights.shape)}",
+        )
+    k = weights.shape[1]
+    bias = None
+    if "bias" in entries:
+        b_node = entries["bias"][1]
+        bias = _shaped(ctx, b_node, f"{field}.bias", (k,), f"{k} numbers (one per class)")
+        _finite(ctx, b_node, f"{field}.bias", bias)
+    batch = inputs[None, :] if inputs.ndim == 1 else inputs
+    layer = Layer(np.ascontiguousarray(batch), weights, bias)
+    logits = layer.logits()
+    if not np.all(np.isfinite(logits)):
+        raise ctx.error(node, field, "the logits inputs @ weights + bias overflow float64")
+    return layer, logits[0] if inputs.ndim == 1 else logits
 
 
 def _methods(ctx: _Ctx, node: Node, field: str) -> tuple[str, ...]:
@@ -763,21 +966,23 @@ def _nonnegative(ctx: _Ctx, node: Node, field: str) -> float:
 
 
 def _expect(
-    ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...], n: int, reduction: Reduction
+    ctx: _Ctx,
+    node: Node,
+    field: str,
+    shape: tuple[int, ...],
+    loss_shape: tuple[int, ...],
+    reduction: Reduction,
 ) -> Expect:
     entries = _mapping(ctx, node, field, EXPECT_KEYS, "a mapping {loss, probs, grad, rtol, atol}")
     loss: float | np.ndarray | None = None
     if "loss" in entries:
         loss_node = entries["loss"][1]
         if reduction == "none":
-            arr = _float_array(
-                ctx, loss_node, f"{field}.loss", f"a list of {n} losses (reduction none)"
-            )
-            if arr.shape != (n,):
+            what = f"losses of shape {_shape(loss_shape)} (reduction none)"
+            arr = _float_array(ctx, loss_node, f"{field}.loss", what)
+            if arr.shape != loss_shape:
                 raise ctx.error(
-                    loss_node,
-                    f"{field}.loss",
-                    f"expected {n} losses (reduction none), found shape {_shape(arr.shape)}",
+                    loss_node, f"{field}.loss", f"expected {what}, found shape {_shape(arr.shape)}"
                 )
             loss = arr
         else:

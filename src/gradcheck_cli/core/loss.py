@@ -1,22 +1,31 @@
-"""Softmax cross-entropy: the problem definition, per-sample losses and reductions.
+"""Softmax cross-entropy with PyTorch's options: the problem, per-sample losses, reductions.
 
-For one sample with logits ``z`` (K,) the loss is
+One formula covers every variant. For a sample with logits ``z`` (K,), let ``z' = c tanh(z / c)``
+with a ``softcap`` c (``z' = z`` without), ``p = softmax(z')``, and let ``q`` (K,) be the sample's
+*weighted target*:
 
-* index label ``y``:            ``l = logsumexp(z) - z_y``            (= -log p_y)
-* probability target ``t`` (K,): ``l = -sum_c t_c log_softmax(z)_c``  (= -sum_c t_c log p_c)
+* index label ``y``, class weights ``w``, label smoothing ``a``:
+  ``q = (1 - a) w_y onehot(y) + (a / K) w``  (zero for a sample whose label is ``ignore_index``)
+* probability target ``t``: ``q = w * ((1 - a) t + a / K)``
 
-Neither form evaluates ``log p``: they stay exact where ``p_y`` underflows to 0 (logits
-(0, -800, 1), label 1 give 801.3132616875...). Both are evaluated in the rearranged form
-``-log p_c = (m - z_c) + log1p(sum_{j != j*} exp(z_j - m))`` (``m = z_{j*}`` the row maximum), a
-sum of two non-negative terms: ``logsumexp(z) - z_y`` subtracts two numbers of similar size when
-the loss is small and loses its relative accuracy (for logits (40, 0, 0), label 0, it rounds to 0
-instead of 8.4967e-18); the rearranged form keeps a few ulps everywhere. In the probability form a
-class with ``t_c == 0`` contributes exactly 0.
+Then the sample's cross-entropy is ``ce = -sum_c q_c log p_c`` (PyTorch's
+``(1 - a) * nll + (a / K) * smooth`` rearranged), and an optional z-loss adds
+``s * logsumexp(z')^2`` for every sample that is not ignored (Liger-Kernel's definition).
 
-A batch (N, K) gives N per-sample losses; the reduction combines them: ``mean`` divides their sum
-by N, ``sum`` adds them, ``none`` keeps the vector. Every reduction here is linear, so it is fully
-described by one weight per row (:func:`reduction_weights`): the gradient of the reduced loss with
-respect to row n is ``weight_n * dl_n/dz_n`` (for ``none``, row n holds ``dl_n/dz_n``).
+Reductions follow ``torch.nn.functional.cross_entropy``: ``sum`` adds everything; ``none`` keeps
+one loss per sample; ``mean`` divides the cross-entropy sum by ``sum_n w_{y_n}`` over non-ignored
+samples for index labels (by N for probability targets) and the z-loss sum by the number of
+non-ignored samples. Because every reduction is linear, each sample's share of the reduced loss is
+``alpha_n ce_n + beta_n zloss_n`` (:func:`reduction_scales`), which is what the gradient methods
+differentiate; for ``none`` both scales are 1 and row n of a gradient holds ``dl_n/dz_n``.
+
+``-log p_c`` is never computed as ``log`` of a probability: it is
+``(m - z'_c) + log1p(sum_{j != j*} exp(z'_j - m))`` (``m = z'_{j*}`` the row maximum), a sum of two
+non-negative terms that stays exact where ``p_c`` underflows (logits (0, -800, 1), label 1 give
+801.3132616875...) and keeps its relative accuracy where the loss is tiny (logits (40, 0, 0),
+label 0 give 8.4967e-18, where ``logsumexp(z) - z_y`` rounds to 0). A class with ``q_c == 0``
+contributes exactly 0, even at a logit of -inf (PyTorch's probability-target path returns nan
+there, from 0 * -inf).
 """
 
 from __future__ import annotations
@@ -27,30 +36,42 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.softmax import cross_entropy_terms
+from gradcheck_cli.core.softmax import cross_entropy_terms, logsumexp
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
 
 
 @dataclass(frozen=True, eq=False)
 class CrossEntropyProblem:
-    """One softmax cross-entropy evaluation: logits, targets and reduction.
+    """One softmax cross-entropy evaluation: logits, targets, options and reduction.
 
     Exactly one of ``labels`` and ``targets`` is set.
     """
 
     logits: FloatArray
-    """Logits, shape (N, K), float64, finite. A single sample is stored as N = 1."""
+    """Logits, shape (N, K), float64. Entries may be -inf (probability 0); no nan or +inf, and
+    every row has a finite entry. A single sample is stored as N = 1."""
     labels: IntArray | None = None
-    """Class indices, shape (N,), each in [0, K)."""
+    """Class indices, shape (N,), each in [0, K) or equal to ``ignore_index``."""
     targets: FloatArray | None = None
     """Probability targets, shape (N, K), entries in [0, 1]."""
     reduction: Reduction = "mean"
-    """How per-sample losses combine: ``mean`` (divide by N), ``sum`` or ``none``."""
+    """How per-sample losses combine: ``mean``, ``sum`` or ``none`` (see the module docstring)."""
+    weight: FloatArray | None = None
+    """Class weights, shape (K,), finite and >= 0 (None: all 1)."""
+    ignore_index: int | None = None
+    """Samples whose label equals this contribute nothing (index labels only)."""
+    label_smoothing: float = 0.0
+    """Smoothing ``a`` in [0, 1]."""
+    softcap: float | None = None
+    """Logits pass through ``c tanh(z / c)`` before the softmax (c > 0)."""
+    z_loss: float = 0.0
+    """Scale ``s >= 0`` of the z-loss ``s * logsumexp(z')^2``."""
 
     def __post_init__(self) -> None:
         if self.logits.ndim != 2:
@@ -64,6 +85,14 @@ class CrossEntropyProblem:
             raise ValueError(f"targets must have shape ({n}, {k}), got {self.targets.shape}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {self.reduction!r}")
+        if self.weight is not None and self.weight.shape != (k,):
+            raise ValueError(f"weight must have shape ({k},), got {self.weight.shape}")
+        if self.ignore_index is not None and self.labels is None:
+            raise ValueError("ignore_index needs index labels")
+        if self.labels is not None:
+            live = self.labels[self.valid]
+            if np.any((live < 0) | (live >= k)):
+                raise ValueError("labels out of range")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,61 +100,180 @@ class CrossEntropyProblem:
         n, k = self.logits.shape
         return n, k
 
-
-def per_sample_loss(problem: CrossEntropyProblem, logits: FloatArray | None = None) -> FloatArray:
-    """Per-sample losses ``l_n`` of ``problem``, optionally at other logits of the same rows.
-
-    Parameters
-    ----------
-    problem : the targets (labels or probabilities) and shape (N, K).
-    logits : array of shape (..., N, K), default ``problem.logits``. Leading axes are independent
-        copies of the batch (the finite-difference method evaluates many perturbations at once).
-
-    Returns
-    -------
-    array of shape (..., N).
-    """
-    z = problem.logits if logits is None else logits
-    gap, log_norm = cross_entropy_terms(z)  # -log p = gap + log_norm, both >= 0
-    if problem.labels is not None:
-        idx = np.broadcast_to(problem.labels[:, None], (*z.shape[:-1], 1))
-        out: FloatArray = (np.take_along_axis(gap, idx, axis=-1) + log_norm)[..., 0]
+    @property
+    def valid(self) -> BoolArray:
+        """Samples that are not ignored, shape (N,)."""
+        n, _ = self.shape
+        if self.labels is None or self.ignore_index is None:
+            return np.ones(n, dtype=bool)
+        out: BoolArray = self.labels != self.ignore_index
         return out
-    assert problem.targets is not None
-    t = problem.targets
-    # 0 * log p = 0 for classes the target does not use, even where log p is very negative.
-    terms = np.where(t > 0, t * (gap + log_norm), 0.0)
-    out = np.sum(terms, axis=-1)
-    return out
+
+    @property
+    def plain(self) -> bool:
+        """True when no option changes the textbook loss (weights and smoothing aside)."""
+        return self.softcap is None and self.z_loss == 0.0
 
 
-def reduction_weights(problem: CrossEntropyProblem) -> FloatArray:
-    """Weight of each sample in the reduced loss (shape (N,)): 1/N for mean, 1 otherwise."""
-    n, _ = problem.shape
-    w = 1.0 / n if problem.reduction == "mean" else 1.0
-    return np.full(n, w)
+def class_weights(problem: CrossEntropyProblem) -> FloatArray:
+    """The class weights, shape (K,) (all 1 when the problem has none)."""
+    _, k = problem.shape
+    return np.ones(k) if problem.weight is None else problem.weight
 
 
-def reduce_loss(problem: CrossEntropyProblem, losses: FloatArray) -> float | FloatArray:
-    """Combine per-sample losses (N,) by the problem's reduction.
-
-    Returns a float for ``mean`` and ``sum`` (``mean`` is the sum divided by N, as PyTorch does),
-    the (N,) array itself for ``none``.
-    """
-    if problem.reduction == "none":
-        return losses
-    total = float(np.sum(losses))
-    if problem.reduction == "mean":
-        return total / problem.shape[0]
-    return total
+def weighted_targets(problem: CrossEntropyProblem) -> FloatArray:
+    """Each sample's weighted target ``q`` (see the module docstring), shape (N, K), all >= 0."""
+    n, k = problem.shape
+    w = class_weights(problem)
+    a = problem.label_smoothing
+    if problem.targets is not None:
+        t = problem.targets if a == 0.0 else (1.0 - a) * problem.targets + a / k
+        return t * w
+    assert problem.labels is not None
+    valid = problem.valid
+    rows = np.flatnonzero(valid)
+    q = np.zeros((n, k))
+    if a != 0.0:
+        q[rows] = (a / k) * w
+    q[rows, problem.labels[rows]] += (1.0 - a) * w[problem.labels[rows]]
+    return q
 
 
 def dense_targets(problem: CrossEntropyProblem) -> FloatArray:
-    """The target distribution of every row as a dense (N, K) array (one-hot for labels)."""
+    """The target distribution of every row as a dense (N, K) array (one-hot for labels; rows
+    of ignored samples are 0). Smoothing and weights are not applied (see
+    :func:`weighted_targets`)."""
     if problem.targets is not None:
         return problem.targets
     assert problem.labels is not None
     n, k = problem.shape
     onehot = np.zeros((n, k))
-    onehot[np.arange(n), problem.labels] = 1.0
+    rows = np.flatnonzero(problem.valid)
+    onehot[rows, problem.labels[rows]] = 1.0
     return onehot
+
+
+def mean_normalizers(problem: CrossEntropyProblem) -> tuple[float, float]:
+    """The divisors of ``mean``: (cross-entropy normalizer, z-loss normalizer).
+
+    Index labels: ``sum_n w_{y_n}`` over non-ignored samples (PyTorch); probability targets: N.
+    The z-loss: the number of non-ignored samples. Either may be 0 (every sample ignored).
+    """
+    n, _ = problem.shape
+    valid = problem.valid
+    count = float(np.count_nonzero(valid))
+    if problem.labels is None:
+        return float(n), count
+    w = class_weights(problem)
+    return float(np.sum(w[problem.labels[valid]])), count
+
+
+def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray]:
+    """Each sample's factor in the reduced loss: (alpha for the cross-entropy, beta for the
+    z-loss), shapes (N,) and (N,); 0 for ignored samples.
+
+    For ``mean`` with a zero normalizer (every sample ignored) the scales are 0: no sample
+    contributes, and :func:`reduce_loss` reports the 0/0 mean as nan, as PyTorch does.
+    """
+    valid = problem.valid.astype(np.float64)
+    if problem.reduction != "mean":
+        return valid, valid.copy()
+    ce_norm, z_norm = mean_normalizers(problem)
+    alpha = valid / ce_norm if ce_norm != 0.0 else np.zeros_like(valid)
+    beta = valid / z_norm if z_norm != 0.0 else np.zeros_like(valid)
+    return alpha, beta
+
+
+def capped(problem: CrossEntropyProblem, logits: FloatArray) -> FloatArray:
+    """``c tanh(z / c)`` with the problem's softcap c, or the logits themselves without one."""
+    if problem.softcap is None:
+        return logits
+    c = problem.softcap
+    out: FloatArray = c * np.tanh(logits / c)
+    return out
+
+
+def sample_terms(
+    problem: CrossEntropyProblem, logits: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """Each sample's cross-entropy ``ce_n`` and z-loss ``s lse_n^2`` (0 for ignored samples).
+
+    Parameters
+    ----------
+    problem : targets, options and shape (N, K).
+    logits : array of shape (..., N, K), default ``problem.logits``; leading axes are independent
+        copies of the batch (the finite-difference method evaluates many perturbations at once).
+
+    Returns
+    -------
+    ce, zl : arrays of shape (..., N). ``ce`` is +inf where a class with positive weighted target
+        has logit -inf (without a softcap).
+    """
+    z = capped(problem, problem.logits if logits is None else logits)
+    q = weighted_targets(problem)
+    gap, log_norm = cross_entropy_terms(z)  # -log p = gap + log_norm, both >= 0
+    with np.errstate(invalid="ignore"):  # q = 0 at a -inf logit: 0 * inf, discarded
+        ce = np.sum(np.where(q > 0, q * (gap + log_norm), 0.0), axis=-1)
+    if problem.z_loss == 0.0:
+        return ce, np.zeros_like(ce)
+    zl = problem.z_loss * logsumexp(z) ** 2 * problem.valid
+    return ce, zl
+
+
+def contributions(problem: CrossEntropyProblem, logits: FloatArray | None = None) -> FloatArray:
+    """Each sample's share of the reduced loss, ``alpha_n ce_n + beta_n zloss_n``, shape (..., N).
+
+    For ``sum`` and ``mean`` the reduced loss is their sum; for ``none`` they are the per-sample
+    losses themselves. This is the black box the finite-difference method differentiates.
+    """
+    ce, zl = sample_terms(problem, logits)
+    alpha, beta = reduction_scales(problem)
+    with np.errstate(invalid="ignore"):  # alpha = 0 on a sample with infinite ce: nan -> 0 below
+        out: FloatArray = np.where(alpha > 0, alpha * ce, 0.0) + beta * zl
+    return out
+
+
+def per_sample_loss(problem: CrossEntropyProblem, logits: FloatArray | None = None) -> FloatArray:
+    """Each sample's unreduced loss ``ce_n + zloss_n`` (PyTorch's ``reduction='none'``).
+
+    Shape (..., N) for logits of shape (..., N, K).
+    """
+    ce, zl = sample_terms(problem, logits)
+    out: FloatArray = ce + zl
+    return out
+
+
+def reduce_loss(problem: CrossEntropyProblem) -> float | FloatArray:
+    """The reduced loss: a float for ``mean`` and ``sum``, shape (N,) for ``none``.
+
+    ``mean`` with every sample ignored (or a zero weight sum) is 0/0: nan, as in PyTorch; see
+    :func:`loss_note` for the reason in words.
+    """
+    if problem.reduction == "none":
+        return per_sample_loss(problem)
+    if problem.reduction == "mean" and mean_normalizers(problem)[0] == 0.0:
+        return float("nan")
+    return float(np.sum(contributions(problem)))
+
+
+def loss_note(problem: CrossEntropyProblem, loss: float | FloatArray) -> str | None:
+    """Why the loss is not finite, in words, or None when it is finite."""
+    values = np.asarray(loss)
+    if np.all(np.isfinite(values)):
+        return None
+    if problem.reduction == "mean" and mean_normalizers(problem)[0] == 0.0:
+        if not np.any(problem.valid):
+            return (
+                "every sample is ignored (ignore_index), so the mean is 0/0 = nan (as in PyTorch)"
+            )
+        return "the class weights of the non-ignored labels sum to 0, so the mean is 0/0 = nan"
+    ce, _ = sample_terms(problem)
+    bad = np.flatnonzero(~np.isfinite(ce))
+    if bad.size:
+        n, _ = problem.shape
+        where = f"sample {int(bad[0])}" if n > 1 else "the sample"
+        return (
+            f"the loss is infinite: in {where} a class with a positive (weighted) target has "
+            "logit -inf, so its probability is exactly 0 and -log p = inf"
+        )
+    return "the loss is not finite"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradcheck_cli.core.loss import CrossEntropyProblem
+from gradcheck_cli.core import Problem
 from gradcheck_cli.methods._base import GradientOutput, NotComputable
 from gradcheck_cli.methods.analytic import analytic_gradient
 from gradcheck_cli.methods.finite_difference import finite_difference_gradient
 from gradcheck_cli.methods.jacobian import jacobian_gradient
 
-Method = Callable[[CrossEntropyProblem], GradientOutput]
+Method = Callable[[Problem], GradientOutput]
 
 METHODS: dict[str, Method] = {
     "analytic": analytic_gradient,

@@ -1,41 +1,72 @@
-"""The closed-form gradient of softmax cross-entropy.
+"""Closed-form gradients.
 
-For one sample, ``dl/dz_j = p_j * sum_c t_c - t_j``; with a one-hot target (an index label ``y``)
-that is ``p_j - [j == y]``.
+Softmax cross-entropy, for one sample with weighted target ``q`` (see :mod:`..core.loss`):
 
-The label component ``p_y - 1`` is computed as ``-sum_{j != y} p_j``. Both are equal in exact
-arithmetic, but when ``p_y`` is close to 1 the subtraction cancels: for logits (40, 0, 0) and
-label 0, ``p_0`` rounds to 1.0 and ``p_0 - 1`` gives 0, while the true value is
--2 e^-40 / (1 + 2 e^-40) = -8.4967e-18. The sum of the other probabilities keeps every digit
-(a sum of positive terms has relative error of a few ulps), so every component of the analytic
-gradient carries a small *relative* error, tiny components included.
+    dce/dz'_c = p_c sum(q) - q_c = p_c sum_{j != c} q_j - q_c sum_{j != c} p_j
+
+and the z-loss adds ``2 s lse(z') p_c``; a softcap chains ``dz'/dz = 1 - tanh^2(z/c)``. With a
+plain index label ``y`` this is ``p - onehot(y)``.
+
+The right-hand form has no cancellation: both products are non-negative, and ``1 - p_c`` is the
+sum of the other probabilities. For logits (40, 0, 0) and label 0, ``p_0 - 1`` rounds to 0 while
+the true value is -2 e^-40 / (1 + 2 e^-40) = -8.4967e-18; the sum of the other probabilities keeps
+every digit, so every component carries a small *relative* error, tiny ones included.
+
+Binary cross-entropy with logits: see :mod:`..core.sigmoid`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
-from gradcheck_cli.core.loss import CrossEntropyProblem, reduction_weights
-from gradcheck_cli.core.softmax import softmax
+from gradcheck_cli.core import Problem
+from gradcheck_cli.core import sigmoid as sig
+from gradcheck_cli.core.loss import (
+    CrossEntropyProblem,
+    capped,
+    reduction_scales,
+    weighted_targets,
+)
+from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax
 from gradcheck_cli.methods._base import GradientOutput
 
+FloatArray = NDArray[np.float64]
 
-def analytic_gradient(problem: CrossEntropyProblem) -> GradientOutput:
-    """Closed-form gradient ``w_n * (p_n * sum(t_n) - t_n)``, shape (N, K).
 
-    ``w_n`` is the reduction weight of row n (1/N for mean, 1 for sum and none).
+def softcap_derivative(problem: CrossEntropyProblem) -> FloatArray | None:
+    """``d(c tanh(z/c))/dz = 1 / cosh(z/c)^2`` per logit, shape (N, K); None without a softcap.
+
+    Written with ``cosh`` rather than ``1 - tanh^2`` so that it keeps its relative accuracy where
+    ``tanh`` is close to +-1 (it is 0 at a logit of -inf).
     """
-    p = softmax(problem.logits)
-    w = reduction_weights(problem)[:, None]
-    if problem.labels is not None:
-        n, _ = problem.shape
-        rows = np.arange(n)
-        g = p.copy()
-        g[rows, problem.labels] = 0.0
-        # Cancellation-free label component: -(sum of the other probabilities).
-        g[rows, problem.labels] = -np.sum(g, axis=-1)
-        return GradientOutput(g * w)
-    assert problem.targets is not None
-    t = problem.targets
-    g = p * np.sum(t, axis=-1, keepdims=True) - t
-    return GradientOutput(g * w)
+    if problem.softcap is None:
+        return None
+    with np.errstate(over="ignore"):
+        out: FloatArray = 1.0 / np.cosh(problem.logits / problem.softcap) ** 2
+    return out
+
+
+def analytic_gradient(problem: Problem) -> GradientOutput:
+    """Closed-form gradient of the reduced loss with respect to the (raw) logits, shape (N, K)."""
+    if isinstance(problem, sig.SigmoidProblem):
+        return GradientOutput(sigmoid_gradient(problem))
+    z = capped(problem, problem.logits)
+    p = softmax(z)
+    q = weighted_targets(problem)
+    alpha, beta = reduction_scales(problem)
+    g = alpha[:, None] * (p * one_minus(q) - q * one_minus(p))
+    if problem.z_loss:
+        g += (2.0 * problem.z_loss * beta * logsumexp(z))[:, None] * p
+    chain = softcap_derivative(problem)
+    if chain is not None:
+        g *= chain
+    return GradientOutput(g)
+
+
+def sigmoid_gradient(problem: sig.SigmoidProblem) -> FloatArray:
+    """``scale * w * ((1 - y) sigmoid(x) - r y sigmoid(-x))``, shape (N, K)."""
+    w, pos = sig.element_weights(problem)
+    x = problem.logits
+    g: FloatArray = w * ((1.0 - problem.targets) * sig.sigmoid(x) - pos * sig.sigmoid(-x))
+    return g * sig.reduction_scale(problem)

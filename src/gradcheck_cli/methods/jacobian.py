@@ -1,25 +1,37 @@
 """The gradient by the explicit chain rule, the way the derivation goes.
 
-For each sample: the softmax Jacobian ``J = diag(p) - p p^T`` (K, K) is materialized, the loss's
-gradient with respect to the probabilities is ``dL/dp = -t / p`` (zero where ``t == 0``), and the
-gradient with respect to the logits is ``J^T dL/dp``.
+Softmax cross-entropy, for each sample: the softmax Jacobian ``J = diag(p) - p p^T`` (K, K) is
+materialized, the loss's gradient with respect to the probabilities is ``dL/dp = -alpha q / p``
+(zero where ``q == 0``; ``q`` the weighted target, ``alpha`` the reduction scale), and the gradient
+with respect to the softmax input is ``J^T dL/dp``. A z-loss adds its own chain,
+``dL/dlse * dlse/dz' = 2 s beta lse * p``; a softcap multiplies by its diagonal Jacobian
+``dz'/dz = 1 / cosh(z/c)^2``.
 
-This route divides by ``p``: where a class the target uses has a probability that underflows to 0
-(logits (0, -800, 1) with label 1 give p_1 = e^-801.3 < 2^-1074), ``dL/dp`` is infinite and the
-route is not computable. The same holds where such a probability is subnormal (below 2^-1022):
-the products ``p_i p_j`` then lose their relative precision and dividing by ``p`` magnifies the loss
-to O(1). The method then raises :class:`NotComputable` naming the first such
-sample and class; the spec does not fail because of it.
+Binary cross-entropy with logits: the Jacobian of the element-wise sigmoid is the diagonal
+``sigma (1 - sigma)``, chained with ``dL/dsigma = w (-r y / sigma + (1 - y) / (1 - sigma))``, with
+``1 - sigma`` evaluated as ``sigma(-x)``.
+
+This route divides by probabilities: where one that the target uses underflows to 0 (logits
+(0, -800, 1) with label 1 give p_1 = e^-801.3 < 2^-1074) the route is not computable. The same
+holds where such a probability is subnormal (below 2^-1022): the products then lose their
+relative precision and dividing by ``p`` magnifies the loss to O(1). The method raises
+:class:`NotComputable` naming the first such sample and class; the spec does not fail because of
+it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
-from gradcheck_cli.core.loss import CrossEntropyProblem, dense_targets, reduction_weights
-from gradcheck_cli.core.softmax import softmax, softmax_jacobian
+from gradcheck_cli.core import Problem
+from gradcheck_cli.core import sigmoid as sig
+from gradcheck_cli.core.loss import capped, reduction_scales, weighted_targets
+from gradcheck_cli.core.softmax import logsumexp, softmax, softmax_jacobian
 from gradcheck_cli.methods._base import GradientOutput, NotComputable
+from gradcheck_cli.methods.analytic import softcap_derivative
 
+FloatArray = NDArray[np.float64]
 _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 #: Upper bound on the Jacobian entries held at once (rows are processed in chunks): 2^22 float64
@@ -27,38 +39,48 @@ _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 JACOBIAN_CHUNK_ELEMENTS = 1 << 22
 
 
-def jacobian_gradient(problem: CrossEntropyProblem) -> GradientOutput:
-    """``w_n * J_n^T (-t_n / p_n)`` for every sample n, shape (N, K).
+def _refuse_small(p: FloatArray, used: NDArray[np.bool_], what: str) -> None:
+    """Raise NotComputable where a probability the loss divides by is zero or subnormal."""
+    bad = used & (p < _SMALLEST_NORMAL)
+    if not np.any(bad):
+        return
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    where = f"sample {row}, class {col}" if p.shape[0] > 1 else f"class {col}"
+    if p[row, col] == 0.0:
+        why = f"underflows to 0, so {what} is infinite"
+    else:
+        why = (
+            f"is subnormal ({p[row, col]:.3g} < {_SMALLEST_NORMAL:.3g}), so {what} "
+            "and the Jacobian products lose their relative precision"
+        )
+    raise NotComputable(f"p of a target class ({where}) {why}; the closed form is unaffected")
+
+
+def jacobian_gradient(problem: Problem) -> GradientOutput:
+    """``J^T dL/dp`` for every sample (plus the z-loss and softcap chains), shape (N, K).
 
     Raises
     ------
     NotComputable
         If some class with a positive target has a probability below the smallest normal float64
-        (zero or subnormal).
+        (zero or subnormal), or one K x K Jacobian would exceed the memory budget.
     """
+    if isinstance(problem, sig.SigmoidProblem):
+        return GradientOutput(_sigmoid_chain(problem))
     n, k = problem.shape
     if k * k > JACOBIAN_CHUNK_ELEMENTS:
         raise NotComputable(
             f"K = {k} classes: one {k} x {k} Jacobian would hold {k * k:,} values, above the "
             f"limit of {JACOBIAN_CHUNK_ELEMENTS:,} (K <= {int(JACOBIAN_CHUNK_ELEMENTS**0.5)})"
         )
-    p = softmax(problem.logits)
-    t = dense_targets(problem)
-    used = t > 0
-    bad = used & (p < _SMALLEST_NORMAL)
-    if np.any(bad):
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        where = f"sample {row}, class {col}" if n > 1 else f"class {col}"
-        if p[row, col] == 0.0:
-            why = "underflows to 0, so dL/dp = -t/p is infinite"
-        else:
-            why = (
-                f"is subnormal ({p[row, col]:.3g} < {_SMALLEST_NORMAL:.3g}), so dL/dp = -t/p "
-                "and the Jacobian products lose their relative precision"
-            )
-        raise NotComputable(f"p of a target class ({where}) {why}; the closed form is unaffected")
+    z = capped(problem, problem.logits)
+    p = softmax(z)
+    q = weighted_targets(problem)
+    alpha, beta = reduction_scales(problem)
+    used = (q > 0) & (alpha[:, None] > 0)
+    _refuse_small(p, used, "dL/dp = -q/p")
     dl_dp = np.zeros_like(p)
-    np.divide(-t, p, out=dl_dp, where=used)
+    np.divide(-alpha[:, None] * q, p, out=dl_dp, where=used)
     grad = np.empty_like(p)
     rows_per_chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // (k * k))
     for start in range(0, n, rows_per_chunk):
@@ -66,5 +88,27 @@ def jacobian_gradient(problem: CrossEntropyProblem) -> GradientOutput:
         jac = softmax_jacobian(p[start:stop])  # (B, K, K), J[b, i, j] = dp_i/dz_j
         # (J^T v)_j = sum_i J[i, j] v_i
         grad[start:stop] = np.einsum("bij,bi->bj", jac, dl_dp[start:stop])
-    grad *= reduction_weights(problem)[:, None]
+    if problem.z_loss:
+        dl_dlse = 2.0 * problem.z_loss * beta * logsumexp(z)  # (N,)
+        grad += dl_dlse[:, None] * p  # dlse/dz' = softmax(z')
+    chain = softcap_derivative(problem)
+    if chain is not None:
+        grad *= chain  # the softcap's Jacobian is diagonal
     return GradientOutput(grad)
+
+
+def _sigmoid_chain(problem: sig.SigmoidProblem) -> FloatArray:
+    x = problem.logits
+    s1, s0 = sig.sigmoid(x), sig.sigmoid(-x)  # sigma and 1 - sigma, each accurate
+    w, pos = sig.element_weights(problem)
+    neg = 1.0 - problem.targets
+    _refuse_small(s1, (pos * w) > 0, "dL/dsigma = -w r y / sigma")
+    _refuse_small(s0, (neg * w) > 0, "dL/dsigma = w (1 - y) / (1 - sigma)")
+    dl_ds = np.zeros_like(x)
+    np.divide(-w * pos, s1, out=dl_ds, where=(pos * w) > 0)
+    extra = np.zeros_like(x)
+    np.divide(w * neg, s0, out=extra, where=(neg * w) > 0)
+    dl_ds += extra
+    dsigma_dx = s1 * s0  # the diagonal of the element-wise sigmoid's Jacobian
+    out: FloatArray = dl_ds * dsigma_dx * sig.reduction_scale(problem)
+    return out

@@ -43,6 +43,7 @@ def jsonable(value: Any) -> Any:
 
 def comparison_dict(c: Comparison) -> dict[str, Any]:
     return {
+        "quantity": c.quantity,
         "method": c.method,
         "reference": c.reference,
         "max_abs_error": c.max_abs_error,
@@ -71,10 +72,14 @@ def result_dict(r: SpecResult) -> dict[str, Any]:
         "shape": list(r.shape) if r.shape is not None else None,
         "classes": list(r.classes) if r.classes is not None else None,
         "reduction": r.reduction,
+        "loss_kind": r.loss_kind,
+        "options": dict(r.options),
         "loss": r.loss,
+        "loss_note": r.loss_note,
         "probs": r.probs,
         "reference": r.reference,
         "gradients": dict(r.gradients),
+        "parameter_gradients": {q: dict(m) for q, m in r.parameter_gradients.items()},
         "not_computable": dict(r.not_computable),
         "method_notes": dict(r.method_notes),
         "comparisons": [comparison_dict(c) for c in r.comparisons],

@@ -96,15 +96,17 @@ def comparison_table(r: SpecResult) -> Table | None:
     if not r.comparisons:
         return None
     table = Table(box=None, pad_edge=False, header_style="bold")
+    layered = any(c.quantity != "logits" for c in r.comparisons)
+    if layered:
+        table.add_column("d(loss)/d")
     for col, justify in (
-        ("method", "left"),
-        ("vs", "left"),
+        (f"vs {r.reference}", "left"),
         ("max abs err", "right"),
         ("max rel err", "right"),
         ("worst at", "left"),
         ("value", "right"),
         ("reference", "right"),
-        ("rtol / atol", "left"),
+        ("rtol/atol", "left"),
         ("result", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -113,16 +115,58 @@ def comparison_table(r: SpecResult) -> Table | None:
         if not c.passed:
             result.append(f" ({c.failed_elements} elements)")
         table.add_row(
+            *([c.quantity] if layered else []),
             c.method,
-            c.reference,
             err(c.max_abs_error),
             err(c.max_rel_error),
             _index(c.worst_index),
             num(c.value),
             num(c.reference_value),
-            f"{c.rtol:g} / {c.atol:g}",
+            f"{c.rtol:g}/{c.atol:g}",
             result,
         )
+    return table
+
+
+def options_line(r: SpecResult) -> Text | None:
+    """The loss and its options, when they differ from plain softmax cross-entropy."""
+    parts = []
+    if r.loss_kind and r.loss_kind != "softmax_cross_entropy":
+        parts.append(f"loss {r.loss_kind}")
+    for key, value in r.options.items():
+        shown = (
+            "[" + ", ".join(f"{v:g}" for v in np.ravel(value)) + "]"
+            if isinstance(value, np.ndarray)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
+        )
+        parts.append(f"{key} {shown}")
+    return Text("  ".join(parts), style="dim") if parts else None
+
+
+def weights_table(r: SpecResult) -> Table | None:
+    """The reference gradient with respect to a layer's weights, in the weights' (D, K) layout."""
+    grads = r.parameter_gradients.get("weights", {})
+    g = grads.get(r.reference or "")
+    if g is None or g.ndim != 2 or g.shape[1] > MAX_CLASS_ROWS:
+        return None
+    d, k = g.shape
+    names = list(r.classes) if r.classes else [str(j) for j in range(k)]
+    table = Table(
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+        title=f"dL/dW ({r.reference}), shape (D, K) = ({d}, {k}): row d = input d, "
+        "column k = class k",
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("input \\ class")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in range(d):
+        table.add_row(f"x[{row}]", *(num(float(v)) for v in g[row]))
     return table
 
 
@@ -143,7 +187,12 @@ def spec_block(r: SpecResult) -> RenderableType:
     if r.status == "error":
         parts.append(Text(f"  {r.message}", style="red"))
         return Group(*parts)
-    for part in (class_table(r), comparison_table(r)):
+    options = options_line(r)
+    if options is not None:
+        parts.append(options)
+    if r.loss_note:
+        parts.append(Text(f"loss: {r.loss_note}", style="yellow"))
+    for part in (class_table(r), weights_table(r), comparison_table(r)):
         if part is not None:
             parts.append(Text(""))
             parts.append(part)

@@ -1,0 +1,110 @@
+"""Binary cross-entropy with logits (``torch.nn.functional.binary_cross_entropy_with_logits``).
+
+Every element is an independent binary problem. With logit ``x``, target ``y`` in [0, 1], element
+weight ``w`` and per-class positive weight ``r`` (``pos_weight``):
+
+    l = w * ( r * y * softplus(-x) + (1 - y) * softplus(x) )
+
+since ``-log sigmoid(x) = softplus(-x)`` and ``-log(1 - sigmoid(x)) = softplus(x)``, with
+``softplus(x) = max(x, 0) + log1p(exp(-|x|))``: never the log of a rounded sigmoid, so the loss is
+exact where ``sigmoid(x)`` rounds to 0 or 1. ``mean`` divides the sum by the number of elements;
+``none`` keeps every element's loss, shape (N, K).
+
+The gradient is ``dl/dx = w * ( (1 - y) * sigmoid(x) - r * y * sigmoid(-x) )``: two non-negative
+terms, each sigmoid evaluated on its own side (``sigmoid(-x)`` rather than ``1 - sigmoid(x)``), so
+no term loses accuracy to cancellation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gradcheck_cli.core.loss import REDUCTIONS, Reduction
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class SigmoidProblem:
+    """One binary cross-entropy-with-logits evaluation."""
+
+    logits: FloatArray
+    """Logits, shape (N, K), finite. A single vector is stored as N = 1."""
+    targets: FloatArray
+    """Targets, shape (N, K), entries in [0, 1]."""
+    reduction: Reduction = "mean"
+    weight: FloatArray | None = None
+    """Element weights, already broadcast to (N, K) (None: all 1)."""
+    pos_weight: FloatArray | None = None
+    """Weight of the positive term per class, shape (K,) (None: all 1)."""
+
+    def __post_init__(self) -> None:
+        if self.logits.ndim != 2 or self.targets.shape != self.logits.shape:
+            raise ValueError("logits and targets must both have shape (N, K)")
+        if self.weight is not None and self.weight.shape != self.logits.shape:
+            raise ValueError("weight must be broadcast to the logits' shape")
+        if self.pos_weight is not None and self.pos_weight.shape != self.logits.shape[1:]:
+            raise ValueError("pos_weight must have shape (K,)")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {self.reduction!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, k = self.logits.shape
+        return n, k
+
+
+def softplus(x: FloatArray) -> FloatArray:
+    """``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``, without overflow, same shape as x."""
+    out: FloatArray = np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+    return out
+
+
+def sigmoid(x: FloatArray) -> FloatArray:
+    """``1 / (1 + exp(-x))`` evaluated on the side where ``exp`` cannot overflow."""
+    e = np.exp(-np.abs(x))
+    out: FloatArray = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out
+
+
+def element_weights(problem: SigmoidProblem) -> tuple[FloatArray, FloatArray]:
+    """``(w, r * y)``: element weights (N, K) and the positive term's coefficient (N, K)."""
+    w = np.ones(problem.shape) if problem.weight is None else problem.weight
+    r = 1.0 if problem.pos_weight is None else problem.pos_weight
+    return w, r * problem.targets
+
+
+def element_losses(problem: SigmoidProblem, logits: FloatArray | None = None) -> FloatArray:
+    """Every element's loss ``l``, shape (..., N, K) for logits of shape (..., N, K)."""
+    x = problem.logits if logits is None else logits
+    w, pos = element_weights(problem)
+    out: FloatArray = w * (pos * softplus(-x) + (1.0 - problem.targets) * softplus(x))
+    return out
+
+
+def reduction_scale(problem: SigmoidProblem) -> float:
+    """Factor of every element in the reduced loss: 1/(N K) for mean, else 1."""
+    n, k = problem.shape
+    return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
+
+
+def contributions(problem: SigmoidProblem, logits: FloatArray | None = None) -> FloatArray:
+    """Each row's share of the reduced loss, shape (..., N) (the finite-difference black box).
+
+    For ``none`` a row's share is the sum of its elements' losses; since every element's loss
+    depends only on its own logit, d(share_n)/dx_nk is exactly dl_nk/dx_nk.
+    """
+    out: FloatArray = np.sum(element_losses(problem, logits), axis=-1) * reduction_scale(problem)
+    return out
+
+
+def reduce_loss(problem: SigmoidProblem) -> float | FloatArray:
+    """A float for ``mean`` and ``sum``; the (N, K) element losses for ``none``."""
+    losses = element_losses(problem)
+    if problem.reduction == "none":
+        return losses
+    total = float(np.sum(losses))
+    return total / losses.size if problem.reduction == "mean" else total

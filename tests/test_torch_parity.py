@@ -1,0 +1,210 @@
+"""Parity with PyTorch on seeded random combinations of every loss option (skipped without torch).
+
+Losses and gradients must agree to 1e-9 relative (plus a tiny absolute floor for elements that are
+zero in one and a rounding residue in the other) in float64:
+
+* softmax cross-entropy against ``torch.nn.functional.cross_entropy`` and autograd: shapes,
+  class weights, ``ignore_index`` (a valid class or -100), label smoothing, probability targets,
+  every reduction, and a linear layer in front;
+* z-loss and softcap (no PyTorch equivalent) against the documented composition written in
+  torch: ``cross_entropy(c * tanh(z / c)) + s * lse^2`` normalized as documented;
+* sigmoid cross-entropy against ``binary_cross_entropy_with_logits`` with ``weight`` and
+  ``pos_weight``.
+
+Run it locally with ``pip install torch==2.13.0``; CI does not install torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradcheck_cli.core import CrossEntropyProblem, SigmoidProblem, reduce_any
+from gradcheck_cli.methods import METHODS
+from gradcheck_cli.methods import layer as layer_methods
+from gradcheck_cli.model import Layer
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+CASES = 400
+RTOL, ATOL = 1e-9, 1e-15
+
+
+def close(ours: object, theirs: object) -> None:
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=RTOL, atol=ATOL)
+
+
+def random_softmax_case(rng: np.random.Generator) -> dict[str, object]:
+    n, k = int(rng.integers(1, 6)), int(rng.integers(2, 9))
+    case: dict[str, object] = {
+        "z": rng.normal(size=(n, k)) * rng.uniform(0.5, 6.0),
+        "reduction": str(rng.choice(["mean", "sum", "none"])),
+        "smoothing": float(rng.choice([0.0, 0.0, 0.1, 0.35])),
+        "weight": rng.uniform(0.2, 3.0, size=k) if rng.random() < 0.5 else None,
+    }
+    if rng.random() < 0.3:
+        t = rng.dirichlet(np.full(k, 0.7), size=n)
+        case.update(targets=t, labels=None, ignore=None)
+    else:
+        labels = rng.integers(0, k, n)
+        ignore = None
+        if rng.random() < 0.5:
+            ignore = int(rng.choice([-100, int(rng.integers(0, k))]))
+            if ignore == -100:
+                labels[rng.random(n) < 0.3] = -100
+        if ignore is not None and np.all(labels == ignore) and case["reduction"] == "mean":
+            labels[0] = (ignore + 1) % k if ignore >= 0 else 0  # all-ignored mean: own test
+        case.update(targets=None, labels=labels, ignore=ignore)
+    return case
+
+
+def torch_cross_entropy(case: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    z = torch.tensor(case["z"], dtype=torch.float64, requires_grad=True)
+    kwargs: dict[str, object] = {
+        "reduction": case["reduction"],
+        "label_smoothing": case["smoothing"],
+    }
+    if case["weight"] is not None:
+        kwargs["weight"] = torch.tensor(case["weight"], dtype=torch.float64)
+    if case["labels"] is not None:
+        target = torch.tensor(case["labels"], dtype=torch.int64)
+        if case["ignore"] is not None:
+            kwargs["ignore_index"] = case["ignore"]
+    else:
+        target = torch.tensor(case["targets"], dtype=torch.float64)
+    loss = F.cross_entropy(z, target, **kwargs)
+    loss.sum().backward()
+    return loss.detach().numpy(), z.grad.numpy()
+
+
+def ours(case: dict[str, object], **extra: object) -> CrossEntropyProblem:
+    return CrossEntropyProblem(
+        np.asarray(case["z"]),
+        labels=None if case["labels"] is None else np.asarray(case["labels"], dtype=np.int64),
+        targets=None if case["targets"] is None else np.asarray(case["targets"]),
+        reduction=case["reduction"],  # type: ignore[arg-type]
+        weight=None if case["weight"] is None else np.asarray(case["weight"]),
+        ignore_index=case["ignore"],  # type: ignore[arg-type]
+        label_smoothing=float(case["smoothing"]),  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_softmax_cross_entropy_matches_torch() -> None:
+    rng = np.random.default_rng(20261122)
+    for _ in range(CASES):
+        case = random_softmax_case(rng)
+        loss, grad = torch_cross_entropy(case)
+        problem = ours(case)
+        close(reduce_any(problem), loss)
+        for name in ("analytic", "jacobian"):
+            close(METHODS[name](problem).grad, grad)
+
+
+def test_all_ignored_mean_is_nan_with_zero_gradient() -> None:
+    case = {
+        "z": np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]),
+        "reduction": "mean",
+        "smoothing": 0.1,
+        "weight": None,
+        "targets": None,
+        "labels": np.array([1, 1]),
+        "ignore": 1,
+    }
+    loss, grad = torch_cross_entropy(case)
+    assert np.isnan(loss)
+    problem = ours(case)
+    assert np.isnan(reduce_any(problem))
+    np.testing.assert_array_equal(METHODS["analytic"](problem).grad, grad)
+
+
+def test_zloss_and_softcap_match_the_documented_composition() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(CASES // 2):
+        case = random_softmax_case(rng)
+        cap = float(rng.choice([1.5, 5.0, 30.0]))
+        s = float(rng.choice([0.0, 1e-4, 0.1]))
+        z = torch.tensor(case["z"], dtype=torch.float64, requires_grad=True)
+        zc = cap * torch.tanh(z / cap)
+        reduction = case["reduction"]
+        kwargs: dict[str, object] = {"label_smoothing": case["smoothing"], "reduction": "none"}
+        if case["weight"] is not None:
+            kwargs["weight"] = torch.tensor(case["weight"], dtype=torch.float64)
+        if case["labels"] is not None:
+            labels = torch.tensor(case["labels"], dtype=torch.int64)
+            valid = torch.ones_like(labels, dtype=torch.bool)
+            if case["ignore"] is not None:
+                kwargs["ignore_index"] = case["ignore"]
+                valid = labels != case["ignore"]
+            ce = F.cross_entropy(zc, labels, **kwargs)
+            w = kwargs.get("weight", torch.ones(z.shape[1], dtype=torch.float64))
+            norm = (w[labels.clamp(min=0)] * valid).sum()  # type: ignore[index]
+        else:
+            valid = torch.ones(z.shape[0], dtype=torch.bool)
+            ce = F.cross_entropy(zc, torch.tensor(case["targets"]), **kwargs)
+            norm = torch.tensor(float(z.shape[0]), dtype=torch.float64)
+        zl = s * torch.logsumexp(zc, dim=1) ** 2 * valid
+        if reduction == "none":
+            total = ce + zl
+        elif reduction == "sum":
+            total = ce.sum() + zl.sum()
+        else:
+            total = ce.sum() / norm + zl.sum() / valid.sum()
+        total.sum().backward()
+        problem = ours(case, softcap=cap, z_loss=s)
+        close(reduce_any(problem), total.detach().numpy())
+        for name in ("analytic", "jacobian"):
+            close(METHODS[name](problem).grad, z.grad.numpy())
+
+
+def test_sigmoid_cross_entropy_matches_torch() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(CASES):
+        n, k = int(rng.integers(1, 6)), int(rng.integers(1, 7))
+        x = rng.normal(size=(n, k)) * rng.uniform(0.5, 8.0)
+        y = rng.uniform(size=(n, k)) * (rng.random((n, k)) < 0.7)
+        reduction = str(rng.choice(["mean", "sum", "none"]))
+        weight_shape = [None, (k,), (n, 1), (n, k)][int(rng.integers(0, 4))]
+        weight = None if weight_shape is None else rng.uniform(0.1, 2.0, size=weight_shape)
+        pos = rng.uniform(0.2, 4.0, size=k) if rng.random() < 0.5 else None
+        xt = torch.tensor(x, requires_grad=True)
+        loss = F.binary_cross_entropy_with_logits(
+            xt,
+            torch.tensor(y),
+            weight=None if weight is None else torch.tensor(weight),
+            pos_weight=None if pos is None else torch.tensor(pos),
+            reduction=reduction,
+        )
+        loss.sum().backward()
+        problem = SigmoidProblem(
+            x,
+            y,
+            reduction,  # type: ignore[arg-type]
+            weight=None if weight is None else np.broadcast_to(weight, (n, k)).copy(),
+            pos_weight=pos,
+        )
+        close(reduce_any(problem), loss.detach().numpy())
+        for name in ("analytic", "jacobian"):
+            close(METHODS[name](problem).grad, xt.grad.numpy())
+
+
+def test_layer_parameter_gradients_match_torch() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(CASES // 4):
+        n, d, k = int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(2, 6))
+        x, w, b = rng.normal(size=(n, d)), rng.normal(size=(d, k)), rng.normal(size=k)
+        labels = rng.integers(0, k, n)
+        reduction = str(rng.choice(["mean", "sum", "none"]))
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        loss = F.cross_entropy(xt @ wt + bt, torch.tensor(labels), reduction=reduction)
+        loss.sum().backward()
+        layer = Layer(x, w, b)
+        problem = CrossEntropyProblem(layer.logits(), labels=labels, reduction=reduction)  # type: ignore[arg-type]
+        for grads in (
+            layer_methods.closed_form(layer, METHODS["analytic"](problem).grad),
+            layer_methods.explicit_chain(layer, METHODS["jacobian"](problem).grad),
+        ):
+            close(grads["weights"], wt.grad.numpy())
+            close(grads["bias"], bt.grad.numpy())
+            close(grads["inputs"], xt.grad.numpy())

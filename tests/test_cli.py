@@ -284,3 +284,39 @@ def test_python_dash_m_entry_point(specs_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "1 passed, 0 failed, 0 errors"
+
+
+def test_json_layer_and_options(specs_dir: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(specs_dir / "softmax_layer.yaml"),
+            str(specs_dir / "z_loss.yaml"),
+            "-f",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    layer, zl = strict_json(result.stdout)["results"]
+    weights = layer["parameter_gradients"]["weights"]
+    assert set(weights) == {"analytic", "jacobian", "finite_difference"}
+    assert len(weights["analytic"]) == 3 and len(weights["analytic"][0]) == 5
+    assert {c["quantity"] for c in layer["comparisons"]} == {"logits", "weights", "inputs"}
+    assert zl["options"] == {"weight": [0.5, 2.0, 1.0], "ignore_index": -100, "z_loss": 0.01}
+    assert zl["loss_kind"] == "softmax_cross_entropy"
+
+
+def test_json_nan_loss_is_a_string(specs_dir: Path) -> None:
+    result = runner.invoke(app, ["run", str(specs_dir / "all_ignored.yaml"), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    (r,) = strict_json(result.stdout)["results"]
+    assert r["loss"] == "nan"
+    assert "every sample is ignored" in r["loss_note"]
+
+
+def test_table_shows_options_and_weights_layout(specs_dir: Path) -> None:
+    out = runner.invoke(app, ["run", str(specs_dir / "z_loss.yaml")]).stdout
+    assert out.splitlines()[1] == "weight [0.5, 2, 1]  ignore_index -100  z_loss 0.01"
+    out = runner.invoke(app, ["run", str(specs_dir / "softmax_layer.yaml")]).stdout
+    assert "dL/dW (analytic), shape (D, K) = (3, 5): row d = input d, column k = class k" in out

@@ -7,7 +7,7 @@ import pytest
 
 from gradcheck_cli.compare import default_tolerance
 from gradcheck_cli.engine import RunOptions, jacobian_view, resolve_tolerance, run_spec
-from gradcheck_cli.model import Expect, Spec, ToleranceOverride
+from gradcheck_cli.model import Expect, Layer, Spec, ToleranceOverride
 
 
 def cat_dog_bird(**kw: object) -> Spec:
@@ -120,3 +120,106 @@ def test_jacobian_view_underflow() -> None:
     v = jacobian_view(np.array([0.0, -800.0, 1.0]), 1)
     assert v.chain is None and v.chain_note is not None
     assert v.dl_dp is not None and v.dl_dp[1] == -np.inf
+
+
+def batch_spec(**kw: object) -> Spec:
+    args: dict[str, object] = dict(
+        name="b",
+        file="b.yaml",
+        logits=np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]),
+        single=False,
+        labels=np.array([1, 1]),
+    )
+    args.update(kw)
+    return Spec(**args)  # type: ignore[arg-type]
+
+
+def test_all_ignored_mean_fails_unless_nan_is_expected() -> None:
+    r = run_spec(batch_spec(ignore_index=1))
+    assert r.status == "fail"
+    assert isinstance(r.loss, float) and np.isnan(r.loss)
+    assert r.loss_note is not None and "every sample is ignored" in r.loss_note
+    (check,) = [c for c in r.checks if c.name == "loss_is_finite"]
+    assert not check.passed
+    for g in r.gradients.values():
+        assert g is not None
+        np.testing.assert_array_equal(g, 0.0)
+    expected = run_spec(batch_spec(ignore_index=1, expect=Expect(loss=float("nan"))))
+    assert expected.status == "pass"
+
+
+def test_infinite_loss_is_reported_with_reason() -> None:
+    r = run_spec(batch_spec(logits=np.array([[1.0, -np.inf, 0.5], [0.0, 1.0, 3.0]])))
+    assert r.status == "fail"
+    assert r.loss == np.inf
+    assert r.loss_note is not None and "logit -inf" in r.loss_note
+    assert r.gradients["jacobian"] is None and r.gradients["finite_difference"] is None
+    assert set(r.not_computable) == {"jacobian", "finite_difference"}
+
+
+def test_checks_that_do_not_hold_are_not_run() -> None:
+    names = {c.name for c in run_spec(batch_spec(softcap=3.0, z_loss=0.1)).checks}
+    assert "grad_rows_sum_to_zero" not in names and "shift_invariance" not in names
+    assert "probs_sum_to_one" in names
+
+
+def test_binary_equivalence_check_for_two_classes() -> None:
+    r = run_spec(
+        batch_spec(
+            logits=np.array([[0.0, 2.5], [30.0, -30.0]]),
+            labels=np.array([1, 0]),
+            weight=np.array([2.0, 0.5]),
+            label_smoothing=0.1,
+        )
+    )
+    (check,) = [c for c in r.checks if c.name == "binary_equivalence"]
+    assert check.passed, check.detail
+
+
+def test_sigmoid_spec() -> None:
+    spec = Spec(
+        name="s",
+        file="s.yaml",
+        logits=np.array([[1.0, -2.0, 0.5]]),
+        single=True,
+        targets=np.array([[1.0, 0.0, 0.5]]),
+        loss="sigmoid_cross_entropy",
+        reduction="none",
+    )
+    r = run_spec(spec)
+    assert r.status == "pass"
+    assert isinstance(r.loss, np.ndarray) and r.loss.shape == (3,)
+    assert [c.name for c in r.checks] == ["label_flip_symmetry"]
+    assert r.probs is not None
+    np.testing.assert_allclose(r.probs, 1 / (1 + np.exp(-np.array([1.0, -2.0, 0.5]))), rtol=1e-15)
+
+
+def test_layer_parameter_gradients_in_the_weights_layout() -> None:
+    x = np.array([[0.1, 0.5, 0.4]])
+    w = np.array(
+        [[0.1, 0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9, 0.1], [0.11, 0.12, 0.13, 0.14, 0.15]]
+    )
+    layer = Layer(x, w)
+    spec = Spec(
+        name="l",
+        file="l.yaml",
+        logits=layer.logits(),
+        single=True,
+        labels=np.array([2]),
+        layer=layer,
+    )
+    r = run_spec(spec)
+    assert r.status == "pass"
+    assert r.loss == pytest.approx(1.5279347484961026, rel=1e-15)
+    assert set(r.parameter_gradients) == {"weights", "inputs"}
+    dw = r.parameter_gradients["weights"]["analytic"]
+    assert dw is not None and dw.shape == (3, 5)
+    p = np.array([0.19091352, 0.20353145, 0.21698333, 0.23132428, 0.15724743])
+    np.testing.assert_allclose(dw, np.outer(x[0], p - np.eye(5)[2]), atol=1e-8)
+    dx = r.parameter_gradients["inputs"]["finite_difference"]
+    assert dx is not None and dx.shape == (3,)
+    quantities = {(c.quantity, c.method) for c in r.comparisons}
+    assert quantities == {
+        (q, m) for q in ("logits", "weights", "inputs") for m in ("jacobian", "finite_difference")
+    }
+    assert all(c.passed for c in r.comparisons)

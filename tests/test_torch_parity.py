@@ -192,19 +192,36 @@ def test_sigmoid_cross_entropy_matches_torch() -> None:
 def test_layer_parameter_gradients_match_torch() -> None:
     rng = np.random.default_rng(11)
     for _ in range(CASES // 4):
-        n, d, k = int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(2, 6))
+        case = random_softmax_case(rng)
+        n, k = np.asarray(case["z"]).shape
+        d = int(rng.integers(1, 5))
         x, w, b = rng.normal(size=(n, d)), rng.normal(size=(d, k)), rng.normal(size=k)
-        labels = rng.integers(0, k, n)
-        reduction = str(rng.choice(["mean", "sum", "none"]))
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        loss = F.cross_entropy(xt @ wt + bt, torch.tensor(labels), reduction=reduction)
-        loss.sum().backward()
         layer = Layer(x, w, b)
-        problem = CrossEntropyProblem(layer.logits(), labels=labels, reduction=reduction)  # type: ignore[arg-type]
+        case["z"] = layer.logits()
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        kwargs: dict[str, object] = {
+            "reduction": case["reduction"],
+            "label_smoothing": case["smoothing"],
+        }
+        if case["weight"] is not None:
+            kwargs["weight"] = torch.tensor(case["weight"])
+        if case["labels"] is not None:
+            target = torch.tensor(case["labels"])
+            if case["ignore"] is not None:
+                kwargs["ignore_index"] = case["ignore"]
+        else:
+            target = torch.tensor(case["targets"])
+        loss = F.cross_entropy(xt @ wt + bt, target, **kwargs)
+        loss.sum().backward()
+        problem = ours(case)
+        close(reduce_any(problem), loss.detach().numpy())
+        want = {"weights": wt.grad.numpy(), "bias": bt.grad.numpy(), "inputs": xt.grad.numpy()}
         for grads in (
             layer_methods.closed_form(layer, METHODS["analytic"](problem).grad),
             layer_methods.explicit_chain(layer, METHODS["jacobian"](problem).grad),
         ):
-            close(grads["weights"], wt.grad.numpy())
-            close(grads["bias"], bt.grad.numpy())
-            close(grads["inputs"], xt.grad.numpy())
+            for name, value in want.items():
+                close(grads[name], value)
+        # Finite differences on every parameter: within their truncation error.
+        for name, value in layer_methods.finite_differences(layer, problem).items():
+            np.testing.assert_allclose(value, want[name], rtol=0, atol=1e-7)

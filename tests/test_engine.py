@@ -30,12 +30,26 @@ def test_worked_example_result() -> None:
     assert r.loss == pytest.approx(0.4643688, abs=5e-8)
     assert r.probs is not None
     np.testing.assert_allclose(r.probs, [0.2312239, 0.6285317, 0.1402444], atol=5e-8)
-    assert list(r.gradients) == ["analytic", "jacobian", "finite_difference"]
+    assert list(r.gradients) == [
+        "analytic",
+        "jacobian",
+        "finite_difference",
+        "complex_step",
+        "exact",
+    ]
     for g in r.gradients.values():
         assert g is not None
         np.testing.assert_allclose(g, [0.2312239, -0.3714683, 0.1402444], atol=5e-8)
-    assert [c.method for c in r.comparisons] == ["jacobian", "finite_difference"]
-    assert all(c.reference == "analytic" for c in r.comparisons)
+    # exact is computed, so it is the reference of every other method.
+    assert r.reference == "exact"
+    assert [c.method for c in r.comparisons] == [
+        "analytic",
+        "jacobian",
+        "finite_difference",
+        "complex_step",
+    ]
+    assert all(c.reference == "exact" for c in r.comparisons)
+    assert all(c.predicted is not None and c.max_abs_error <= c.predicted for c in r.comparisons)
     assert [c.name for c in r.checks] == [
         "probs_sum_to_one",
         "grad_rows_sum_to_zero",
@@ -154,7 +168,7 @@ def test_infinite_loss_is_reported_with_reason() -> None:
     assert r.loss == np.inf
     assert r.loss_note is not None and "logit -inf" in r.loss_note
     assert r.gradients["jacobian"] is None and r.gradients["finite_difference"] is None
-    assert set(r.not_computable) == {"jacobian", "finite_difference"}
+    assert set(r.not_computable) == {"jacobian", "finite_difference", "complex_step"}
 
 
 def test_checks_that_do_not_hold_are_not_run() -> None:
@@ -219,7 +233,8 @@ def test_layer_parameter_gradients_in_the_weights_layout() -> None:
     dx = r.parameter_gradients["inputs"]["finite_difference"]
     assert dx is not None and dx.shape == (3,)
     quantities = {(c.quantity, c.method) for c in r.comparisons}
-    assert quantities == {
-        (q, m) for q in ("logits", "weights", "inputs") for m in ("jacobian", "finite_difference")
+    logits_methods = ("analytic", "jacobian", "finite_difference", "complex_step")
+    assert quantities == {("logits", m) for m in logits_methods} | {
+        (q, m) for q in ("weights", "inputs") for m in ("jacobian", "finite_difference")
     }
     assert all(c.passed for c in r.comparisons)

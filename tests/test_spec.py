@@ -372,17 +372,18 @@ def test_huge_integer_is_an_error_not_a_crash(
         ),
         (
             "logits: [1, 2]\nlabel: 0\nmethods: []\n",
-            "3:10: methods: expected at least one method (analytic, jacobian, finite_difference)",
+            "3:10: methods: expected at least one method "
+            "(analytic, jacobian, finite_difference, complex_step, exact)",
         ),
         (
             "logits: [1, 2]\nlabel: 0\nmethods: analytic\n",
-            "3:10: methods: expected a list of methods (analytic, jacobian, finite_difference), "
-            "found string 'analytic'",
+            "3:10: methods: expected a list of methods "
+            "(analytic, jacobian, finite_difference, complex_step, exact), found string 'analytic'",
         ),
         (
             "logits: [1, 2]\nlabel: 0\nmethods: [numeric]\n",
             "3:11: methods[0]: unknown method 'numeric' (known: analytic, jacobian, "
-            "finite_difference)",
+            "finite_difference, complex_step, exact)",
         ),
         (
             "logits: [1, 2]\nlabel: 0\ntolerance: {rtol: .nan}\n",
@@ -449,7 +450,8 @@ def test_huge_integer_is_an_error_not_a_crash(
             "<<: {logits: [1, 2]}\nlabel: 0\n",
             "1:1: <<: unknown key (known keys: name, description, classes, num_classes, loss, "
             "logits, layer, label, target, reduction, weight, ignore_index, label_smoothing, "
-            "softcap, z_loss, pos_weight, methods, tolerance, expect, cases)",
+            "softcap, z_loss, pos_weight, methods, tolerance, finite_difference, dtype, expect, "
+            "cases)",
         ),
         (
             "hello\n",

@@ -45,6 +45,14 @@ class MethodName(str, Enum):
     analytic = "analytic"
     jacobian = "jacobian"
     finite_difference = "finite_difference"
+    complex_step = "complex_step"
+    exact = "exact"
+
+
+class DTypeName(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+    float16 = "float16"
 
 
 def _version(value: bool) -> None:
@@ -182,6 +190,10 @@ def run(
     atol: Annotated[
         float | None, typer.Option(help="Absolute tolerance for every comparison.", min=0.0)
     ] = None,
+    dtype: Annotated[
+        DTypeName | None,
+        typer.Option(help="Run the methods under test in this precision (reference: float64)."),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
@@ -198,7 +210,10 @@ def run(
                 f"No paths given: running the bundled example specs in {bundled}", markup=False
             )
     options = RunOptions(
-        methods=tuple(m.value for m in method) if method else None, rtol=rtol, atol=atol
+        methods=tuple(m.value for m in method) if method else None,
+        rtol=rtol,
+        atol=atol,
+        dtype=dtype.value if dtype else None,
     )
     results = collect_results(paths, options)
     for r in results:

@@ -27,26 +27,41 @@ class Tolerance:
     """Absolute part."""
 
 
-#: Default tolerances of each method against the analytic reference, in float64.
+#: Default tolerances of each method against the reference (``exact`` when it is computed,
+#: ``analytic`` otherwise), in float64. Each is a rounding or truncation bound with margin,
+#: measured by ``benchmarks/accuracy.py``:
 #:
-#: * ``jacobian``: the chain ``J^T (-t/p)`` and the closed form agree to a few ulps of the
-#:   gradient's scale (measured: at most 8.9e-16 absolute over random logits of scale up to 100),
-#:   so a disagreement above 1e-12 is a bug in one of them.
-#: * ``finite_difference``: the central quotient's truncation error is at most
+#: * ``analytic``, ``complex_step``: a few ulps of the gradient's scale (worst seen 4e-15
+#:   relative for labels; with probability targets p - t can cancel, leaving a few ulps of
+#:   max(p, t) absolute): rtol 1e-12, atol 1e-14.
+#: * ``jacobian``: the chain ``J^T (-q/p)`` adds a K-term sum per element: rtol 1e-10, atol 1e-12.
+#: * ``finite_difference`` (central): the quotient's truncation error is at most
 #:   ``h^2 max|l'''| / 6`` with ``|l'''| <= 0.0962`` for softmax cross-entropy and
 #:   ``h = eps^(1/3) max(1, |z|)``; for |z| <= 1000 that is below 6e-7 (measured 5.9e-7), plus
 #:   rounding below 1e-10. atol 1e-6 therefore never fails a correct gradient there, and still
-#:   catches any error of 1e-6 or more.
+#:   catches any error of 1e-6 or more. Other schemes: see :data:`SCHEME_TOLERANCES`.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "analytic": Tolerance(rtol=1e-12, atol=1e-14),
+    "complex_step": Tolerance(rtol=1e-12, atol=1e-14),
     "jacobian": Tolerance(rtol=1e-10, atol=1e-12),
     "finite_difference": Tolerance(rtol=1e-6, atol=1e-6),
+}
+#: Finite-difference defaults by scheme: forward differences are O(h) with h = 1.5e-8
+#: (errors up to ~1e-7 on bundled specs), Richardson O(h^4) (errors ~1e-11).
+SCHEME_TOLERANCES: dict[str, Tolerance] = {
+    "forward": Tolerance(rtol=1e-5, atol=1e-5),
+    "central": DEFAULT_TOLERANCES["finite_difference"],
+    "richardson": Tolerance(rtol=1e-8, atol=1e-8),
 }
 #: Fallback for any other comparison.
 FALLBACK_TOLERANCE = Tolerance(rtol=1e-9, atol=1e-12)
 
 
-def default_tolerance(method: str) -> Tolerance:
-    """The default tolerance of ``method`` compared against the reference."""
+def default_tolerance(method: str, scheme: str = "central") -> Tolerance:
+    """The default tolerance of ``method`` (with finite-difference ``scheme``) compared against
+    the reference."""
+    if method == "finite_difference":
+        return SCHEME_TOLERANCES[scheme]
     return DEFAULT_TOLERANCES.get(method, FALLBACK_TOLERANCE)
 
 
@@ -77,6 +92,11 @@ class Comparison:
     quantity: str = "logits"
     """What the gradient is taken with respect to: ``logits``, or a layer's ``weights``,
     ``bias`` or ``inputs``."""
+    predicted: float | None = None
+    """A first-order bound on ``max_abs_error`` for this method in its dtype (see
+    ``precision.predicted_error``), when one is known."""
+    dtype: str = "float64"
+    """The precision the method ran in."""
 
     @property
     def passed(self) -> bool:
@@ -103,6 +123,8 @@ def compare(
     reference_values: NDArray[np.float64],
     tolerance: Tolerance,
     quantity: str = "logits",
+    predicted: float | None = None,
+    dtype: str = "float64",
 ) -> Comparison:
     """Compare ``values`` with ``reference_values`` element by element.
 
@@ -135,6 +157,8 @@ def compare(
         atol=tolerance.atol,
         failed_elements=int(np.count_nonzero(failed)),
         quantity=quantity,
+        predicted=predicted,
+        dtype=dtype,
     )
 
 

@@ -7,12 +7,12 @@ Pure computation: takes a :class:`~gradcheck_cli.model.Spec`, returns a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gradcheck_cli import checks
-from gradcheck_cli.compare import Comparison, Tolerance, compare, default_tolerance
+from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import Problem, SigmoidProblem, reduce_any
 from gradcheck_cli.core.loss import (
     CrossEntropyProblem,
@@ -25,10 +25,19 @@ from gradcheck_cli.core.loss import (
 )
 from gradcheck_cli.core.sigmoid import sigmoid
 from gradcheck_cli.core.softmax import softmax
-from gradcheck_cli.methods import METHODS, REFERENCE_METHOD, NotComputable
+from gradcheck_cli.methods import (
+    DEFAULT_SETTINGS,
+    EXACT_METHOD,
+    METHODS,
+    REFERENCE_METHOD,
+    MethodSettings,
+    NotComputable,
+    reference_of,
+)
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, Layer, Spec, SpecResult
+from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult
+from gradcheck_cli.precision import dtype_tolerance, predicted_error
 
 
 @dataclass(frozen=True)
@@ -41,12 +50,17 @@ class RunOptions:
     """Relative tolerance for every comparison (wins over the spec's)."""
     atol: float | None = None
     """Absolute tolerance for every comparison (wins over the spec's)."""
+    dtype: DType | None = None
+    """Precision of the methods under test, instead of each spec's ``dtype``."""
 
 
-def resolve_tolerance(spec: Spec, method: str, options: RunOptions) -> Tolerance:
+def resolve_tolerance(
+    spec: Spec, method: str, options: RunOptions, dtype: str = "float64"
+) -> Tolerance:
     """Each of rtol and atol from the first level that sets it: command line, the spec's
-    per-method tolerance, the spec's overall tolerance, then the method's default."""
-    default = default_tolerance(method)
+    per-method tolerance, the spec's overall tolerance, then the method's default for its
+    finite-difference scheme and dtype (``precision.DTYPE_TOLERANCES``)."""
+    default = dtype_tolerance(method, spec.fd_scheme, dtype)
     per_method = spec.method_tolerances.get(method)
     levels = (options, per_method, spec.tolerance)
 
@@ -100,10 +114,49 @@ def spec_options(spec: Spec) -> dict[str, object]:
     return options
 
 
+def cast_problem(problem: Problem, dtype: str) -> Problem:
+    """The same problem with its arrays (logits, targets, weights) rounded to ``dtype``."""
+
+    def cast(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.astype(dtype)
+
+    logits = problem.logits.astype(dtype)
+    if isinstance(problem, SigmoidProblem):
+        return replace(
+            problem,
+            logits=logits,
+            targets=problem.targets.astype(dtype),
+            weight=cast(problem.weight),
+            pos_weight=cast(problem.pos_weight),
+        )
+    return replace(
+        problem,
+        logits=logits,
+        targets=cast(problem.targets),
+        weight=cast(problem.weight),
+    )
+
+
+#: Name of the float64 closed form that serves as reference in a reduced-precision run when
+#: ``exact`` is not computed.
+FLOAT64_REFERENCE = "analytic_float64"
+
+
 def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
-    """Compute everything a spec asks for and decide pass or fail."""
+    """Compute everything a spec asks for and decide pass or fail.
+
+    With a ``dtype`` below float64 the methods under test run on the logits rounded to that
+    dtype, and the reference (``exact``, else the float64 closed form) is computed in float64
+    from the same rounded values, so the comparison measures the computation, not the rounding
+    of the inputs.
+    """
     options = options or RunOptions()
+    dtype = options.dtype or spec.dtype
     problem = build_problem(spec)
+    under_test = problem
+    if dtype != "float64":
+        under_test = cast_problem(problem, dtype)
+        problem = cast_problem(under_test, "float64")
 
     def shaped(a: np.ndarray) -> np.ndarray:
         return a[0] if spec.single else a
@@ -119,41 +172,71 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         note = loss_note(problem, loss)
 
     requested = options.methods or spec.methods or tuple(METHODS)
-    # The reference is always computed: every other method is compared against it.
+    # The closed form is always computed: it is the reference when `exact` is not.
     names = [REFERENCE_METHOD] + [m for m in requested if m != REFERENCE_METHOD]
+    settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
     gradients: dict[str, np.ndarray | None] = {}
     not_computable: dict[str, str] = {}
     notes: dict[str, str] = {}
     for name in names:
+        target = problem if name == EXACT_METHOD else under_test
         try:
-            out = METHODS[name](problem)
+            out = METHODS[name](target, settings)
         except NotComputable as exc:
             gradients[name] = None
             not_computable[name] = exc.reason
             continue
-        gradients[name] = out.grad
+        gradients[name] = out.grad.astype(np.float64)
         if out.note:
             notes[name] = out.note
+    if dtype != "float64" and gradients.get(EXACT_METHOD) is None:
+        gradients[FLOAT64_REFERENCE] = METHODS[REFERENCE_METHOD](problem, settings).grad
+        notes[FLOAT64_REFERENCE] = "the closed form in float64: the reference of this run"
 
-    reference = gradients[REFERENCE_METHOD]
+    reference_name = reference_of(gradients)
+    if dtype != "float64" and reference_name == REFERENCE_METHOD:
+        reference_name = FLOAT64_REFERENCE
+    reference = gradients[reference_name]
     assert reference is not None  # the closed form is always computable
+    predicted = {
+        name: predicted_error(name, under_test, reference, scheme=spec.fd_scheme, step=spec.fd_step)
+        for name, grad in gradients.items()
+        if grad is not None and name not in (reference_name, EXACT_METHOD, FLOAT64_REFERENCE)
+    }
+    _drop_unresolvable(spec, dtype, gradients, predicted, reference, not_computable)
     comparisons = _compare_all(
-        spec, options, "logits", {m: g for m, g in gradients.items()}, shaped
+        spec, options, "logits", gradients, reference_name, shaped, predicted, dtype
     )
 
     parameter_gradients: dict[str, dict[str, np.ndarray | None]] = {}
     if spec.layer is not None:
-        parameter_gradients = _layer_gradients(spec.layer, problem, gradients, not_computable)
+        layer_problem, layer_grads = problem, gradients
+        if dtype != "float64":  # the layer's parameters are checked in float64
+            layer_problem = build_problem(spec)
+            layer_grads = {
+                m: METHODS[m](layer_problem, settings).grad
+                for m in layer_methods.LAYER_METHODS
+                if m in gradients and m != "finite_difference"
+            }
+            layer_grads["finite_difference"] = None
+            notes["layer"] = "the layer's parameters are checked in float64"
+        parameter_gradients = _layer_gradients(
+            spec.layer, layer_problem, layer_grads, not_computable
+        )
         if spec.single:  # the inputs were one vector (D,)
             parameter_gradients["inputs"] = {
                 m: (None if g is None else g[0]) for m, g in parameter_gradients["inputs"].items()
             }
         for quantity, by_method in parameter_gradients.items():
-            comparisons += _compare_all(spec, options, quantity, by_method, lambda a: a)
+            comparisons += _compare_all(
+                spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
+            )
 
     found = _checks(spec, problem, probs, loss, reference, note)
+    if dtype != "float64":
+        found.append(_dtype_loss_check(under_test, loss, dtype))
     if spec.expect is not None:
-        found.extend(checks.expectations(spec.expect, loss, shaped(probs), shaped(reference)))
+        found.extend(_expectations(spec, dtype, loss, probs, reference, shaped))
 
     passed = all(c.passed for c in comparisons) and all(c.passed for c in found)
     return SpecResult(
@@ -176,7 +259,7 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         not_computable=not_computable,
         method_notes=notes,
         parameter_gradients=parameter_gradients,
-        reference=REFERENCE_METHOD,
+        reference=reference_name,
         comparisons=tuple(comparisons),
         checks=tuple(found),
     )
@@ -193,24 +276,34 @@ def _compare_all(
     options: RunOptions,
     quantity: str,
     by_method: dict[str, np.ndarray | None],
+    reference: str,
     shaped: Callable[[np.ndarray], np.ndarray],
+    predicted: dict[str, float | None],
+    dtype: str,
 ) -> list[Comparison]:
-    """Every computed method against the reference, for one quantity."""
-    ref = by_method.get(REFERENCE_METHOD)
+    """Every computed method against ``reference``, for one quantity. In a reduced-precision run
+    the methods other than the float64 references ran in ``dtype``."""
+    ref = by_method.get(reference)
     if ref is None:
         return []
-    return [
-        compare(
-            name,
-            shaped(grad),
-            REFERENCE_METHOD,
-            shaped(ref),
-            resolve_tolerance(spec, name, options),
-            quantity=quantity,
+    out = []
+    for name, grad in by_method.items():
+        if name == reference or grad is None:
+            continue
+        ran_in = "float64" if name in (EXACT_METHOD, FLOAT64_REFERENCE) else dtype
+        out.append(
+            compare(
+                name,
+                shaped(grad),
+                reference,
+                shaped(ref),
+                resolve_tolerance(spec, name, options, ran_in),
+                quantity=quantity,
+                predicted=predicted.get(name),
+                dtype=ran_in,
+            )
         )
-        for name, grad in by_method.items()
-        if name != REFERENCE_METHOD and grad is not None
-    ]
+    return out
 
 
 def _layer_gradients(
@@ -219,9 +312,15 @@ def _layer_gradients(
     gradients: dict[str, np.ndarray | None],
     not_computable: dict[str, str],
 ) -> dict[str, dict[str, np.ndarray | None]]:
-    """Each method's gradients with respect to the layer's parameters, by parameter."""
+    """Each method's gradients with respect to the layer's parameters, by parameter.
+
+    The layer's parameters are checked by the three methods of ``methods.layer`` (closed form,
+    explicit chain, finite differences); the closed form is their reference.
+    """
     out: dict[str, dict[str, np.ndarray | None]] = {}
     for method, grad in gradients.items():
+        if method not in layer_methods.LAYER_METHODS:
+            continue
         try:
             if method == "finite_difference":
                 found = layer_methods.finite_differences(layer, problem)
@@ -239,6 +338,82 @@ def _layer_gradients(
                 continue
             out.setdefault(name, {})[method] = found.get(name)
     return out
+
+
+def _expectations(
+    spec: Spec,
+    dtype: str,
+    loss: float | np.ndarray,
+    probs: np.ndarray,
+    reference: np.ndarray,
+    shaped: Callable[[np.ndarray], np.ndarray],
+) -> list[Check]:
+    """Golden values describe the spec's own (float64) inputs: in a reduced-precision run they
+    are checked against the float64 closed form at those inputs, not at the rounded ones."""
+    assert spec.expect is not None
+    if dtype != "float64":
+        original = build_problem(spec)
+        loss = reduce_any(original)
+        if isinstance(original, SigmoidProblem):
+            probs = sigmoid(original.logits)
+            if spec.single and isinstance(loss, np.ndarray):
+                loss = loss[0]
+        else:
+            probs = softmax(capped(original, original.logits))
+        reference = METHODS[REFERENCE_METHOD](original, DEFAULT_SETTINGS).grad
+    return checks.expectations(spec.expect, loss, shaped(probs), shaped(reference))
+
+
+def _drop_unresolvable(
+    spec: Spec,
+    dtype: str,
+    gradients: dict[str, np.ndarray | None],
+    predicted: dict[str, float | None],
+    reference: np.ndarray,
+    not_computable: dict[str, str],
+) -> None:
+    """Finite differences whose predicted error exceeds what their default tolerance allows
+    cannot check anything: report them as inconclusive (with the numbers) instead of failing.
+
+    This happens in float16, or with very large logits, where the step that balances truncation
+    against rounding still leaves an error above the tolerance.
+    """
+    name = "finite_difference"
+    bound = predicted.get(name)
+    if gradients.get(name) is None or bound is None:
+        return
+    # Judged against the default tolerance: a tolerance the user sets is enforced as given.
+    tol = dtype_tolerance(name, spec.fd_scheme, dtype)
+    allowed = tol.atol + tol.rtol * float(np.max(np.abs(reference)))
+    if bound > allowed:
+        not_computable[name] = (
+            f"inconclusive: the predicted error of {spec.fd_scheme} differences in {dtype} "
+            f"(≤ {bound:.3g}) exceeds what the default tolerance allows ({allowed:.3g}), so they "
+            "cannot "
+            "resolve this gradient; the other methods still check it"
+        )
+        del predicted[name]
+        gradients[name] = None
+
+
+def _dtype_loss_check(under_test: Problem, loss64: float | np.ndarray, dtype: str) -> Check:
+    """The loss computed in ``dtype`` against the float64 loss of the same rounded inputs."""
+    low = np.asarray(reduce_any(under_test), dtype=np.float64)
+    ref = np.asarray(loss64, dtype=np.float64).reshape(low.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        same = (low == ref) | (np.isnan(low) & np.isnan(ref))
+        diff = np.where(same, 0.0, np.abs(low - ref))
+        rel = float(np.max(np.where(diff == 0, 0.0, diff / np.abs(ref))))
+    tol = dtype_tolerance("analytic", "central", dtype)
+    with np.errstate(invalid="ignore"):
+        ok = bool(np.all(same | (diff <= tol.atol + tol.rtol * np.abs(ref))))
+    return Check(
+        f"loss_{dtype}",
+        ok,
+        f"loss in {dtype} vs float64: max |Δ| = {float(np.max(diff)):.3g}, relative {rel:.3g} "
+        f"(allowed {tol.atol:g} + {tol.rtol:g}·|loss|; {dtype} eps = "
+        f"{float(np.finfo(dtype).eps):.3g})",
+    )
 
 
 def _checks(
@@ -352,7 +527,7 @@ def jacobian_view(
     chain: np.ndarray | None = None
     note: str | None = None
     try:
-        chain = METHODS["jacobian"](problem).grad[0]
+        chain = METHODS["jacobian"](problem, DEFAULT_SETTINGS).grad[0]
     except NotComputable as exc:
         note = exc.reason
     return JacobianView(
@@ -368,5 +543,5 @@ def jacobian_view(
         dl_dp=dl_dp,
         chain=chain,
         chain_note=note,
-        closed_form=METHODS["analytic"](problem).grad[0],
+        closed_form=METHODS["analytic"](problem, DEFAULT_SETTINGS).grad[0],
     )

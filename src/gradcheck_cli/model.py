@@ -14,12 +14,15 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison
 from gradcheck_cli.core.loss import Reduction
+from gradcheck_cli.methods._base import Scheme
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Status = Literal["pass", "fail", "error"]
 LossKind = Literal["softmax_cross_entropy", "sigmoid_cross_entropy"]
 LOSS_KINDS: tuple[LossKind, ...] = ("softmax_cross_entropy", "sigmoid_cross_entropy")
+DType = Literal["float64", "float32", "float16"]
+DTYPES: tuple[DType, ...] = ("float64", "float32", "float16")
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +94,12 @@ class Spec:
     """Positive-term weights (K,), sigmoid only."""
     layer: Layer | None = None
     """The layer that produced ``logits``, when the spec gave one instead of logits."""
+    fd_scheme: Scheme = "central"
+    """Finite-difference scheme: forward, central or richardson."""
+    fd_step: float | None = None
+    """Relative finite-difference step factor; None for the scheme's automatic one."""
+    dtype: DType = "float64"
+    """Precision in which the methods under test run (the reference stays float64)."""
     classes: tuple[str, ...] | None = None
     """Class names, length K."""
     description: str | None = None

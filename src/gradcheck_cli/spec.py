@@ -35,8 +35,17 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
-from gradcheck_cli.methods import METHODS
-from gradcheck_cli.model import LOSS_KINDS, Expect, Layer, LossKind, Spec, ToleranceOverride
+from gradcheck_cli.methods import METHODS, SCHEMES, Scheme
+from gradcheck_cli.model import (
+    DTYPES,
+    LOSS_KINDS,
+    DType,
+    Expect,
+    Layer,
+    LossKind,
+    Spec,
+    ToleranceOverride,
+)
 
 #: Keys a case may have. Top-level keys of a ``cases:`` file are defaults for every case.
 CASE_KEYS: dict[str, str] = {
@@ -58,6 +67,8 @@ CASE_KEYS: dict[str, str] = {
     "pos_weight": "weight of the positive term per class (K numbers), sigmoid only",
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
+    "finite_difference": "{scheme: forward | central | richardson, step: auto | number}",
+    "dtype": "float64 | float32 | float16: precision of the methods under test",
     "expect": "golden values: {loss, probs, grad, rtol, atol}",
 }
 FILE_KEYS = ("cases",)
@@ -665,6 +676,21 @@ def _build_spec(
     if (node := value("methods")) is not None:
         methods = _methods(ctx, node, field("methods"))
 
+    fd_scheme: Scheme = "central"
+    fd_step = None
+    if (node := value("finite_difference")) is not None:
+        fd_scheme, fd_step = _fd_settings(ctx, node, field("finite_difference"))
+
+    dtype: DType = "float64"
+    if (node := value("dtype")) is not None:
+        text = _string(ctx, node, field("dtype"))
+        if text not in DTYPES:
+            raise ctx.error(
+                node, field("dtype"), f"expected one of {' | '.join(DTYPES)}, found {text!r}"
+            )
+        dtype = text
+        _check_dtype_range(ctx, logits_node or layer_node, field("logits"), batch, dtype)
+
     tolerance = ToleranceOverride()
     per_method: dict[str, ToleranceOverride] = {}
     if (node := value("tolerance")) is not None:
@@ -694,6 +720,9 @@ def _build_spec(
         classes=classes,
         description=description,
         methods=methods,
+        fd_scheme=fd_scheme,
+        fd_step=fd_step,
+        dtype=dtype,
         tolerance=tolerance,
         method_tolerances=per_method,
         expect=expect,
@@ -924,6 +953,50 @@ def _methods(ctx: _Ctx, node: Node, field: str) -> tuple[str, ...]:
             raise ctx.error(item, f"{field}[{i}]", f"method {name!r} listed twice")
         names.append(name)
     return tuple(names)
+
+
+def _fd_settings(ctx: _Ctx, node: Node, field: str) -> tuple[Scheme, float | None]:
+    """``finite_difference: {scheme, step}``: the stencil, and ``auto`` or a relative step."""
+    entries = _mapping(ctx, node, field, ("scheme", "step"), "a mapping {scheme, step}")
+    scheme: Scheme = "central"
+    if "scheme" in entries:
+        s_node = entries["scheme"][1]
+        text = _string(ctx, s_node, f"{field}.scheme")
+        if text not in SCHEMES:
+            raise ctx.error(
+                s_node, f"{field}.scheme", f"expected one of {' | '.join(SCHEMES)}, found {text!r}"
+            )
+        scheme = text
+    step = None
+    if "step" in entries:
+        h_node = entries["step"][1]
+        if not (isinstance(h_node, ScalarNode) and _scalar(h_node) == "auto"):
+            step = _number(ctx, h_node, f"{field}.step")
+            if not (math.isfinite(step) and 0 < step < 1):
+                raise ctx.error(
+                    h_node,
+                    f"{field}.step",
+                    f"expected auto or a relative step in (0, 1), found {h_node.value}",
+                )
+    return scheme, step
+
+
+def _check_dtype_range(
+    ctx: _Ctx, node: Node | None, field: str, logits: np.ndarray, dtype: str
+) -> None:
+    """Finite logits must stay finite when rounded to ``dtype``."""
+    finite = np.isfinite(logits)
+    with np.errstate(over="ignore"):
+        rounded = logits.astype(dtype)
+    bad = finite & ~np.isfinite(rounded)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        top = float(np.finfo(dtype).max)
+        raise ctx.error(
+            node,
+            field,
+            f"logit {logits[idx]:g} at {list(idx)} overflows {dtype} (largest {top:g})",
+        )
 
 
 def _tolerance(

@@ -39,7 +39,7 @@ Problem = CrossEntropyProblem | SigmoidProblem
 
 
 def contributions(
-    problem: Problem, logits: _softmax_ce.FloatArray | None = None
+    problem: Problem, logits: _softmax_ce.AnyArray | None = None
 ) -> _softmax_ce.FloatArray:
     """Each row's share of the reduced loss, shape (..., N), for either loss family."""
     if isinstance(problem, SigmoidProblem):

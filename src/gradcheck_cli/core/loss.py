@@ -31,7 +31,7 @@ there, from 0 * -inf).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,8 @@ Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 
 FloatArray = NDArray[np.float64]
+#: Real or complex (the complex-step method passes complex logits through the forward pass).
+AnyArray = NDArray[Any]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
@@ -54,8 +56,9 @@ class CrossEntropyProblem:
     """
 
     logits: FloatArray
-    """Logits, shape (N, K), float64. Entries may be -inf (probability 0); no nan or +inf, and
-    every row has a finite entry. A single sample is stored as N = 1."""
+    """Logits, shape (N, K), float64 (or float32/float16: every function keeps the logits'
+    dtype, so a computation in lower precision stays in it). Entries may be -inf (probability
+    0); no nan or +inf, and every row has a finite entry. A single sample is stored as N = 1."""
     labels: IntArray | None = None
     """Class indices, shape (N,), each in [0, K) or equal to ``ignore_index``."""
     targets: FloatArray | None = None
@@ -118,7 +121,7 @@ class CrossEntropyProblem:
 def class_weights(problem: CrossEntropyProblem) -> FloatArray:
     """The class weights, shape (K,) (all 1 when the problem has none)."""
     _, k = problem.shape
-    return np.ones(k) if problem.weight is None else problem.weight
+    return np.ones(k, dtype=problem.logits.dtype) if problem.weight is None else problem.weight
 
 
 def weighted_targets(problem: CrossEntropyProblem) -> FloatArray:
@@ -132,7 +135,7 @@ def weighted_targets(problem: CrossEntropyProblem) -> FloatArray:
     assert problem.labels is not None
     valid = problem.valid
     rows = np.flatnonzero(valid)
-    q = np.zeros((n, k))
+    q = np.zeros((n, k), dtype=problem.logits.dtype)
     if a != 0.0:
         q[rows] = (a / k) * w
     q[rows, problem.labels[rows]] += (1.0 - a) * w[problem.labels[rows]]
@@ -147,7 +150,7 @@ def dense_targets(problem: CrossEntropyProblem) -> FloatArray:
         return problem.targets
     assert problem.labels is not None
     n, k = problem.shape
-    onehot = np.zeros((n, k))
+    onehot = np.zeros((n, k), dtype=problem.logits.dtype)
     rows = np.flatnonzero(problem.valid)
     onehot[rows, problem.labels[rows]] = 1.0
     return onehot
@@ -175,7 +178,7 @@ def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArr
     For ``mean`` with a zero normalizer (every sample ignored) the scales are 0: no sample
     contributes, and :func:`reduce_loss` reports the 0/0 mean as nan, as PyTorch does.
     """
-    valid = problem.valid.astype(np.float64)
+    valid = problem.valid.astype(problem.logits.dtype)
     if problem.reduction != "mean":
         return valid, valid.copy()
     ce_norm, z_norm = mean_normalizers(problem)
@@ -184,7 +187,7 @@ def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArr
     return alpha, beta
 
 
-def capped(problem: CrossEntropyProblem, logits: FloatArray) -> FloatArray:
+def capped(problem: CrossEntropyProblem, logits: AnyArray) -> AnyArray:
     """``c tanh(z / c)`` with the problem's softcap c, or the logits themselves without one."""
     if problem.softcap is None:
         return logits
@@ -194,7 +197,7 @@ def capped(problem: CrossEntropyProblem, logits: FloatArray) -> FloatArray:
 
 
 def sample_terms(
-    problem: CrossEntropyProblem, logits: FloatArray | None = None
+    problem: CrossEntropyProblem, logits: AnyArray | None = None
 ) -> tuple[FloatArray, FloatArray]:
     """Each sample's cross-entropy ``ce_n`` and z-loss ``s lse_n^2`` (0 for ignored samples).
 
@@ -220,7 +223,7 @@ def sample_terms(
     return ce, zl
 
 
-def contributions(problem: CrossEntropyProblem, logits: FloatArray | None = None) -> FloatArray:
+def contributions(problem: CrossEntropyProblem, logits: AnyArray | None = None) -> FloatArray:
     """Each sample's share of the reduced loss, ``alpha_n ce_n + beta_n zloss_n``, shape (..., N).
 
     For ``sum`` and ``mean`` the reduced loss is their sum; for ``none`` they are the per-sample
@@ -233,7 +236,7 @@ def contributions(problem: CrossEntropyProblem, logits: FloatArray | None = None
     return out
 
 
-def per_sample_loss(problem: CrossEntropyProblem, logits: FloatArray | None = None) -> FloatArray:
+def per_sample_loss(problem: CrossEntropyProblem, logits: AnyArray | None = None) -> FloatArray:
     """Each sample's unreduced loss ``ce_n + zloss_n`` (PyTorch's ``reduction='none'``).
 
     Shape (..., N) for logits of shape (..., N, K).

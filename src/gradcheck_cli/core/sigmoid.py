@@ -18,6 +18,7 @@ no term loses accuracy to cancellation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +26,8 @@ from numpy.typing import NDArray
 from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 
 FloatArray = NDArray[np.float64]
+#: Real or complex (the complex-step method passes complex logits through the forward pass).
+AnyArray = NDArray[Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,8 +61,21 @@ class SigmoidProblem:
 
 
 def softplus(x: FloatArray) -> FloatArray:
-    """``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``, without overflow, same shape as x."""
-    out: FloatArray = np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+    """``log(1 + exp(x))`` without overflow, same shape as x.
+
+    ``x + log1p(exp(-x))`` where Re x >= 0 and ``log1p(exp(x))`` elsewhere: each branch is an
+    analytic function (no ``abs`` or ``max``), so complex-step differentiation sees the true
+    derivative; for real x this equals ``max(x, 0) + log1p(exp(-|x|))``.
+    """
+    if not np.iscomplexobj(x):
+        real: FloatArray = np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+        return real
+    upper = x.real >= 0
+    safe_pos = np.where(upper, x, 0.0)  # keep exp() of the discarded branch from overflowing
+    safe_neg = np.where(upper, 0.0, x)
+    out: FloatArray = np.where(
+        upper, safe_pos + np.log1p(np.exp(-safe_pos)), np.log1p(np.exp(safe_neg))
+    )
     return out
 
 
@@ -72,12 +88,12 @@ def sigmoid(x: FloatArray) -> FloatArray:
 
 def element_weights(problem: SigmoidProblem) -> tuple[FloatArray, FloatArray]:
     """``(w, r * y)``: element weights (N, K) and the positive term's coefficient (N, K)."""
-    w = np.ones(problem.shape) if problem.weight is None else problem.weight
-    r = 1.0 if problem.pos_weight is None else problem.pos_weight
+    w = np.ones(problem.shape, problem.logits.dtype) if problem.weight is None else problem.weight
+    r = problem.logits.dtype.type(1) if problem.pos_weight is None else problem.pos_weight
     return w, r * problem.targets
 
 
-def element_losses(problem: SigmoidProblem, logits: FloatArray | None = None) -> FloatArray:
+def element_losses(problem: SigmoidProblem, logits: AnyArray | None = None) -> FloatArray:
     """Every element's loss ``l``, shape (..., N, K) for logits of shape (..., N, K)."""
     x = problem.logits if logits is None else logits
     w, pos = element_weights(problem)
@@ -91,7 +107,7 @@ def reduction_scale(problem: SigmoidProblem) -> float:
     return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
 
 
-def contributions(problem: SigmoidProblem, logits: FloatArray | None = None) -> FloatArray:
+def contributions(problem: SigmoidProblem, logits: AnyArray | None = None) -> FloatArray:
     """Each row's share of the reduced loss, shape (..., N) (the finite-difference black box).
 
     For ``none`` a row's share is the sum of its elements' losses; since every element's loss

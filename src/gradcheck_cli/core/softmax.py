@@ -14,36 +14,48 @@ round the tiny part away.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
+#: Real or complex (the complex-step method passes complex logits through the forward pass).
+AnyArray = NDArray[Any]
 
 
-def _shift_terms(z: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _shift_terms(z: AnyArray) -> tuple[AnyArray, FloatArray, AnyArray]:
     """Max-shift the logits and sum the exponentials other than the maximum's.
+
+    Complex-safe (for the complex-step method): the shift ``m`` is the *real part* of the row's
+    largest logit, a constant as far as a small imaginary perturbation is concerned, and the
+    maximum's own term enters ``rest`` as ``expm1(z_{j*} - m)``, which is exactly 0 for real input
+    and ``exp(i h) - 1`` when that logit carries the perturbation. No ``abs``, no comparison of
+    complex values, no writes of complex values into real arrays.
 
     Parameters
     ----------
-    z : array of shape (..., K), K >= 1, finite.
+    z : array of shape (..., K), K >= 1, real or complex; real parts finite or -inf, each row with
+        a finite entry.
 
     Returns
     -------
-    shifted : ``z - m``, shape (..., K); every entry <= 0, the maximum's exactly 0.
-    m : the row maxima, shape (..., 1).
-    rest : ``sum_{j != j*} exp(z_j - m)`` with ``j*`` the (first) argmax, shape (..., 1);
-        so that ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of it is ``log1p(rest)``.
+    shifted : ``z - m``, shape (..., K); real parts <= 0, the maximum's exactly 0.
+    m : the row maxima (real), shape (..., 1).
+    rest : ``sum_{j != j*} exp(z_j - m) + expm1(z_{j*} - m)`` with ``j*`` the (first) argmax of
+        the real parts, shape (..., 1); so that ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of
+        it is ``log1p(rest)``.
     """
-    top = np.argmax(z, axis=-1)[..., None]
-    m = np.take_along_axis(z, top, axis=-1)
+    top = np.argmax(z.real, axis=-1)[..., None]
+    m = np.take_along_axis(z.real, top, axis=-1)
     shifted = z - m
     e = np.exp(shifted)
-    np.put_along_axis(e, top, 0.0, axis=-1)
+    np.put_along_axis(e, top, np.expm1(np.take_along_axis(shifted, top, axis=-1)), axis=-1)
     rest = np.sum(e, axis=-1, keepdims=True)
     return shifted, m, rest
 
 
-def logsumexp(z: FloatArray) -> FloatArray:
+def logsumexp(z: AnyArray) -> AnyArray:
     """``log(sum_k exp(z_k)) = m + log1p(sum_{j != j*} exp(z_j - m))`` over the last axis.
 
     Parameters
@@ -94,13 +106,13 @@ def softmax(z: FloatArray) -> FloatArray:
     -------
     array of shape (..., K), entries in [0, 1], each row summing to 1 up to rounding.
     """
-    m = np.max(z, axis=-1, keepdims=True)
+    m = np.max(z.real, axis=-1, keepdims=True)
     e = np.exp(z - m)
     out: FloatArray = e / np.sum(e, axis=-1, keepdims=True)
     return out
 
 
-def cross_entropy_terms(z: FloatArray) -> tuple[FloatArray, FloatArray]:
+def cross_entropy_terms(z: AnyArray) -> tuple[AnyArray, AnyArray]:
     """The two non-negative parts of ``-log p_k = (m - z_k) + log1p(rest)``.
 
     Returns ``(m - z, log1p(rest))`` with shapes (..., K) and (..., 1). Adding two non-negative

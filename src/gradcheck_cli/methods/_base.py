@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+Scheme = Literal["forward", "central", "richardson"]
+SCHEMES: tuple[Scheme, ...] = ("forward", "central", "richardson")
 
 
 class NotComputable(Exception):
@@ -14,6 +18,20 @@ class NotComputable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Choices that change how a method computes (set per spec)."""
+
+    fd_scheme: Scheme = "central"
+    """Finite-difference stencil."""
+    fd_step: float | None = None
+    """Relative finite-difference step factor (the step is ``factor * max(1, |z|)``); None picks
+    the scheme's automatic factor."""
+
+
+DEFAULT_SETTINGS = MethodSettings()
 
 
 @dataclass(frozen=True, eq=False)

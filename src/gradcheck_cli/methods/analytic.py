@@ -29,7 +29,7 @@ from gradcheck_cli.core.loss import (
     weighted_targets,
 )
 from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax
-from gradcheck_cli.methods._base import GradientOutput
+from gradcheck_cli.methods._base import DEFAULT_SETTINGS, GradientOutput, MethodSettings
 
 FloatArray = NDArray[np.float64]
 
@@ -47,7 +47,9 @@ def softcap_derivative(problem: CrossEntropyProblem) -> FloatArray | None:
     return out
 
 
-def analytic_gradient(problem: Problem) -> GradientOutput:
+def analytic_gradient(
+    problem: Problem, settings: MethodSettings = DEFAULT_SETTINGS
+) -> GradientOutput:
     """Closed-form gradient of the reduced loss with respect to the (raw) logits, shape (N, K)."""
     if isinstance(problem, sig.SigmoidProblem):
         return GradientOutput(sigmoid_gradient(problem))

@@ -1,17 +1,25 @@
-"""Central finite differences of the loss, used as a black box.
+"""Finite differences of the loss, used as a black box: forward, central and Richardson.
 
-For each element ``z_nk`` the step is ``h = eps^(1/3) * max(1, |z_nk|)`` (``eps`` = float64's
-machine epsilon, so ``h`` is about 6.06e-6 for |z| <= 1). This balances the truncation error of
-the central quotient, about ``h^2 |l'''| / 6``, against the rounding error of the two loss values,
-about ``eps |l| / h``. The quotient divides by the step the machine actually took,
-``(z + h) - (z - h)``, not by ``2h``, since ``z + h`` is itself rounded.
+Every element ``z_nk`` gets the step ``h = f * max(1, |z_nk|)`` with a factor ``f`` that balances
+the scheme's truncation error against the rounding error of the loss values (``eps`` is the
+machine epsilon of the logits' dtype, 2.2e-16 for float64):
+
+=============  ==============================================  ==============  ==================
+scheme         quotient                                        truncation      automatic f
+=============  ==============================================  ==============  ==================
+forward        ``(L(z+h) - L(z)) / h``                          ``O(h)``        ``eps^(1/2)``
+central        ``(L(z+h) - L(z-h)) / 2h``                       ``O(h^2)``      ``eps^(1/3)``
+richardson     ``(4 D(h/2) - D(h)) / 3``, D the central one     ``O(h^4)``      ``eps^(1/5)``
+=============  ==============================================  ==============  ==================
+
+Each quotient divides by the step the machine actually took (``(z + h) - (z - h)`` etc.), not by
+the nominal ``2h``, since ``z + h`` is itself rounded.
 
 The black box is each row's share of the reduced loss (``core.contributions``: options, softcap,
 z-loss and reduction included). A row's share depends only on its own logits, so the perturbation
-of class k can be applied to every row at once and read back from the rows' shares. Classes are
-processed in blocks (a block of B classes evaluates a (2, B, N, K) array) under a fixed memory
-budget; there is no Python loop per element. A logit of -inf cannot be perturbed; its gradient is
-exactly 0 (its probability is 0) and is reported as such.
+of class k is applied to every row at once and read back from the rows' shares. Classes are
+processed in blocks under a fixed memory budget; there is no Python loop per element. A logit of
+-inf cannot be perturbed; its gradient is exactly 0 (its probability is 0) and is reported so.
 """
 
 from __future__ import annotations
@@ -20,29 +28,59 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem, contributions
-from gradcheck_cli.methods._base import GradientOutput, NotComputable
+from gradcheck_cli.methods._base import (
+    DEFAULT_SETTINGS,
+    GradientOutput,
+    MethodSettings,
+    NotComputable,
+    Scheme,
+)
 
+FloatArray = NDArray[np.float64]
 EPS = float(np.finfo(np.float64).eps)
-#: Central-difference step factor, eps^(1/3).
+#: Central-difference step factor in float64, eps^(1/3).
 CENTRAL_STEP = EPS ** (1.0 / 3.0)
-#: Upper bound on the float64 values in one block of perturbed logits: 2^21 (16 MiB).
+#: Exponent of eps in each scheme's automatic step factor.
+STEP_EXPONENT: dict[Scheme, float] = {"forward": 1 / 2, "central": 1 / 3, "richardson": 1 / 5}
+#: Upper bound on the values in one block of perturbed logits: 2^21 (16 MiB in float64).
 FD_CHUNK_ELEMENTS = 1 << 21
 
 
-def central_steps(z: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The step of every element: ``eps^(1/3) * max(1, |z|)``, same shape as ``z``."""
-    out: NDArray[np.float64] = CENTRAL_STEP * np.maximum(1.0, np.abs(z))
-    return out
+def step_factor(scheme: Scheme, dtype: np.dtype[np.floating] | type = np.float64) -> float:
+    """The automatic relative step of ``scheme`` for logits of ``dtype``."""
+    eps = float(np.finfo(dtype).eps)
+    return float(eps ** STEP_EXPONENT[scheme])
 
 
-def finite_difference_gradient(problem: Problem) -> GradientOutput:
-    """Central-difference gradient of the reduced loss, shape (N, K).
+def central_steps(z: FloatArray, factor: float = CENTRAL_STEP) -> FloatArray:
+    """The step of every element: ``factor * max(1, |z|)``, same shape as ``z``."""
+    out: FloatArray = factor * np.maximum(1.0, np.abs(z))
+    return out.astype(z.dtype, copy=False)
+
+
+def finite_difference_gradient(
+    problem: Problem, settings: MethodSettings = DEFAULT_SETTINGS
+) -> GradientOutput:
+    """Finite-difference gradient of the reduced loss, shape (N, K), by ``settings.fd_scheme``.
 
     Raises
     ------
     NotComputable
         Where the loss itself is not finite at the given logits.
     """
+    scheme = settings.fd_scheme
+    factor = settings.fd_step or step_factor(scheme, problem.logits.dtype)
+    grad = fd_gradient(problem, scheme, factor)
+    how = "automatic" if settings.fd_step is None else "given"
+    exponent = {"forward": "1/2", "central": "1/3", "richardson": "1/5"}[scheme]
+    rule = f"eps^({exponent})" if settings.fd_step is None else f"{factor:g}"
+    return GradientOutput(
+        grad, note=f"{scheme} differences, h = {rule}·max(1, |z|) ({how} step {factor:.3g})"
+    )
+
+
+def fd_gradient(problem: Problem, scheme: Scheme, factor: float) -> FloatArray:
+    """The gradient by ``scheme`` with relative step ``factor`` (shape (N, K))."""
     base = contributions(problem)
     if not np.all(np.isfinite(base)):
         row = int(np.flatnonzero(~np.isfinite(base))[0])
@@ -52,21 +90,45 @@ def finite_difference_gradient(problem: Problem) -> GradientOutput:
     z = problem.logits
     n, k = z.shape
     finite = np.isfinite(z)
-    zf = np.where(finite, z, 0.0)
-    h = central_steps(zf)
-    plus = np.where(finite, zf + h, z)
-    minus = np.where(finite, zf - h, z)
-    taken = (zf + h) - (zf - h)  # the step the machine actually took, (N, K)
+    zf = np.where(finite, z, 0.0).astype(z.dtype)
+    h = central_steps(zf, factor)
+    # Offsets per scheme: (multiple of h for the evaluation points) and how to combine them.
+    offsets = {"forward": (1.0,), "central": (1.0, -1.0), "richardson": (1.0, -1.0, 0.5, -0.5)}[
+        scheme
+    ]
+    moved = [zf + c * h for c in offsets]  # the perturbed values (finite stand-ins at -inf)
+    points = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
     grad = np.empty_like(zf)
-    block = max(1, FD_CHUNK_ELEMENTS // (2 * n * k))
+    block = max(1, FD_CHUNK_ELEMENTS // (len(points) * n * k))
     for start in range(0, k, block):
         cols = np.arange(start, min(k, start + block))
-        b = cols.size
-        batch = np.broadcast_to(z, (2, b, n, k)).copy()  # [0]: +h, [1]: -h
-        sel = np.arange(b)
-        batch[0, sel, :, cols] = plus[:, cols].T
-        batch[1, sel, :, cols] = minus[:, cols].T
-        shares = contributions(problem, batch)  # (2, B, N)
-        grad[:, cols] = ((shares[0] - shares[1]) / taken[:, cols].T).T
+        shares = _shares(problem, [pt[:, cols] for pt in points], cols)  # (P, B, N)
+        at = [m[:, cols].T for m in moved]  # (B, N) each: where each quotient's points sit
+        zc = zf[:, cols].T
+        if scheme == "forward":
+            g = (shares[0] - base) / (at[0] - zc)
+        elif scheme == "central":
+            g = (shares[0] - shares[1]) / (at[0] - at[1])
+        else:
+            wide = (shares[0] - shares[1]) / (at[0] - at[1])
+            narrow = (shares[2] - shares[3]) / (at[2] - at[3])
+            g = (4.0 * narrow - wide) / 3.0
+        grad[:, cols] = g.T
     grad[~finite] = 0.0
-    return GradientOutput(grad, note="central differences, h = eps^(1/3)·max(1, |z|)")
+    return grad
+
+
+def _shares(problem: Problem, values: list[FloatArray], cols: NDArray[np.intp]) -> FloatArray:
+    """Rows' shares of the loss with column ``cols[b]`` replaced by ``values[p][:, b]``.
+
+    Returns shape (P, B, N): evaluation point p, perturbed class b, row n.
+    """
+    z = problem.logits
+    n, k = z.shape
+    b = cols.size
+    batch = np.broadcast_to(z, (len(values), b, n, k)).copy()
+    sel = np.arange(b)
+    for p, v in enumerate(values):
+        batch[p, sel, :, cols] = v.T
+    out: FloatArray = contributions(problem, batch)
+    return out

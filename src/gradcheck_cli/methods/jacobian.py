@@ -28,11 +28,15 @@ from gradcheck_cli.core import Problem
 from gradcheck_cli.core import sigmoid as sig
 from gradcheck_cli.core.loss import capped, reduction_scales, weighted_targets
 from gradcheck_cli.core.softmax import logsumexp, softmax, softmax_jacobian
-from gradcheck_cli.methods._base import GradientOutput, NotComputable
+from gradcheck_cli.methods._base import (
+    DEFAULT_SETTINGS,
+    GradientOutput,
+    MethodSettings,
+    NotComputable,
+)
 from gradcheck_cli.methods.analytic import softcap_derivative
 
 FloatArray = NDArray[np.float64]
-_SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 #: Upper bound on the Jacobian entries held at once (rows are processed in chunks): 2^22 float64
 #: values, 32 MiB.
@@ -41,7 +45,8 @@ JACOBIAN_CHUNK_ELEMENTS = 1 << 22
 
 def _refuse_small(p: FloatArray, used: NDArray[np.bool_], what: str) -> None:
     """Raise NotComputable where a probability the loss divides by is zero or subnormal."""
-    bad = used & (p < _SMALLEST_NORMAL)
+    tiny = float(np.finfo(p.dtype).tiny)
+    bad = used & (p < tiny)
     if not np.any(bad):
         return
     row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -50,13 +55,15 @@ def _refuse_small(p: FloatArray, used: NDArray[np.bool_], what: str) -> None:
         why = f"underflows to 0, so {what} is infinite"
     else:
         why = (
-            f"is subnormal ({p[row, col]:.3g} < {_SMALLEST_NORMAL:.3g}), so {what} "
+            f"is subnormal ({p[row, col]:.3g} < {tiny:.3g}), so {what} "
             "and the Jacobian products lose their relative precision"
         )
     raise NotComputable(f"p of a target class ({where}) {why}; the closed form is unaffected")
 
 
-def jacobian_gradient(problem: Problem) -> GradientOutput:
+def jacobian_gradient(
+    problem: Problem, settings: MethodSettings = DEFAULT_SETTINGS
+) -> GradientOutput:
     """``J^T dL/dp`` for every sample (plus the z-loss and softcap chains), shape (N, K).
 
     Raises

@@ -26,6 +26,8 @@ from gradcheck_cli.model import Layer
 
 FloatArray = NDArray[np.float64]
 PARAMETERS = ("weights", "bias", "inputs")
+#: The methods that compute parameter gradients (the closed form is their reference).
+LAYER_METHODS = ("analytic", "jacobian", "finite_difference")
 #: Largest dz/dtheta matrix the jacobian method materializes: 2^22 values (32 MiB).
 LAYER_JACOBIAN_ELEMENTS = 1 << 22
 

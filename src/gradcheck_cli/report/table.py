@@ -97,11 +97,14 @@ def comparison_table(r: SpecResult) -> Table | None:
         return None
     table = Table(box=None, pad_edge=False, header_style="bold")
     layered = any(c.quantity != "logits" for c in r.comparisons)
+    with_dtype = any(c.dtype != "float64" for c in r.comparisons)
     if layered:
         table.add_column("d(loss)/d")
     for col, justify in (
         (f"vs {r.reference}", "left"),
+        *((("dtype", "left"),) if with_dtype else ()),
         ("max abs err", "right"),
+        ("predicted", "right"),
         ("max rel err", "right"),
         ("worst at", "left"),
         ("value", "right"),
@@ -109,7 +112,7 @@ def comparison_table(r: SpecResult) -> Table | None:
         ("rtol/atol", "left"),
         ("result", "left"),
     ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify)
     for c in r.comparisons:
         result = verdict(c.passed)
         if not c.passed:
@@ -117,7 +120,9 @@ def comparison_table(r: SpecResult) -> Table | None:
         table.add_row(
             *([c.quantity] if layered else []),
             c.method,
+            *([c.dtype] if with_dtype else []),
             err(c.max_abs_error),
+            "" if c.predicted is None else f"≤ {err(c.predicted)}",
             err(c.max_rel_error),
             _index(c.worst_index),
             num(c.value),
@@ -148,7 +153,7 @@ def options_line(r: SpecResult) -> Text | None:
 def weights_table(r: SpecResult) -> Table | None:
     """The reference gradient with respect to a layer's weights, in the weights' (D, K) layout."""
     grads = r.parameter_gradients.get("weights", {})
-    g = grads.get(r.reference or "")
+    g = grads.get("analytic")  # the parameters' reference
     if g is None or g.ndim != 2 or g.shape[1] > MAX_CLASS_ROWS:
         return None
     d, k = g.shape
@@ -157,8 +162,7 @@ def weights_table(r: SpecResult) -> Table | None:
         box=None,
         pad_edge=False,
         header_style="bold",
-        title=f"dL/dW ({r.reference}), shape (D, K) = ({d}, {k}): row d = input d, "
-        "column k = class k",
+        title=f"dL/dW (analytic), shape (D, K) = ({d}, {k}): row d = input d, column k = class k",
         title_justify="left",
         title_style="bold",
     )

@@ -321,6 +321,42 @@ def jacobian(
         view_report.render_table(view, _stdout())
 
 
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="A spec file.", show_default=False)],
+    case: Annotated[
+        str | None, typer.Option(help="Which case of a cases file (default: the first).")
+    ] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Sweep the step h from 1e-1 to 1e-16 for every differencing method and run a Taylor test."""
+    from gradcheck_cli.engine import build_problem
+    from gradcheck_cli.model import Spec
+    from gradcheck_cli.spec import load_file
+    from gradcheck_cli.sweep import sweep as run_sweep
+
+    if not spec.is_file():
+        _fail(f"{spec}: no such file")
+    items = load_file(spec, str(spec))
+    for item in items:
+        if isinstance(item, SpecError):
+            _fail(str(item))
+    specs = [s for s in items if isinstance(s, Spec)]
+    chosen = specs[0] if case is None else next((s for s in specs if s.name == case), None)
+    if chosen is None:
+        names = ", ".join(s.name for s in specs)
+        _fail(f"--case: no case named {case!r} in {spec} (cases: {names})")
+    result = run_sweep(build_problem(chosen), chosen.name, chosen.file)
+    from gradcheck_cli.report import sweep as sweep_report
+
+    if format is Format.json:
+        from gradcheck_cli.report.json import dumps
+
+        sys.stdout.write(dumps(sweep_report.to_dict(result)))
+    else:
+        sweep_report.render_table(result, _stdout())
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

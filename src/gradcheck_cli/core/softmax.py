@@ -24,14 +24,15 @@ FloatArray = NDArray[np.float64]
 AnyArray = NDArray[Any]
 
 
-def _shift_terms(z: AnyArray) -> tuple[AnyArray, FloatArray, AnyArray]:
+def _shift_terms(z: AnyArray) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Max-shift the logits and sum the exponentials other than the maximum's.
 
-    Complex-safe (for the complex-step method): the shift ``m`` is the *real part* of the row's
-    largest logit, a constant as far as a small imaginary perturbation is concerned, and the
-    maximum's own term enters ``rest`` as ``expm1(z_{j*} - m)``, which is exactly 0 for real input
-    and ``exp(i h) - 1`` when that logit carries the perturbation. No ``abs``, no comparison of
-    complex values, no writes of complex values into real arrays.
+    Complex-safe (for the complex-step method): ``j*`` is the argmax of the real parts, and the
+    shift ``m = z_{j*}`` keeps its imaginary part, so ``z_{j*} - m`` is exactly 0 and
+    ``-log p_c = (m - z_c) + log1p(rest)`` is an analytic function of every logit in which no
+    imaginary parts cancel (shifting by the real part only would make the imaginary part of
+    ``-log p_{j*}`` a difference of two nearly equal terms, losing tiny derivatives such as the
+    -8.5e-18 of a near one-hot row). No ``abs``, no comparison of complex values.
 
     Parameters
     ----------
@@ -41,16 +42,15 @@ def _shift_terms(z: AnyArray) -> tuple[AnyArray, FloatArray, AnyArray]:
     Returns
     -------
     shifted : ``z - m``, shape (..., K); real parts <= 0, the maximum's exactly 0.
-    m : the row maxima (real), shape (..., 1).
-    rest : ``sum_{j != j*} exp(z_j - m) + expm1(z_{j*} - m)`` with ``j*`` the (first) argmax of
-        the real parts, shape (..., 1); so that ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of
-        it is ``log1p(rest)``.
+    m : the row maxima ``z_{j*}``, shape (..., 1).
+    rest : ``sum_{j != j*} exp(z_j - m)``, shape (..., 1); so that
+        ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of it is ``log1p(rest)``.
     """
     top = np.argmax(z.real, axis=-1)[..., None]
-    m = np.take_along_axis(z.real, top, axis=-1)
+    m = np.take_along_axis(z, top, axis=-1)
     shifted = z - m
     e = np.exp(shifted)
-    np.put_along_axis(e, top, np.expm1(np.take_along_axis(shifted, top, axis=-1)), axis=-1)
+    np.put_along_axis(e, top, 0.0, axis=-1)
     rest = np.sum(e, axis=-1, keepdims=True)
     return shifted, m, rest
 

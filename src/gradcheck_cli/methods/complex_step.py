@@ -37,14 +37,20 @@ COMPLEX_STEP = 1e-20
 def complex_step_gradient(
     problem: Problem, settings: MethodSettings = DEFAULT_SETTINGS
 ) -> GradientOutput:
-    """``Im L(z + i h e_k) / h`` for every element, shape (N, K).
+    """``Im L(z + i h e_k) / h`` for every element with ``h = 1e-20``, shape (N, K).
 
     Raises
     ------
     NotComputable
-        Where the loss is not finite at the given logits.
+        Where the loss is not finite at the given logits, or the dtype has no complex type.
     """
     del settings  # the step is fixed: any tiny step gives the same digits
+    grad = complex_step(problem, COMPLEX_STEP)
+    return GradientOutput(grad, note=f"complex step, h = {COMPLEX_STEP:g}")
+
+
+def complex_step(problem: Problem, h: float) -> FloatArray:
+    """The complex-step gradient with imaginary step ``h`` (absolute), shape (N, K)."""
     base = contributions(problem)
     if not np.all(np.isfinite(base)):
         row = int(np.flatnonzero(~np.isfinite(base))[0])
@@ -54,7 +60,7 @@ def complex_step_gradient(
         raise NotComputable("NumPy has no float16 complex type, so no float16 complex step")
     n, k = z.shape
     finite = np.isfinite(z)
-    h = np.full(z.shape, COMPLEX_STEP, dtype=z.dtype)
+    steps = np.full(z.shape, h, dtype=z.dtype)
     grad = np.zeros_like(z)
     block = max(1, FD_CHUNK_ELEMENTS // (2 * n * k))  # complex values count twice
     zc = z.astype(np.result_type(z.dtype, np.complex64))
@@ -63,9 +69,9 @@ def complex_step_gradient(
         b = cols.size
         batch = np.broadcast_to(zc, (b, n, k)).copy()
         sel = np.arange(b)
-        batch[sel, :, cols] += 1j * h[:, cols].T
+        batch[sel, :, cols] += 1j * steps[:, cols].T
         with np.errstate(invalid="ignore"):
             shares = contributions(problem, batch)  # (B, N), complex
-        grad[:, cols] = (shares.imag / h[:, cols].T).T
+        grad[:, cols] = (shares.imag / steps[:, cols].T).T
     grad[~finite] = 0.0
-    return GradientOutput(grad, note=f"complex step, h = {COMPLEX_STEP:g}")
+    return grad

@@ -97,6 +97,11 @@ def fd_gradient(problem: Problem, scheme: Scheme, factor: float) -> FloatArray:
         scheme
     ]
     moved = [zf + c * h for c in offsets]  # the perturbed values (finite stand-ins at -inf)
+    if np.any(moved[-1] == zf):
+        raise NotComputable(
+            f"the step {factor:g}·max(1, |z|) is below the spacing of {z.dtype} at some logit, "
+            "so z + h == z"
+        )
     points = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
     grad = np.empty_like(zf)
     block = max(1, FD_CHUNK_ELEMENTS // (len(points) * n * k))

@@ -1,0 +1,155 @@
+"""Step-size sweep and Taylor test for one spec (``xentcheck sweep``): pure computation.
+
+For steps ``h = 1e-1, 1e-2, ..., 1e-16`` the forward, central and Richardson differences (step
+``h * max(1, |z|)``) and the complex step (step ``h``) are evaluated, and each one's largest
+absolute error against the reference (``exact`` when computable, else ``analytic``) is recorded.
+Finite differences trace the classic V: truncation error falls with ``h`` (as ``h``, ``h^2`` and
+``h^4``), rounding error rises as ``eps / h``; the complex step has no rounding term and stays
+flat at a few ulps once its ``h^2`` truncation is gone.
+
+The Taylor test checks the gradient itself without any reference: along a seeded random unit
+direction ``d``, the remainder ``r(h) = |L(z + h d) - L(z) - h g.d|`` of a correct gradient
+``g`` shrinks like ``h^2`` (slope 2 on a log-log plot); with a wrong gradient the first-order
+term no longer cancels and it shrinks like ``h`` (slope 1). The slope is fitted by least squares
+over steps where ``r`` is well above rounding level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gradcheck_cli.core import Problem, contributions
+from gradcheck_cli.methods import EXACT_METHOD, METHODS, REFERENCE_METHOD, SCHEMES, NotComputable
+from gradcheck_cli.methods._base import DEFAULT_SETTINGS
+from gradcheck_cli.methods.complex_step import complex_step
+from gradcheck_cli.methods.finite_difference import fd_gradient
+
+FloatArray = NDArray[np.float64]
+#: The swept steps, 1e-1 down to 1e-16.
+STEPS: tuple[float, ...] = tuple(10.0**-e for e in range(1, 17))
+#: Steps of the Taylor test: 12 points from 1e-1 to 1e-4.
+TAYLOR_STEPS: tuple[float, ...] = tuple(np.logspace(-1, -4, 12))
+SWEPT = (*SCHEMES, "complex_step")
+#: Seed of the Taylor direction (a failure reproduces).
+TAYLOR_SEED = 20261122
+
+
+@dataclass(frozen=True)
+class Taylor:
+    """The Taylor remainder test along one direction."""
+
+    steps: tuple[float, ...]
+    remainders: tuple[float, ...]
+    slope: float | None
+    """Least-squares slope of log r against log h over the usable points (None: too few)."""
+    verdict: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Errors of each differencing method at each step, against ``reference``."""
+
+    name: str
+    file: str
+    reference: str
+    steps: tuple[float, ...]
+    errors: dict[str, tuple[float | None, ...]]
+    """Method -> max absolute error at each step (None where not computable)."""
+    best_step: dict[str, float | None]
+    taylor: Taylor
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def sweep(problem: Problem, name: str, file: str) -> SweepResult:
+    """Run the sweep and the Taylor test on one problem."""
+    notes: dict[str, str] = {}
+    try:
+        ref = METHODS[EXACT_METHOD](problem, DEFAULT_SETTINGS).grad
+        reference = EXACT_METHOD
+    except NotComputable as exc:
+        ref = METHODS[REFERENCE_METHOD](problem, DEFAULT_SETTINGS).grad
+        reference = REFERENCE_METHOD
+        notes[EXACT_METHOD] = exc.reason
+    errors: dict[str, tuple[float | None, ...]] = {}
+    for method in SWEPT:
+        row: list[float | None] = []
+        for h in STEPS:
+            try:
+                if method == "complex_step":
+                    g = complex_step(problem, h)
+                else:
+                    g = fd_gradient(problem, method, h)  # type: ignore[arg-type]
+            except NotComputable as exc:
+                notes[method] = exc.reason
+                row.append(None)
+                continue
+            with np.errstate(invalid="ignore"):
+                err = float(np.max(np.abs(g - ref)))
+            row.append(err if np.isfinite(err) else None)
+        errors[method] = tuple(row)
+    best = {m: _best(STEPS, errs) for m, errs in errors.items()}
+    analytic = METHODS[REFERENCE_METHOD](problem, DEFAULT_SETTINGS).grad
+    return SweepResult(
+        name=name,
+        file=file,
+        reference=reference,
+        steps=STEPS,
+        errors=errors,
+        best_step=best,
+        taylor=taylor_test(problem, analytic),
+        notes=notes,
+    )
+
+
+def _best(steps: tuple[float, ...], errs: tuple[float | None, ...]) -> float | None:
+    pairs = [(e, h) for h, e in zip(steps, errs, strict=True) if e is not None]
+    return min(pairs)[1] if pairs else None
+
+
+def total_loss(problem: Problem, logits: FloatArray) -> float:
+    """The sum of the rows' shares of the loss at ``logits`` (the reduced loss; for ``none``
+    the sum of the per-sample losses)."""
+    return float(np.sum(contributions(problem, logits)))
+
+
+def taylor_test(problem: Problem, grad: FloatArray, seed: int = TAYLOR_SEED) -> Taylor:
+    """The remainder ``|L(z + h d) - L(z) - h g.d|`` over :data:`TAYLOR_STEPS` and its slope.
+
+    ``d`` is a seeded random unit direction (zero on -inf logits). Points whose remainder is
+    within 100 rounding units of the loss are left out of the fit.
+    """
+    z = problem.logits.astype(np.float64)
+    finite = np.isfinite(z)
+    d = np.random.default_rng(seed).normal(size=z.shape)
+    d[~finite] = 0.0
+    d /= np.linalg.norm(d) or 1.0
+    base = total_loss(problem, z)
+    slope_term = float(np.sum(np.where(finite, grad, 0.0) * d))
+    eps = float(np.finfo(np.float64).eps)
+    remainders = []
+    for h in TAYLOR_STEPS:
+        moved = np.where(finite, z + h * d, z)
+        remainders.append(abs(total_loss(problem, moved) - base - h * slope_term))
+    floor = 100 * eps * max(1.0, abs(base))
+    usable = [(h, r) for h, r in zip(TAYLOR_STEPS, remainders, strict=True) if r > floor]
+    if len(usable) < 3:
+        return Taylor(
+            TAYLOR_STEPS,
+            tuple(remainders),
+            None,
+            "inconclusive: the remainder is at rounding level (the loss is locally linear "
+            "along the test direction)",
+        )
+    xs = np.log10([h for h, _ in usable])
+    ys = np.log10([r for _, r in usable])
+    slope = float(np.polyfit(xs, ys, 1)[0])
+    if slope >= 1.8:
+        verdict = "gradient consistent: the remainder shrinks like h^2"
+    elif slope <= 1.2:
+        verdict = "gradient WRONG: the remainder shrinks like h, so g.d is not the derivative"
+    else:
+        verdict = "unclear: the slope is between 1 and 2"
+    return Taylor(TAYLOR_STEPS, tuple(remainders), slope, verdict)

@@ -1,6 +1,6 @@
 """Worst error of each gradient method against a 50-digit mpmath reference.
 
-Usage: python benchmarks/accuracy.py [--cases N] [--seed S]
+Usage: python benchmarks/accuracy.py [--cases N] [--seed S] [--dtype float64|float32|float16]
 
 A seeded suite of random float64 problems: K from 1 to 40 classes, N from 1 to 4 samples, logit
 scales up to 12 plus an offset, every reduction; index labels and (separately) Dirichlet
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mpmath
@@ -20,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gradcheck_cli.core import CrossEntropyProblem, dense_targets, per_sample_loss
-from gradcheck_cli.methods import METHODS, NotComputable
+from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
 
 mpmath.mp.dps = 50
 
@@ -73,40 +74,65 @@ def errors(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(np.max(rel)), float(np.max(abs_err))
 
 
+#: (label, method, settings): every method, and each finite-difference scheme.
+VARIANTS = (
+    ("analytic", "analytic", MethodSettings()),
+    ("jacobian", "jacobian", MethodSettings()),
+    ("fd forward", "finite_difference", MethodSettings(fd_scheme="forward")),
+    ("fd central", "finite_difference", MethodSettings(fd_scheme="central")),
+    ("fd richardson", "finite_difference", MethodSettings(fd_scheme="richardson")),
+    ("complex_step", "complex_step", MethodSettings()),
+    ("exact", "exact", MethodSettings()),
+)
+
+
+def cast(problem: CrossEntropyProblem, dtype: str) -> CrossEntropyProblem:
+    return replace(
+        problem,
+        logits=problem.logits.astype(dtype),
+        targets=None if problem.targets is None else problem.targets.astype(dtype),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32", "float16"))
     opts = parser.parse_args()
     print(
-        f"seed {opts.seed}, {opts.cases} random cases per target kind, "
-        f"mpmath {mpmath.mp.dps} digits"
+        f"seed {opts.seed}, {opts.cases} random cases per target kind (K <= 40, logit scale "
+        f"<= 12), methods in {opts.dtype}, reference: mpmath {mpmath.mp.dps} digits"
     )
     print(
-        f"{'targets':14} {'quantity':20} {'worst rel err':>14} {'worst abs err':>14} {'skipped':>8}"
+        f"{'targets':14} {'quantity':18} {'worst rel err':>14} {'worst abs err':>14} {'skipped':>8}"
     )
     for targets in (False, True):
         rng = np.random.default_rng(opts.seed + targets)
         problems = suite(rng, opts.cases, targets)
+        if opts.dtype != "float64":  # the reference sees the same rounded inputs
+            problems = [cast(cast(p, opts.dtype), "float64") for p in problems]
         refs = [reference(p) for p in problems]
         kind = "probabilities" if targets else "labels"
         worst_rel = worst_abs = 0.0
         for p, (ref_losses, _) in zip(problems, refs, strict=True):
-            r, a = errors(per_sample_loss(p), ref_losses)
+            low = cast(p, opts.dtype)
+            r, a = errors(per_sample_loss(low).astype(np.float64), ref_losses)
             worst_rel, worst_abs = max(worst_rel, r), max(worst_abs, a)
-        print(f"{kind:14} {'loss (per sample)':20} {worst_rel:14.3e} {worst_abs:14.3e} {0:8}")
-        for name, method in METHODS.items():
+        print(f"{kind:14} {'loss (per sample)':18} {worst_rel:14.3e} {worst_abs:14.3e} {0:8}")
+        for label, name, settings in VARIANTS:
             worst_rel = worst_abs = 0.0
             skipped = 0
             for p, (_, ref_grad) in zip(problems, refs, strict=True):
+                target = p if name == "exact" else cast(p, opts.dtype)
                 try:
-                    g = method(p).grad
+                    g = METHODS[name](target, settings).grad.astype(np.float64)
                 except NotComputable:
                     skipped += 1
                     continue
                 r, a = errors(g, ref_grad)
                 worst_rel, worst_abs = max(worst_rel, r), max(worst_abs, a)
-            print(f"{kind:14} {name:20} {worst_rel:14.3e} {worst_abs:14.3e} {skipped:8}")
+            print(f"{kind:14} {label:18} {worst_rel:14.3e} {worst_abs:14.3e} {skipped:8}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from gradcheck_cli.core.loss import (
 )
 from gradcheck_cli.core.sigmoid import sigmoid
 from gradcheck_cli.core.softmax import softmax
+from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import (
     DEFAULT_SETTINGS,
     EXACT_METHOD,
@@ -37,7 +38,7 @@ from gradcheck_cli.methods import (
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
 from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult
-from gradcheck_cli.precision import dtype_tolerance, predicted_error
+from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     problem = build_problem(spec)
     under_test = problem
     if dtype != "float64":
+        overflow = dtype_overflow(problem.logits, dtype)
+        if overflow is not None:
+            raise XentcheckError(f"cannot run in {dtype}: {overflow}")
         under_test = cast_problem(problem, dtype)
         problem = cast_problem(under_test, "float64")
 

@@ -37,9 +37,10 @@ class Layer:
     """Shape (K,)."""
 
     def logits(self) -> FloatArray:
-        """``inputs @ weights + bias``, shape (N, K)."""
-        z: FloatArray = self.inputs @ self.weights
-        return z if self.bias is None else z + self.bias
+        """``inputs @ weights + bias``, shape (N, K) (inf where it overflows; callers check)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            z: FloatArray = self.inputs @ self.weights
+            return z if self.bias is None else z + self.bias
 
 
 @dataclass(frozen=True)

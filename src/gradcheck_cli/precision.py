@@ -8,9 +8,9 @@ epsilon ``eps``:
 * ``analytic``, ``jacobian``, ``complex_step``: ``(4 + G) eps max|g|``, where ``G`` is the widest
   spread ``max z - min z`` of finite logits in a row: ``exp(z_j - m)`` inherits the rounding of
   ``z_j - m`` multiplied by ``|z_j - m|``, and a few more roundings follow.
-* ``finite_difference``: truncation plus rounding, with ``h`` the largest step taken:
-  forward ``h |l''| / 2 + 2 eps L / h``; central ``h^2 |l'''| / 6 + eps L / h``;
-  Richardson ``h^4 |l^(5)| / 80 + 3 eps L / h``, using the softmax cross-entropy bounds
+* ``finite_difference``: truncation at the largest step ``h`` plus rounding at the smallest
+  ``h0``: forward ``h |l''| / 2 + 2 eps L / h0``; central ``h^2 |l'''| / 6 + eps L / h0``;
+  Richardson ``h^4 |l^(5)| / 80 + 3 eps L / h0``, using the softmax cross-entropy bounds
   ``|l''| <= 1/4``, ``|l'''| <= 0.0962``, ``|l^(5)| <= 1/8`` (times the weighted target mass
   and reduction scale), and ``L`` the largest magnitude a row's loss share reaches.
 
@@ -59,6 +59,20 @@ DTYPE_TOLERANCES: dict[str, dict[str, Tolerance]] = {
 _D2, _D3, _D5 = 0.25, 0.0962, 0.125
 
 
+def dtype_overflow(logits: FloatArray, dtype: str) -> str | None:
+    """Why ``logits`` cannot be rounded to ``dtype`` (a finite logit would become infinite), or
+    None when they can."""
+    finite = np.isfinite(logits)
+    with np.errstate(over="ignore"):
+        rounded = logits.astype(dtype)
+    bad = finite & ~np.isfinite(rounded)
+    if not np.any(bad):
+        return None
+    idx = [int(i) for i in np.argwhere(bad)[0]]
+    top = float(np.finfo(dtype).max)
+    return f"logit {float(logits[tuple(idx)]):g} at {idx} overflows {dtype} (largest {top:g})"
+
+
 def dtype_tolerance(method: str, scheme: Scheme, dtype: str) -> Tolerance:
     """The default tolerance of ``method`` run in ``dtype`` (float64: the usual defaults)."""
     table = DTYPE_TOLERANCES.get(dtype)
@@ -93,15 +107,17 @@ def predicted_error(
     if method != "finite_difference":
         return None
     factor = step or step_factor(scheme, dtype)
+    # Truncation grows with the step, rounding shrinks with it: bound each at its worst element.
     h = factor * float(np.max(np.maximum(1.0, np.abs(np.where(finite, z, 0.0)))))
+    h_min = factor  # every step is factor * max(1, |z|) >= factor
     mass = _derivative_scale(problem)
     shares = np.abs(contributions(problem).astype(np.float64))
     magnitude = float(np.max(shares)) + mass * (1.0 + float(np.max(np.abs(z[finite]))))
     if scheme == "forward":
-        return h * _D2 * mass / 2 + 2 * eps * magnitude / h
+        return h * _D2 * mass / 2 + 2 * eps * magnitude / h_min
     if scheme == "central":
-        return h * h * _D3 * mass / 6 + eps * magnitude / h
-    return h**4 * _D5 * mass / 80 + 3 * eps * magnitude / h
+        return h * h * _D3 * mass / 6 + eps * magnitude / h_min
+    return h**4 * _D5 * mass / 80 + 3 * eps * magnitude / h_min
 
 
 def _derivative_scale(problem: Problem) -> float:

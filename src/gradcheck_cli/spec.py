@@ -46,6 +46,7 @@ from gradcheck_cli.model import (
     Spec,
     ToleranceOverride,
 )
+from gradcheck_cli.precision import dtype_overflow
 
 #: Keys a case may have. Top-level keys of a ``cases:`` file are defaults for every case.
 CASE_KEYS: dict[str, str] = {
@@ -60,10 +61,10 @@ CASE_KEYS: dict[str, str] = {
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
     "weight": "class weights (K numbers); for sigmoid, element weights broadcast to the logits",
-    "ignore_index": "label value whose samples are ignored (integer)",
-    "label_smoothing": "smoothing in [0, 1]",
-    "softcap": "c > 0: logits pass through c tanh(z / c)",
-    "z_loss": "s >= 0: adds s logsumexp(z)^2 per sample",
+    "ignore_index": "an integer label value whose samples are ignored",
+    "label_smoothing": "a number in [0, 1]",
+    "softcap": "a number c > 0 (logits pass through c tanh(z / c))",
+    "z_loss": "a number s >= 0 (adds s logsumexp(z)^2 per sample)",
     "pos_weight": "weight of the positive term per class (K numbers), sigmoid only",
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
@@ -345,14 +346,21 @@ def _float_array(ctx: _Ctx, node: Node, field: str, what: str) -> np.ndarray:
     )
 
 
-def _shaped(ctx: _Ctx, node: Node, field: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A float array that must have exactly ``shape`` (the logits' shape)."""
+def _shaped(
+    ctx: _Ctx,
+    node: Node,
+    field: str,
+    shape: tuple[int, ...],
+    what: str,
+    like: str = "like the logits",
+) -> np.ndarray:
+    """A float array that must have exactly ``shape`` (by default the logits' shape)."""
     arr = _float_array(ctx, node, field, what)
     if arr.shape != shape:
         raise ctx.error(
             node,
             field,
-            f"expected shape {_shape(shape)} like the logits, found shape {_shape(arr.shape)}",
+            f"expected shape {_shape(shape)} {like}, found shape {_shape(arr.shape)}",
         )
     return arr
 
@@ -556,7 +564,12 @@ def _build_spec(
     sigmoid = loss == "sigmoid_cross_entropy"
     for key in SOFTMAX_ONLY if sigmoid else SIGMOID_ONLY:
         if (node := value(key)) is not None:
-            raise ctx.error(node, field(key), f"{key} does not apply to loss {loss}")
+            hint = (
+                "; set loss: sigmoid_cross_entropy to use it"
+                if key in SIGMOID_ONLY and "loss" not in entries
+                else ""
+            )
+            raise ctx.error(node, field(key), f"{key} does not apply to loss {loss}{hint}")
 
     logits_node, layer_node = value("logits"), value("layer")
     layer = None
@@ -595,6 +608,12 @@ def _build_spec(
     ignore_index = None
     if (node := value("ignore_index")) is not None:
         ignore_index = _integer(ctx, node, field("ignore_index"))
+        if not -(2**63) <= ignore_index < 2**63:
+            raise ctx.error(
+                node,
+                field("ignore_index"),
+                f"expected an integer that fits in 64 bits, found {_clip(node.value)}",
+            )
 
     label_node, target_node = value("label"), value("target")
     if label_node is not None and target_node is not None:
@@ -623,12 +642,16 @@ def _build_spec(
         _check_targets(ctx, target_node, field("target"), t, distributions=not sigmoid)
         targets = t[None, :] if single else t
     else:
+        if sigmoid:
+            raise ctx.error(
+                case_node,
+                field("target"),
+                "missing required key: values in [0, 1] shaped like the logits",
+            )
         raise ctx.error(
             case_node,
             field("label"),
-            "missing required key: give 'label' (class index or name) or 'target'"
-            if not sigmoid
-            else "missing required key: 'target' (values in [0, 1] shaped like the logits)",
+            "missing required key: give 'label' (class index or name) or 'target'",
         )
 
     weight = None
@@ -771,7 +794,10 @@ def _label(
         if value == ignore_index:
             return value
         if not 0 <= value < k:
-            raise ctx.error(node, field, f"class index {value} out of range: expected 0 to {k - 1}")
+            also = "" if ignore_index is None else f" or ignore_index {ignore_index}"
+            raise ctx.error(
+                node, field, f"class index {value} out of range: expected 0 to {k - 1}{also}"
+            )
         return value
     if isinstance(value, str):
         if classes is None:
@@ -925,13 +951,22 @@ def _layer(ctx: _Ctx, node: Node, field: str) -> tuple[Layer, np.ndarray]:
     bias = None
     if "bias" in entries:
         b_node = entries["bias"][1]
-        bias = _shaped(ctx, b_node, f"{field}.bias", (k,), f"{k} numbers (one per class)")
+        bias = _shaped(
+            ctx, b_node, f"{field}.bias", (k,), f"{k} numbers", like="(one number per class)"
+        )
         _finite(ctx, b_node, f"{field}.bias", bias)
     batch = inputs[None, :] if inputs.ndim == 1 else inputs
+    if batch.shape[0] * k > MAX_ELEMENTS:
+        raise ctx.error(
+            node,
+            field,
+            f"the logits would hold {batch.shape[0] * k:,} values, more than {MAX_ELEMENTS:,} "
+            "elements",
+        )
     layer = Layer(np.ascontiguousarray(batch), weights, bias)
     logits = layer.logits()
     if not np.all(np.isfinite(logits)):
-        raise ctx.error(node, field, "the logits inputs @ weights + bias overflow float64")
+        raise ctx.error(node, field, "the logits (inputs @ weights + bias) overflow float64")
     return layer, logits[0] if inputs.ndim == 1 else logits
 
 
@@ -985,18 +1020,9 @@ def _check_dtype_range(
     ctx: _Ctx, node: Node | None, field: str, logits: np.ndarray, dtype: str
 ) -> None:
     """Finite logits must stay finite when rounded to ``dtype``."""
-    finite = np.isfinite(logits)
-    with np.errstate(over="ignore"):
-        rounded = logits.astype(dtype)
-    bad = finite & ~np.isfinite(rounded)
-    if np.any(bad):
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        top = float(np.finfo(dtype).max)
-        raise ctx.error(
-            node,
-            field,
-            f"logit {logits[idx]:g} at {list(idx)} overflows {dtype} (largest {top:g})",
-        )
+    problem = dtype_overflow(logits, dtype)
+    if problem is not None:
+        raise ctx.error(node, field, problem)
 
 
 def _tolerance(

@@ -533,7 +533,8 @@ def test_softmax_expect_loss_reduction_none_is_per_sample(tmp_path: Path) -> Non
         ),
         pytest.param(
             "logits: [1, 2]\nlabel: 0\nweight: {a: 1}\n",
-            "3:9: weight: expected 2 class weights, found a mapping",
+            # A mapping in an array's place is a file reference {file, key}.
+            "3:10: weight.a: unknown key (known keys: file, key)",
             id="softmax-weight-mapping",
         ),
         pytest.param(

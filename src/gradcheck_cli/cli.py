@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -39,6 +41,7 @@ app = typer.Typer(
 class Format(str, Enum):
     table = "table"
     json = "json"
+    junit = "junit"
 
 
 class MethodName(str, Enum):
@@ -140,8 +143,10 @@ def collect_results(paths: list[str], options: object) -> list[SpecResult]:
                 results.append(error_result(_error_name(item, path), display, str(item)))
                 continue
             assert isinstance(item, Spec)
+            started = time.perf_counter()
             try:
-                results.append(run_spec(item, options))
+                result = run_spec(item, options)
+                results.append(replace(result, seconds=time.perf_counter() - started))
             except XentcheckError as exc:
                 results.append(error_result(item.name, display, f"{display}: {exc}"))
             except Exception as exc:
@@ -194,6 +199,14 @@ def run(
         DTypeName | None,
         typer.Option(help="Run the methods under test in this precision (reference: float64)."),
     ] = None,
+    impl: Annotated[
+        str | None,
+        typer.Option(
+            help="Check an implementation: package.module:function, path/to/file.py:function, "
+            "or torch (see docs/impl.md).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
@@ -201,6 +214,14 @@ def run(
     """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input."""
     from gradcheck_cli.engine import RunOptions
 
+    implementation = None
+    if impl is not None:
+        from gradcheck_cli.impl import load
+
+        try:
+            implementation = load(impl)
+        except XentcheckError as exc:
+            _fail(str(exc))
     err = _stderr()
     if not paths:
         bundled = bundled_specs_dir()
@@ -214,6 +235,7 @@ def run(
         rtol=rtol,
         atol=atol,
         dtype=dtype.value if dtype else None,
+        impl=implementation,
     )
     results = collect_results(paths, options)
     for r in results:
@@ -221,10 +243,13 @@ def run(
             err.print(f"error: {r.message}", markup=False)
 
     try:
-        if format is Format.json:
-            from gradcheck_cli.report import json as json_report
+        if format in (Format.json, Format.junit):
+            if format is Format.json:
+                from gradcheck_cli.report.json import render
+            else:
+                from gradcheck_cli.report.junit import render
 
-            _write(json_report.render(results), output)
+            _write(render(results), output)
             if not quiet:
                 from gradcheck_cli.report.table import summary_line
 
@@ -355,6 +380,16 @@ def sweep(
         sys.stdout.write(dumps(sweep_report.to_dict(result)))
     else:
         sweep_report.render_table(result, _stdout())
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of the spec format, for editors."""
+    import json
+
+    from gradcheck_cli.schema import spec_schema
+
+    sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
 
 
 def main() -> None:

@@ -109,8 +109,9 @@ def elementwise_errors(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Absolute and relative errors of ``a`` against reference ``b`` (same shape as the inputs)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        # Equal values (including equal infinities) have error 0.
-        abs_err = np.where(a == b, 0.0, np.abs(a - b))
+        # Equal values (including equal infinities, and nan against nan) have error 0.
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        abs_err = np.where(same, 0.0, np.abs(a - b))
         rel = abs_err / np.abs(b)
     rel = np.where(abs_err == 0.0, 0.0, rel)
     return abs_err, rel

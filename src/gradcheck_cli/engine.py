@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gradcheck_cli import checks
+from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import Problem, SigmoidProblem, reduce_any
 from gradcheck_cli.core.loss import (
@@ -26,6 +27,7 @@ from gradcheck_cli.core.loss import (
 from gradcheck_cli.core.sigmoid import sigmoid
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.impl import Implementation
 from gradcheck_cli.methods import (
     DEFAULT_SETTINGS,
     EXACT_METHOD,
@@ -53,6 +55,8 @@ class RunOptions:
     """Absolute tolerance for every comparison (wins over the spec's)."""
     dtype: DType | None = None
     """Precision of the methods under test, instead of each spec's ``dtype``."""
+    impl: Implementation | None = None
+    """An implementation to check against every spec (``--impl``)."""
 
 
 def resolve_tolerance(
@@ -236,6 +240,11 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
                 spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
             )
 
+    if options.impl is not None:
+        comparisons += _impl_comparisons(
+            spec, options, options.impl, under_test, dtype, loss, reference, shaped
+        )
+
     found = _checks(spec, problem, probs, loss, reference, note)
     if dtype != "float64":
         found.append(_dtype_loss_check(under_test, loss, dtype))
@@ -341,6 +350,57 @@ def _layer_gradients(
             if name == "bias" and layer.bias is None:
                 continue
             out.setdefault(name, {})[method] = found.get(name)
+    return out
+
+
+def _impl_comparisons(
+    spec: Spec,
+    options: RunOptions,
+    impl: Implementation,
+    under_test: Problem,
+    dtype: str,
+    loss: float | np.ndarray,
+    reference: np.ndarray,
+    shaped: Callable[[np.ndarray], np.ndarray],
+) -> list[Comparison]:
+    """The implementation's loss and gradient against the reference, and its gradient against
+    its own forward pass. Raises ImplError (an error result for this spec) when it fails."""
+    n, k = under_test.shape
+    if spec.reduction != "none":
+        loss_shape: tuple[int, ...] = ()
+    else:
+        loss_shape = (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
+    ref_loss = np.asarray(loss, dtype=np.float64).reshape(loss_shape)
+    kwargs = impl_module.options_for(spec)
+    logits = under_test.logits
+    got_loss, got_grad = impl_module.checked_outputs(
+        impl, logits, kwargs, loss_shape, finite_loss=bool(np.all(np.isfinite(ref_loss)))
+    )
+
+    natural = impl_module.scales(under_test)
+
+    def tol(check: str) -> Tolerance:
+        default = impl_module.tolerance(check, dtype, natural[check])
+        return Tolerance(
+            rtol=default.rtol if options.rtol is None else options.rtol,
+            atol=default.atol if options.atol is None else options.atol,
+        )
+
+    name = f"impl {impl.name}"
+    out = [
+        compare(name, got_loss, "reference loss", ref_loss, tol("loss"), "loss", dtype=dtype),
+        compare(
+            name,
+            shaped(got_grad),
+            "reference",
+            shaped(reference),
+            tol("grad"),
+            "logits",
+            dtype=dtype,
+        ),
+    ]
+    if np.all(np.isfinite(got_loss)):  # a nan or inf loss has no derivative to compare
+        out.append(impl_module.self_consistency(impl, logits, kwargs, got_grad, tol("self"), dtype))
     return out
 
 

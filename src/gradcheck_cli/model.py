@@ -165,6 +165,8 @@ class SpecResult:
     """The method every comparison is made against."""
     comparisons: tuple[Comparison, ...] = ()
     checks: tuple[Check, ...] = ()
+    seconds: float = 0.0
+    """Wall time spent on this spec (loading excluded)."""
 
     @property
     def passed(self) -> bool:

@@ -110,7 +110,7 @@ def predicted_error(
     # Truncation grows with the step, rounding shrinks with it: bound each at its worst element.
     h = factor * float(np.max(np.maximum(1.0, np.abs(np.where(finite, z, 0.0)))))
     h_min = factor  # every step is factor * max(1, |z|) >= factor
-    mass = _derivative_scale(problem)
+    mass = derivative_scale(problem)
     shares = np.abs(contributions(problem).astype(np.float64))
     magnitude = float(np.max(shares)) + mass * (1.0 + float(np.max(np.abs(z[finite]))))
     if scheme == "forward":
@@ -120,7 +120,7 @@ def predicted_error(
     return h**4 * _D5 * mass / 80 + 3 * eps * magnitude / h_min
 
 
-def _derivative_scale(problem: Problem) -> float:
+def derivative_scale(problem: Problem) -> float:
     """The largest weight a row's loss puts on derivatives: alpha_n sum(q_n) (softmax) or the
     element weight times ``max(r y, 1 - y)`` times the reduction scale (sigmoid)."""
     if isinstance(problem, SigmoidProblem):

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gradcheck_cli.arrays import ArrayFileError, load_array
 from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
 from gradcheck_cli.methods import METHODS, SCHEMES, Scheme
@@ -136,9 +137,11 @@ def _loader_class() -> type[yaml.SafeLoader]:
 
 @dataclass(frozen=True)
 class _Ctx:
-    """Where we are: the file (as the user named it) for every message."""
+    """Where we are: the file (as the user named it) for every message, and the folder that
+    array-file paths are relative to."""
 
     file: str
+    base: Path = Path(".")
 
     def error(self, node: Node | None, field: str | None, message: str) -> SpecError:
         if node is None:
@@ -310,8 +313,38 @@ def _join(field: str | None, key: str) -> str:
 # Arrays
 
 
+def _array_file(ctx: _Ctx, node: MappingNode, field: str) -> np.ndarray:
+    """``{file: path.npy}`` or ``{file: path.npz, key: name}``, relative to the spec file."""
+    entries = _mapping(ctx, node, field, ("file", "key"), "a mapping {file, key}")
+    if "file" not in entries:
+        raise ctx.error(node, f"{field}.file", "missing required key: path to a .npy or .npz file")
+    file_node = entries["file"][1]
+    name = _string(ctx, file_node, f"{field}.file")
+    key = _string(ctx, entries["key"][1], f"{field}.key") if "key" in entries else None
+    try:
+        return load_array(ctx.base / name, key, MAX_ELEMENTS)
+    except ArrayFileError as exc:
+        raise ctx.error(file_node, f"{field}.file", str(exc)) from None
+
+
+def _file_numbers(ctx: _Ctx, node: MappingNode, field: str, what: str) -> np.ndarray:
+    """A numeric array from a file, as float64, with the same shape rules as inline arrays."""
+    arr = _array_file(ctx, node, field)
+    if arr.dtype.kind == "b":
+        raise ctx.error(node, field, f"expected {what}, found an array of booleans")
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise ctx.error(
+            node, field, f"expected {what}, found an array of shape {_shape(arr.shape)}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
 def _float_array(ctx: _Ctx, node: Node, field: str, what: str) -> np.ndarray:
-    """A list of numbers (K,) or a list of equal-length lists of numbers (N, K), as float64."""
+    """A list of numbers (K,) or a list of equal-length lists of numbers (N, K), as float64;
+    or either from a file (``{file: ...}``)."""
+    if isinstance(node, MappingNode):
+        _check_tags(ctx, node, field)
+        return _file_numbers(ctx, node, field, what)
     items = _sequence(ctx, node, field, what)
     if not items:
         raise ctx.error(node, field, f"expected {what}, found an empty list")
@@ -380,8 +413,11 @@ def _finite(ctx: _Ctx, node: Node, field: str, arr: np.ndarray) -> None:
 
 
 def _element(node: Node, idx: tuple[int, ...]) -> Node:
-    """The node of an array element, for locating a message."""
+    """The node of an array element, for locating a message (the array's own node when the
+    array came from a file)."""
     for i in idx:
+        if not isinstance(node, SequenceNode):
+            break
         node = node.value[i]
     return node
 
@@ -396,7 +432,7 @@ def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
     A problem with the file as a whole (unreadable, not YAML, not a mapping) is one error; a
     problem in one entry of ``cases`` stops only that entry.
     """
-    ctx = _Ctx(display or str(path))
+    ctx = _Ctx(display or str(path), path.parent)
     try:
         root = _compose(ctx, path)
         entries = _mapping(
@@ -425,6 +461,22 @@ def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
         merged = {**entries, **own}
         out.append(_case(ctx, merged, field, f"{stem}[{i}]", case_node))
     return out
+
+
+def to_plain(path: Path) -> Any:
+    """A spec file as plain Python values (dicts, lists, str, int, float, bool, None), read by
+    the same YAML 1.2 core-schema rules as the loader (for validating against the JSON Schema).
+    Raises SpecError for a file that does not read."""
+    root = _compose(_Ctx(str(path), path.parent), path)
+
+    def plain(node: Node) -> Any:
+        if isinstance(node, MappingNode):
+            return {str(k.value): plain(v) for k, v in node.value}
+        if isinstance(node, SequenceNode):
+            return [plain(v) for v in node.value]
+        return _scalar(node)
+
+    return plain(root)
 
 
 def _compose(ctx: _Ctx, path: Path) -> Node:
@@ -763,6 +815,8 @@ def _labels(
     ignore_index: int | None = None,
 ) -> np.ndarray:
     _check_tags(ctx, node, field)
+    if isinstance(node, MappingNode):
+        return _file_labels(ctx, node, field, single, n, k, ignore_index)
     if single:
         if isinstance(node, SequenceNode):
             raise ctx.error(
@@ -778,6 +832,40 @@ def _labels(
         [_label(ctx, x, f"{field}[{i}]", k, classes, ignore_index) for i, x in enumerate(items)],
         dtype=np.int64,
     )
+
+
+def _file_labels(
+    ctx: _Ctx,
+    node: MappingNode,
+    field: str,
+    single: bool,
+    n: int,
+    k: int,
+    ignore_index: int | None,
+) -> np.ndarray:
+    """Integer class indices from a file: shape (N,) (or one value for a single sample)."""
+    arr = _array_file(ctx, node, field)
+    if arr.dtype.kind not in "iu":
+        raise ctx.error(node, field, f"expected integer class indices, found dtype {arr.dtype}")
+    want = (1,) if single else (n,)
+    if arr.reshape(-1).shape != want or arr.ndim > 1:
+        raise ctx.error(
+            node,
+            field,
+            f"expected {want[0]} labels (one per row of logits), found shape {_shape(arr.shape)}",
+        )
+    labels = arr.reshape(-1).astype(np.int64)
+    live = labels != ignore_index if ignore_index is not None else np.ones(len(labels), bool)
+    bad = live & ((labels < 0) | (labels >= k))
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        also = "" if ignore_index is None else f" or ignore_index {ignore_index}"
+        raise ctx.error(
+            node,
+            f"{field}[{i}]",
+            f"class index {int(labels[i])} out of range: expected 0 to {k - 1}{also}",
+        )
+    return labels
 
 
 def _label(

@@ -99,7 +99,7 @@ def comparison_table(r: SpecResult) -> Table | None:
     layered = any(c.quantity != "logits" for c in r.comparisons)
     with_dtype = any(c.dtype != "float64" for c in r.comparisons)
     if layered:
-        table.add_column("d(loss)/d")
+        table.add_column("quantity")
     for col, justify in (
         (f"vs {r.reference}", "left"),
         *((("dtype", "left"),) if with_dtype else ()),

@@ -1,0 +1,114 @@
+"""JUnit XML, the JSON Schema of specs, and atomic --output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from gradcheck_cli.cli import app
+from gradcheck_cli.schema import spec_schema
+from gradcheck_cli.spec import CASE_KEYS, to_plain
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+runner = CliRunner()
+
+
+def test_junit_report(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logits: [1, 2]\nlabel: 7\n")
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(SPECS / "three_class.yaml"),
+            str(SPECS / "batch_mean.yaml"),
+            str(bad),
+            "--format",
+            "junit",
+            "--rtol",
+            "1e-13",
+            "--atol",
+            "0",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    root = ET.fromstring(result.stdout)
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("errors")) == ("3", "1")
+    cases = root.findall("./testsuite/testcase")
+    assert [c.get("name") for c in cases] == ["three-class", "batch-mean", "bad"]
+    error = cases[2].find("error")
+    assert (
+        error is not None
+        and error.get("message") == f"{bad}:2:8: label: class index 7 out of range: expected 0 to 1"
+    )
+    failures = [c.find("failure") for c in cases[:2]]
+    failed = [f for f in failures if f is not None]
+    assert failed, "finite differences cannot meet rtol 1e-13"
+    msg = failed[0].get("message") or ""
+    assert (
+        "finite_difference vs exact: FAIL" in msg
+        and "worst [" in msg
+        and "(rtol 1e-13, atol 0)" in msg
+    )
+
+
+def test_schema_is_valid_and_accepts_every_bundled_spec() -> None:
+    schema = spec_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted(SPECS.glob("*.yaml")):
+        errors = list(validator.iter_errors(to_plain(path)))
+        assert not errors, (path.name, errors[0].message)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"logit": [1, 2]},
+        {"logits": [1, 2], "label": 0, "reduction": "avg"},
+        {"logits": [1, 2], "label": 0, "tolerance": {"rtl": 1}},
+        {"cases": [{"logits": [1, 2], "label": 0, "bogus": 1}]},
+        {"logits": [1, 2], "label": 0, "methods": ["numeric"]},
+        {"logits": {"file": "z.npy", "path": "x"}, "label": 0},
+    ],
+)
+def test_schema_rejects_unknown_keys_and_values(doc: object) -> None:
+    assert list(jsonschema.Draft202012Validator(spec_schema()).iter_errors(doc))
+
+
+def test_schema_covers_every_loader_key() -> None:
+    assert set(spec_schema()["properties"]) == {*CASE_KEYS, "cases"}
+
+
+def test_schema_command() -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_output_is_atomic_when_rendering_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "report.json"
+    out.write_text("previous report\n")
+    from gradcheck_cli import cli
+
+    def broken_replace(src: str, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli.os, "replace", broken_replace)
+    result = runner.invoke(
+        app, ["run", str(SPECS / "three_class.yaml"), "-f", "json", "-o", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "cannot write --output" in result.stderr
+    assert out.read_text() == "previous report\n"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left

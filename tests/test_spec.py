@@ -777,3 +777,16 @@ def test_discover_keeps_going_after_an_error(tmp_path: Path) -> None:
     found = list(discover([str(tmp_path / "missing"), str(tmp_path / "a.yaml")]))
     assert isinstance(found[0], SpecError)
     assert found[1] == (tmp_path / "a.yaml", str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(("name", "expected"), [(n, e) for n, e, r in bad_corpus() if not r])
+def test_c_loader_gives_the_same_messages(
+    name: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large files are read by libyaml's C composer; every message must stay the same."""
+    import gradcheck_cli.spec as spec_module
+
+    monkeypatch.setattr(spec_module, "C_LOADER_MIN_CHARS", 0)
+    items = load_file(BAD / name, name)
+    errors = [str(i) for i in items if isinstance(i, SpecError)]
+    assert errors[0] == f"{name}:{expected}"

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.softmax import cross_entropy_terms, logsumexp
+from gradcheck_cli.core.softmax import softmax_terms
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
@@ -214,12 +214,18 @@ def sample_terms(
     """
     z = capped(problem, problem.logits if logits is None else logits)
     q = weighted_targets(problem)
-    gap, log_norm = cross_entropy_terms(z)  # -log p = gap + log_norm, both >= 0
-    with np.errstate(invalid="ignore"):  # q = 0 at a -inf logit: 0 * inf, discarded
-        ce = np.sum(np.where(q > 0, q * (gap + log_norm), 0.0), axis=-1)
+    shifted, m, log_norm = softmax_terms(z)  # -log p = log_norm - shifted, both parts >= 0
+    # ce = sum_c q_c (log_norm - shifted_c) = sum(q) log_norm + sum_c q_c (-shifted_c): two
+    # non-negative terms, one pass over the logits for the dot product.
+    if np.all(np.isfinite(problem.logits)) or problem.softcap is not None:
+        dot = np.einsum("...k,...k->...", shifted, q)
+    else:  # q = 0 at a -inf logit: its 0 * inf term is dropped, not nan
+        with np.errstate(invalid="ignore"):
+            dot = np.sum(np.where(q > 0, q * shifted, 0.0), axis=-1)
+    ce = np.sum(q, axis=-1) * log_norm[..., 0] - dot
     if problem.z_loss == 0.0:
         return ce, np.zeros_like(ce)
-    zl = problem.z_loss * logsumexp(z) ** 2 * problem.valid
+    zl = problem.z_loss * (m + log_norm)[..., 0] ** 2 * problem.valid
     return ce, zl
 
 

@@ -112,6 +112,16 @@ def softmax(z: FloatArray) -> FloatArray:
     return out
 
 
+def softmax_terms(z: AnyArray) -> tuple[AnyArray, AnyArray, AnyArray]:
+    """``(z - m, m, log1p(rest))``: everything the losses need from one pass over the logits.
+
+    ``-log p_k = log1p(rest) - (z_k - m)`` (both parts non-negative) and
+    ``logsumexp(z) = m + log1p(rest)``; shapes (..., K), (..., 1), (..., 1).
+    """
+    shifted, m, rest = _shift_terms(z)
+    return shifted, m, np.log1p(rest)
+
+
 def cross_entropy_terms(z: AnyArray) -> tuple[AnyArray, AnyArray]:
     """The two non-negative parts of ``-log p_k = (m - z_k) + log1p(rest)``.
 

@@ -27,7 +27,7 @@ from gradcheck_cli.methods._base import (
     MethodSettings,
     NotComputable,
 )
-from gradcheck_cli.methods.finite_difference import FD_CHUNK_ELEMENTS
+from gradcheck_cli.methods.finite_difference import FD_CHUNK_ELEMENTS, parallel_blocks
 
 FloatArray = NDArray[np.float64]
 #: Imaginary step (absolute).
@@ -64,7 +64,8 @@ def complex_step(problem: Problem, h: float) -> FloatArray:
     grad = np.zeros_like(z)
     block = max(1, FD_CHUNK_ELEMENTS // (2 * n * k))  # complex values count twice
     zc = z.astype(np.result_type(z.dtype, np.complex64))
-    for start in range(0, k, block):
+
+    def one_block(start: int) -> None:
         cols = np.arange(start, min(k, start + block))
         b = cols.size
         batch = np.broadcast_to(zc, (b, n, k)).copy()
@@ -73,5 +74,7 @@ def complex_step(problem: Problem, h: float) -> FloatArray:
         with np.errstate(invalid="ignore"):
             shares = contributions(problem, batch)  # (B, N), complex
         grad[:, cols] = (shares.imag / steps[:, cols].T).T
+
+    parallel_blocks(one_block, range(0, k, block), work=2 * n * k * k)
     grad[~finite] = 0.0
     return grad

@@ -94,7 +94,7 @@ def jacobian_gradient(
         stop = min(n, start + rows_per_chunk)
         jac = softmax_jacobian(p[start:stop])  # (B, K, K), J[b, i, j] = dp_i/dz_j
         # (J^T v)_j = sum_i J[i, j] v_i
-        grad[start:stop] = np.einsum("bij,bi->bj", jac, dl_dp[start:stop])
+        grad[start:stop] = np.matmul(dl_dp[start:stop, None, :], jac)[:, 0, :]
     if problem.z_loss:
         dl_dlse = 2.0 * problem.z_loss * beta * logsumexp(z)  # (N,)
         grad += dl_dlse[:, None] * p  # dlse/dz' = softmax(z')

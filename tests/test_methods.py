@@ -150,11 +150,20 @@ def test_jacobian_computable_when_only_non_target_probability_underflows() -> No
     )
 
 
-def test_jacobian_refuses_huge_class_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jacobian_uses_the_structured_product_for_huge_class_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(12)
+    problem = CrossEntropyProblem(
+        rng.normal(size=(3, 11)) * 4, labels=np.array([0, 5, 10]), label_smoothing=0.1
+    )
+    materialized = jacobian_gradient(problem).grad
     monkeypatch.setattr(jac_module, "JACOBIAN_CHUNK_ELEMENTS", 100)
-    problem = CrossEntropyProblem(np.zeros((1, 11)), labels=np.array([0]))
-    with pytest.raises(NotComputable, match="K = 11 classes"):
-        jacobian_gradient(problem)
+    out = jacobian_gradient(problem)
+    assert out.note is not None and out.note.startswith("structured product")
+    np.testing.assert_allclose(out.grad, materialized, rtol=1e-13, atol=1e-17)
+    ref = mpref.grad(problem.logits, dense_targets(problem) * 0.9 + 0.1 / 11, "mean")
+    np.testing.assert_allclose(out.grad, ref, rtol=1e-12, atol=1e-17)
 
 
 def test_jacobian_chunking_gives_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +202,16 @@ def test_jacobian_relative_accuracy_for_labels() -> None:
         ref = mpref.grad(problem.logits, dense_targets(problem), problem.reduction)
         worst = max(worst, float(np.max(rel_errors(jacobian_gradient(problem).grad, ref))))
     assert worst <= 1e-13
+
+
+def test_structured_product_with_one_hot_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(13)
+    problem = CrossEntropyProblem(
+        rng.normal(size=(4, 9)) * 5,
+        labels=np.array([0, -100, 8, 3]),
+        ignore_index=-100,
+        weight=rng.uniform(0.5, 2.0, 9),
+    )
+    materialized = jacobian_gradient(problem).grad
+    monkeypatch.setattr(jac_module, "JACOBIAN_CHUNK_ELEMENTS", 50)
+    np.testing.assert_allclose(jacobian_gradient(problem).grad, materialized, rtol=1e-14, atol=0)

@@ -22,18 +22,18 @@ class ArrayFileError(XentcheckError):
     """A referenced array file is missing, malformed or of the wrong kind."""
 
 
-def load_array(path: Path, key: str | None, max_elements: int) -> np.ndarray:
+def load_array(path: Path, key: str | None, max_bytes: int) -> np.ndarray:
     """The array stored at ``path`` (``.npy``) or under ``key`` in ``path`` (``.npz``)."""
     if not path.is_file():
         raise ArrayFileError(f"no such file {path}")
     if path.suffix == ".npz":
         if key is None:
             raise ArrayFileError(f"{path.name} is an .npz archive: say which array with 'key'")
-        return _load_npz(path, key, max_elements)
+        return _load_npz(path, key, max_bytes)
     if key is not None:
         raise ArrayFileError(f"'key' applies to .npz archives, not to {path.name}")
     with path.open("rb") as fh:
-        _check_header(fh, path.stat().st_size, path.name, max_elements)
+        _check_header(fh, path.stat().st_size, path.name, max_bytes)
     try:
         out: np.ndarray = np.load(path, allow_pickle=False)
         return out
@@ -41,7 +41,7 @@ def load_array(path: Path, key: str | None, max_elements: int) -> np.ndarray:
         raise ArrayFileError(f"cannot read {path.name}: {exc}") from None
 
 
-def _load_npz(path: Path, key: str, max_elements: int) -> np.ndarray:
+def _load_npz(path: Path, key: str, max_bytes: int) -> np.ndarray:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -53,7 +53,7 @@ def _load_npz(path: Path, key: str, max_elements: int) -> np.ndarray:
             raise ArrayFileError(f"no array {key!r} in {path.name} (arrays: {listed})")
         info = archive.getinfo(f"{key}.npy")
         with archive.open(info) as fh:
-            _check_header(fh, info.file_size, f"{path.name}[{key}]", max_elements)
+            _check_header(fh, info.file_size, f"{path.name}[{key}]", max_bytes)
         with archive.open(info) as fh:
             try:
                 return np.lib.format.read_array(fh, allow_pickle=False)
@@ -61,7 +61,7 @@ def _load_npz(path: Path, key: str, max_elements: int) -> np.ndarray:
                 raise ArrayFileError(f"cannot read {path.name}[{key}]: {exc}") from None
 
 
-def _check_header(fh: IO[bytes], size: int, name: str, max_elements: int) -> None:
+def _check_header(fh: IO[bytes], size: int, name: str, max_bytes: int) -> None:
     """Validate an .npy header against the number of bytes that follow it."""
     try:
         version = np.lib.format.read_magic(fh)
@@ -80,8 +80,11 @@ def _check_header(fh: IO[bytes], size: int, name: str, max_elements: int) -> Non
             f"{name} holds dtype {dtype}; expected numbers (pickled objects are never loaded)"
         )
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if count > max_elements:
-        raise ArrayFileError(f"{name} holds {count:,} elements, more than {max_elements:,}")
+    if count * dtype.itemsize > max_bytes:
+        raise ArrayFileError(
+            f"{name} holds {count:,} elements of {dtype} ({count * dtype.itemsize / 2**20:,.0f} "
+            f"MiB), more than the limit of {max_bytes / 2**20:,.0f} MiB"
+        )
     expected = fh.tell() + count * dtype.itemsize
     if expected != size:
         raise ArrayFileError(

@@ -47,15 +47,16 @@ def probs_sum_to_one(probs: FloatArray) -> Check:
     )
 
 
-def grad_rows_sum_to_zero(grad: FloatArray, targets: FloatArray, weights: FloatArray) -> Check:
+def grad_rows_sum_to_zero(grad: FloatArray, target_mass: FloatArray, weights: FloatArray) -> Check:
     """Every gradient row (N, K) sums to 0, since ``sum_k (p_k sum(t) - t_k) = sum(t)(sum(p) - 1)``.
 
-    Bound per row: ``2 (K + 1) eps * max(w_n sum_k |t_k|, sum_k |g_k|)``, the rounding of K terms
-    whose magnitudes add up to that scale (``w_n`` is the row's reduction weight).
+    ``target_mass`` is each row's ``sum_k |q_k|`` (N,) and ``weights`` its reduction weight
+    ``w_n`` (N,). Bound per row: ``2 (K + 1) eps * max(w_n sum_k |q_k|, sum_k |g_k|)``, the
+    rounding of K terms whose magnitudes add up to that scale.
     """
     k = grad.shape[-1]
     row_sums = np.abs(np.sum(grad, axis=-1))
-    scale = np.maximum(weights * np.sum(np.abs(targets), axis=-1), np.sum(np.abs(grad), axis=-1))
+    scale = np.maximum(weights * target_mass, np.sum(np.abs(grad), axis=-1))
     bound = 2 * (k + 1) * EPS * scale
     worst = int(np.argmax(row_sums - bound))
     ok = bool(np.all(row_sums <= bound))

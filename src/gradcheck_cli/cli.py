@@ -199,6 +199,18 @@ def run(
         DTypeName | None,
         typer.Option(help="Run the methods under test in this precision (reference: float64)."),
     ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast", help="Directional checks along random directions, rows streamed in chunks."
+        ),
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Element-wise checks even for very large specs.")
+    ] = False,
+    directions: Annotated[
+        int, typer.Option(help="Random directions of the fast mode's checks.", min=1, max=64)
+    ] = 2,
     impl: Annotated[
         str | None,
         typer.Option(
@@ -236,7 +248,12 @@ def run(
         atol=atol,
         dtype=dtype.value if dtype else None,
         impl=implementation,
+        fast=fast,
+        full=full,
+        directions=directions,
     )
+    if fast and full:
+        _fail("--fast and --full exclude each other")
     results = collect_results(paths, options)
     for r in results:
         if r.status == "error" and r.message:

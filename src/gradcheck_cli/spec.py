@@ -83,8 +83,11 @@ TOLERANCE_KEYS = ("rtol", "atol")
 
 #: Target rows must sum to 1 within this absolute tolerance.
 TARGET_SUM_TOLERANCE = 1e-6
-#: Most array elements one spec may hold (guards memory against hostile files).
+#: Most elements an inline YAML array may hold (guards memory against hostile files).
 MAX_ELEMENTS = 50_000_000
+#: Largest array a spec may load from a .npy/.npz file (768 MiB: a 4096 x 32000 float32 batch
+#: of logits is 500 MiB).
+MAX_ARRAY_BYTES = 768 * 2**20
 
 _PLAIN = "tag:xentcheck:plain"
 _CORE = "tag:yaml.org,2002:"
@@ -356,13 +359,16 @@ def _array_file(ctx: _Ctx, node: MappingNode, field: str) -> np.ndarray:
     name = _string(ctx, file_node, f"{field}.file")
     key = _string(ctx, entries["key"][1], f"{field}.key") if "key" in entries else None
     try:
-        return load_array(ctx.base / name, key, MAX_ELEMENTS)
+        return load_array(ctx.base / name, key, MAX_ARRAY_BYTES)
     except ArrayFileError as exc:
         raise ctx.error(file_node, f"{field}.file", str(exc)) from None
 
 
-def _file_numbers(ctx: _Ctx, node: MappingNode, field: str, what: str) -> np.ndarray:
-    """A numeric array from a file, as float64, with the same shape rules as inline arrays."""
+def _file_numbers(
+    ctx: _Ctx, node: MappingNode, field: str, what: str, keep_dtype: bool = False
+) -> np.ndarray:
+    """A numeric array from a file with the same shape rules as inline arrays: float64, or with
+    ``keep_dtype`` a float32/float16 array left as it is (large logits are not widened)."""
     arr = _array_file(ctx, node, field)
     if arr.dtype.kind == "b":
         raise ctx.error(node, field, f"expected {what}, found an array of booleans")
@@ -370,15 +376,19 @@ def _file_numbers(ctx: _Ctx, node: MappingNode, field: str, what: str) -> np.nda
         raise ctx.error(
             node, field, f"expected {what}, found an array of shape {_shape(arr.shape)}"
         )
+    if keep_dtype and arr.dtype in (np.float32, np.float16):
+        return np.ascontiguousarray(arr)
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _float_array(ctx: _Ctx, node: Node, field: str, what: str) -> np.ndarray:
+def _float_array(
+    ctx: _Ctx, node: Node, field: str, what: str, keep_dtype: bool = False
+) -> np.ndarray:
     """A list of numbers (K,) or a list of equal-length lists of numbers (N, K), as float64;
     or either from a file (``{file: ...}``)."""
     if isinstance(node, MappingNode):
         _check_tags(ctx, node, field)
-        return _file_numbers(ctx, node, field, what)
+        return _file_numbers(ctx, node, field, what, keep_dtype)
     items = _sequence(ctx, node, field, what)
     if not items:
         raise ctx.error(node, field, f"expected {what}, found an empty list")
@@ -675,7 +685,11 @@ def _build_spec(
         layer, logits = _layer(ctx, layer_node, field("layer"))
     elif logits_node is not None:
         logits = _float_array(
-            ctx, logits_node, field("logits"), "K numbers, or N lists of K numbers"
+            ctx,
+            logits_node,
+            field("logits"),
+            "K numbers, or N lists of K numbers",
+            keep_dtype=True,
         )
         _check_logits(ctx, logits_node, field("logits"), logits, allow_minus_inf=not sigmoid)
     else:
@@ -800,7 +814,13 @@ def _build_spec(
     if (node := value("finite_difference")) is not None:
         fd_scheme, fd_step = _fd_settings(ctx, node, field("finite_difference"))
 
-    dtype: DType = "float64"
+    # Logits read from a float32 or float16 file stay in that dtype, which is then the default
+    # precision of the methods under test.
+    dtype: DType = (
+        "float32"
+        if batch.dtype == np.float32
+        else ("float16" if batch.dtype == np.float16 else "float64")
+    )
     if (node := value("dtype")) is not None:
         text = _string(ctx, node, field("dtype"))
         if text not in DTYPES:
@@ -809,6 +829,8 @@ def _build_spec(
             )
         dtype = text
         _check_dtype_range(ctx, logits_node or layer_node, field("logits"), batch, dtype)
+        if dtype == "float64":
+            batch = batch.astype(np.float64)
 
     tolerance = ToleranceOverride()
     per_method: dict[str, ToleranceOverride] = {}
@@ -987,6 +1009,8 @@ def _check_logits(
 ) -> None:
     """No nan or +inf; -inf only where allowed (softmax: probability 0), and every softmax row
     needs a finite logit."""
+    if np.isfinite(logits).all():  # the common case, in one pass
+        return
     bad = np.isnan(logits) | (logits == np.inf)
     if not allow_minus_inf:
         bad |= logits == -np.inf
@@ -999,7 +1023,9 @@ def _check_logits(
     dead = ~np.any(np.isfinite(rows), axis=-1)
     if np.any(dead):
         row = int(np.argmax(dead))
-        at, path = (node.value[row], f"{field}[{row}]") if logits.ndim == 2 else (node, field)
+        at, path = (
+            (_element(node, (row,)), f"{field}[{row}]") if logits.ndim == 2 else (node, field)
+        )
         raise ctx.error(at, path, "every logit is -inf: the softmax is undefined (0/0)")
 
 

@@ -75,6 +75,9 @@ class CrossEntropyProblem:
     """Logits pass through ``c tanh(z / c)`` before the softmax (c > 0)."""
     z_loss: float = 0.0
     """Scale ``s >= 0`` of the z-loss ``s * logsumexp(z')^2``."""
+    row_scales: tuple[FloatArray, FloatArray] | None = None
+    """The rows' (alpha, beta) when this problem is a slice of a larger batch (their mean
+    normalizers come from the whole batch); None: computed from this problem."""
 
     def __post_init__(self) -> None:
         if self.logits.ndim != 2:
@@ -167,7 +170,7 @@ def mean_normalizers(problem: CrossEntropyProblem) -> tuple[float, float]:
     count = float(np.count_nonzero(valid))
     if problem.labels is None:
         return float(n), count
-    w = class_weights(problem)
+    w = class_weights(problem).astype(np.float64)
     return float(np.sum(w[problem.labels[valid]])), count
 
 
@@ -178,7 +181,17 @@ def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArr
     For ``mean`` with a zero normalizer (every sample ignored) the scales are 0: no sample
     contributes, and :func:`reduce_loss` reports the 0/0 mean as nan, as PyTorch does.
     """
-    valid = problem.valid.astype(problem.logits.dtype)
+    if problem.row_scales is not None:
+        return problem.row_scales
+    dtype = problem.logits.dtype
+    alpha, beta = float64_scales(problem)  # normalized in float64, then cast once
+    return alpha.astype(dtype), beta.astype(dtype)
+
+
+def float64_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray]:
+    """:func:`reduction_scales` in float64 whatever the logits' dtype (they depend only on the
+    labels, the class weights and the reduction, never on the logits' values)."""
+    valid = problem.valid.astype(np.float64)
     if problem.reduction != "mean":
         return valid, valid.copy()
     ce_norm, z_norm = mean_normalizers(problem)
@@ -213,8 +226,15 @@ def sample_terms(
         has logit -inf (without a softcap).
     """
     z = capped(problem, problem.logits if logits is None else logits)
-    q = weighted_targets(problem)
     shifted, m, log_norm = softmax_terms(z)  # -log p = log_norm - shifted, both parts >= 0
+    if problem.labels is not None and problem.label_smoothing == 0.0:
+        # q is w_y at the label and 0 elsewhere: gather instead of a dot product.
+        ce = _label_terms(problem, shifted, log_norm[..., 0])
+        if problem.z_loss == 0.0:
+            return ce, np.zeros_like(ce)
+        zl = problem.z_loss * (m + log_norm)[..., 0] ** 2 * problem.valid
+        return ce, zl
+    q = weighted_targets(problem)
     # ce = sum_c q_c (log_norm - shifted_c) = sum(q) log_norm + sum_c q_c (-shifted_c): two
     # non-negative terms, one pass over the logits for the dot product.
     if np.all(np.isfinite(problem.logits)) or problem.softcap is not None:
@@ -227,6 +247,27 @@ def sample_terms(
         return ce, np.zeros_like(ce)
     zl = problem.z_loss * (m + log_norm)[..., 0] ** 2 * problem.valid
     return ce, zl
+
+
+def label_weights(problem: CrossEntropyProblem) -> FloatArray:
+    """``w_{y_n}`` for every sample, 0 for ignored ones, shape (N,) (index labels only)."""
+    assert problem.labels is not None
+    valid = problem.valid
+    out = np.zeros(problem.shape[0], dtype=problem.logits.dtype)
+    out[valid] = class_weights(problem)[problem.labels[valid]]
+    return out
+
+
+def _label_terms(problem: CrossEntropyProblem, shifted: AnyArray, log_norm: AnyArray) -> AnyArray:
+    """``w_y (log_norm - shifted_y)`` per sample without forming the one-hot targets."""
+    assert problem.labels is not None
+    labels = np.where(problem.valid, problem.labels, 0)
+    idx = np.broadcast_to(labels[:, None], (*shifted.shape[:-1], 1))
+    picked = np.take_along_axis(shifted, idx, axis=-1)[..., 0]
+    w = label_weights(problem)
+    with np.errstate(invalid="ignore"):  # an ignored row's -inf pick times weight 0
+        out = np.where(w > 0, w * (log_norm - picked), 0.0)
+    return out
 
 
 def contributions(problem: CrossEntropyProblem, logits: AnyArray | None = None) -> FloatArray:

@@ -43,6 +43,9 @@ class SigmoidProblem:
     """Element weights, already broadcast to (N, K) (None: all 1)."""
     pos_weight: FloatArray | None = None
     """Weight of the positive term per class, shape (K,) (None: all 1)."""
+    scale: float | None = None
+    """Every element's factor in the reduced loss when this problem is a slice of a larger
+    batch (None: from this problem's own shape and reduction)."""
 
     def __post_init__(self) -> None:
         if self.logits.ndim != 2 or self.targets.shape != self.logits.shape:
@@ -103,6 +106,8 @@ def element_losses(problem: SigmoidProblem, logits: AnyArray | None = None) -> F
 
 def reduction_scale(problem: SigmoidProblem) -> float:
     """Factor of every element in the reduced loss: 1/(N K) for mean, else 1."""
+    if problem.scale is not None:
+        return problem.scale
     n, k = problem.shape
     return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
 

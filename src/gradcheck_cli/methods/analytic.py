@@ -25,6 +25,7 @@ from gradcheck_cli.core import sigmoid as sig
 from gradcheck_cli.core.loss import (
     CrossEntropyProblem,
     capped,
+    label_weights,
     reduction_scales,
     weighted_targets,
 )
@@ -55,9 +56,19 @@ def analytic_gradient(
         return GradientOutput(sigmoid_gradient(problem))
     z = capped(problem, problem.logits)
     p = softmax(z)
-    q = weighted_targets(problem)
     alpha, beta = reduction_scales(problem)
-    g = alpha[:, None] * (p * one_minus(q) - q * one_minus(p))
+    if problem.labels is not None and problem.label_smoothing == 0.0:
+        # One-hot weighted targets: w_y (p - onehot(y)), the label component as -sum of the
+        # other probabilities (the same formula, without forming q).
+        rows = np.arange(problem.shape[0])
+        labels = np.where(problem.valid, problem.labels, 0)
+        g = p.copy()
+        g[rows, labels] = 0.0
+        g[rows, labels] = -np.sum(g, axis=-1)
+        g *= (alpha * label_weights(problem))[:, None]
+    else:
+        q = weighted_targets(problem)
+        g = alpha[:, None] * (p * one_minus(q) - q * one_minus(p))
     if problem.z_loss:
         g += (2.0 * problem.z_loss * beta * logsumexp(z))[:, None] * p
     chain = softcap_derivative(problem)

@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem
 from gradcheck_cli.core import sigmoid as sig
-from gradcheck_cli.core.loss import capped, reduction_scales, weighted_targets
-from gradcheck_cli.core.softmax import logsumexp, softmax, softmax_jacobian
+from gradcheck_cli.core.loss import capped, label_weights, reduction_scales, weighted_targets
+from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax, softmax_jacobian
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -50,6 +50,11 @@ def _refuse_small(p: FloatArray, used: NDArray[np.bool_], what: str) -> None:
     if not np.any(bad):
         return
     row, col = (int(i) for i in np.argwhere(bad)[0])
+    _raise_small(p, row, col, what)
+
+
+def _raise_small(p: FloatArray, row: int, col: int, what: str) -> None:
+    tiny = float(np.finfo(p.dtype).tiny)
     where = f"sample {row}, class {col}" if p.shape[0] > 1 else f"class {col}"
     if p[row, col] == 0.0:
         why = f"underflows to 0, so {what} is infinite"
@@ -66,42 +71,91 @@ def jacobian_gradient(
 ) -> GradientOutput:
     """``J^T dL/dp`` for every sample (plus the z-loss and softcap chains), shape (N, K).
 
+    Above K = 2048 the product is formed through the Jacobian's structure (see
+    :func:`structured_product`), and the note says so.
+
     Raises
     ------
     NotComputable
         If some class with a positive target has a probability below the smallest normal float64
-        (zero or subnormal), or one K x K Jacobian would exceed the memory budget.
+        (zero or subnormal).
     """
     if isinstance(problem, sig.SigmoidProblem):
         return GradientOutput(_sigmoid_chain(problem))
     n, k = problem.shape
-    if k * k > JACOBIAN_CHUNK_ELEMENTS:
-        raise NotComputable(
-            f"K = {k} classes: one {k} x {k} Jacobian would hold {k * k:,} values, above the "
-            f"limit of {JACOBIAN_CHUNK_ELEMENTS:,} (K <= {int(JACOBIAN_CHUNK_ELEMENTS**0.5)})"
-        )
     z = capped(problem, problem.logits)
     p = softmax(z)
-    q = weighted_targets(problem)
     alpha, beta = reduction_scales(problem)
-    used = (q > 0) & (alpha[:, None] > 0)
-    _refuse_small(p, used, "dL/dp = -q/p")
-    dl_dp = np.zeros_like(p)
-    np.divide(-alpha[:, None] * q, p, out=dl_dp, where=used)
-    grad = np.empty_like(p)
-    rows_per_chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // (k * k))
-    for start in range(0, n, rows_per_chunk):
-        stop = min(n, start + rows_per_chunk)
-        jac = softmax_jacobian(p[start:stop])  # (B, K, K), J[b, i, j] = dp_i/dz_j
-        # (J^T v)_j = sum_i J[i, j] v_i
-        grad[start:stop] = np.matmul(dl_dp[start:stop, None, :], jac)[:, 0, :]
+    structured = k * k > JACOBIAN_CHUNK_ELEMENTS
+    note = None
+    if structured:
+        note = (
+            f"structured product (diag(p) - p p^T)^T v without forming J: one {k} x {k} "
+            f"Jacobian would hold {k * k:,} values (materialized up to K = "
+            f"{int(JACOBIAN_CHUNK_ELEMENTS**0.5)})"
+        )
+    if structured and problem.labels is not None and problem.label_smoothing == 0.0:
+        # One-hot weighted targets: dL/dp has one entry per row, -alpha w_y / p_y.
+        rows = np.arange(n)
+        labels = np.where(problem.valid, problem.labels, 0)
+        scale = alpha * label_weights(problem)
+        p_y = p[rows, labels]
+        tiny = float(np.finfo(p.dtype).tiny)
+        bad = np.flatnonzero((scale > 0) & (p_y < tiny))
+        if bad.size:
+            _raise_small(p, int(bad[0]), int(labels[bad[0]]), "dL/dp = -q/p")
+        v_y = np.zeros_like(p_y)
+        np.divide(-scale, p_y, out=v_y, where=scale > 0)
+        grad = structured_one_hot(p, labels, v_y)
+    else:
+        q = weighted_targets(problem)
+        used = (q > 0) & (alpha[:, None] > 0)
+        _refuse_small(p, used, "dL/dp = -q/p")
+        dl_dp = np.zeros_like(p)
+        np.divide(-alpha[:, None] * q, p, out=dl_dp, where=used)
+        if structured:
+            grad = structured_product(p, dl_dp)
+        else:
+            grad = np.empty_like(p)
+            rows_per_chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // (k * k))
+            for start in range(0, n, rows_per_chunk):
+                stop = min(n, start + rows_per_chunk)
+                jac = softmax_jacobian(p[start:stop])  # (B, K, K), J[b, i, j] = dp_i/dz_j
+                # (J^T v)_j = sum_i J[i, j] v_i, as a batched vector-matrix product
+                grad[start:stop] = np.matmul(dl_dp[start:stop, None, :], jac)[:, 0, :]
     if problem.z_loss:
         dl_dlse = 2.0 * problem.z_loss * beta * logsumexp(z)  # (N,)
         grad += dl_dlse[:, None] * p  # dlse/dz' = softmax(z')
     chain = softcap_derivative(problem)
     if chain is not None:
         grad *= chain  # the softcap's Jacobian is diagonal
-    return GradientOutput(grad)
+    return GradientOutput(grad, note=note)
+
+
+def structured_one_hot(p: FloatArray, labels: NDArray[np.int64], v_y: FloatArray) -> FloatArray:
+    """``J^T v`` when v is zero except ``v_y`` at ``labels`` in each row, shape (N, K):
+    ``-p_i p_y v_y`` off the label and ``p_y (1 - p_y) v_y`` at it (``1 - p_y`` as the sum of
+    the other probabilities)."""
+    rows = np.arange(p.shape[0])
+    p_y = p[rows, labels]
+    out: FloatArray = p * (-(p_y * v_y))[:, None]
+    others = p.copy()
+    others[rows, labels] = 0.0
+    out[rows, labels] = p_y * np.sum(others, axis=-1) * v_y
+    return out
+
+
+def structured_product(p: FloatArray, v: FloatArray) -> FloatArray:
+    """``J^T v`` for ``J = diag(p) - p p^T`` without forming J, shape (N, K).
+
+    Row-wise ``(J^T v)_i = p_i (1 - p_i) v_i - p_i sum_{j != i} p_j v_j``, with ``1 - p_i`` as the
+    sum of the other probabilities (as in the materialized diagonal) and the off-diagonal sum as
+    ``s - p_i v_i``, ``s = sum_j p_j v_j``: O(K) per row instead of O(K^2).
+    """
+    pv = p * v
+    s = np.sum(pv, axis=-1, keepdims=True)
+    out: FloatArray = p * one_minus(p) * v - p * (s - pv)
+    return out
 
 
 def _sigmoid_chain(problem: sig.SigmoidProblem) -> FloatArray:

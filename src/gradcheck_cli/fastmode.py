@@ -1,0 +1,393 @@
+"""Large problems (fast mode): row-chunked streaming checks and directional derivatives.
+
+A full element-wise finite-difference check costs about N K^2 element operations (every one of
+N K perturbations re-evaluates a K-class row); at LLM vocabularies (K = 32,000) that is
+hopeless. When N K^2 exceeds :data:`FAST_BUDGET` (or with ``--fast``), a spec runs here instead:
+
+* rows are processed in chunks of about :data:`ROW_CHUNK_ELEMENTS` values, so memory stays at
+  the logits (kept in their own dtype, float32 stays float32) plus a few chunks;
+* the float64 reference (the closed form, computed chunk by chunk from the logits widened to
+  float64) is compared element by element with the ``analytic`` and ``jacobian`` methods run in
+  the spec's dtype, streaming the error statistics;
+* ``finite_difference`` and ``complex_step`` become *directional* checks: along R seeded random
+  directions d (drawn per chunk, reproducibly), the derivative of each row's loss share along d
+  is measured (central differences with the step actually taken, or a complex step) and compared
+  with g.d per row and for the whole batch.
+
+Nothing here holds an (N, K) float64 array: gradients are not kept in the result, and the report
+says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gradcheck_cli import checks
+from gradcheck_cli.compare import Comparison, Tolerance, elementwise_errors
+from gradcheck_cli.core import CrossEntropyProblem, Problem, SigmoidProblem, contributions
+from gradcheck_cli.core.loss import (
+    float64_scales,
+    label_weights,
+    reduction_scales,
+    weighted_targets,
+)
+from gradcheck_cli.core.softmax import softmax
+from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
+from gradcheck_cli.methods.finite_difference import parallel_blocks, step_factor
+from gradcheck_cli.model import Check
+
+FloatArray = NDArray[np.float64]
+
+#: N K^2 above which a spec is checked in fast mode unless ``--full`` (5e8 element operations:
+#: a few seconds of finite differences on this machine).
+FAST_BUDGET = 5e8
+#: Default number of random directions in fast mode (each costs two evaluations of every row; two
+#: directions over 4096 rows are 8192 independent row checks plus two whole-batch ones).
+DEFAULT_DIRECTIONS = 2
+#: Methods of a fast-mode run when neither the spec nor the command line lists any (the complex
+#: step's complex exponentials cost about five real passes per direction; ask for it by name).
+FAST_DEFAULT_METHODS = ("analytic", "jacobian", "finite_difference", "exact")
+#: Values per row chunk (2^22: 32 MiB in float64).
+ROW_CHUNK_ELEMENTS = 1 << 22
+DIRECTION_SEED = 20261122
+#: Imaginary step of the directional complex step.
+COMPLEX_STEP = 1e-20
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def needs_fast(n: int, k: int) -> bool:
+    """Whether a full element-wise check of an (N, K) problem exceeds the budget."""
+    return n * k * k > FAST_BUDGET
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Error statistics of one chunk (computed outside any lock, merged in order)."""
+
+    max_abs: float
+    max_rel: float
+    worst_ratio: float
+    worst_index: tuple[int, ...]
+    value: float
+    reference_value: float
+    failed: int
+
+
+def chunk_stats(got: FloatArray, ref: FloatArray, tol: Tolerance, offset: int) -> ChunkStats:
+    """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``."""
+    if not (np.all(np.isfinite(got)) and np.all(np.isfinite(ref))):
+        abs_err, rel = elementwise_errors(got, ref)
+    else:  # the common case, in fewer passes
+        abs_err = np.abs(got - ref)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = abs_err / np.abs(ref)
+        rel[abs_err == 0.0] = 0.0
+    allowed = np.abs(ref)
+    allowed *= tol.rtol
+    allowed += tol.atol
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = abs_err / allowed
+    ratio[abs_err == 0.0] = 0.0
+    ratio[np.isnan(abs_err)] = np.inf
+    flat = int(np.argmax(ratio))
+    idx = np.unravel_index(flat, ratio.shape)
+    return ChunkStats(
+        max_abs=float(np.max(abs_err)),
+        max_rel=float(np.max(rel)),
+        worst_ratio=float(ratio.flat[flat]),
+        worst_index=(int(idx[0]) + offset, *(int(i) for i in idx[1:])),
+        value=float(got[idx]),
+        reference_value=float(ref[idx]),
+        failed=int(np.count_nonzero(ratio > 1.0)),
+    )
+
+
+@dataclass
+class Stream:
+    """Streaming statistics of ``|a - b|`` against a tolerance; a :class:`Comparison` at the
+    end."""
+
+    method: str
+    reference: str
+    tolerance: Tolerance
+    quantity: str
+    dtype: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst_ratio: float = -1.0
+    worst_index: tuple[int, ...] = ()
+    value: float = 0.0
+    reference_value: float = 0.0
+    failed: int = 0
+
+    def add(self, got: FloatArray, ref: FloatArray, offset: int) -> None:
+        """Fold in a chunk whose first row is row ``offset`` of the whole batch."""
+        self.merge(chunk_stats(got, ref, self.tolerance, offset))
+
+    def merge(self, stats: ChunkStats) -> None:
+        self.failed += stats.failed
+        self.max_abs = max(self.max_abs, stats.max_abs)
+        self.max_rel = max(self.max_rel, stats.max_rel)
+        if stats.worst_ratio > self.worst_ratio:
+            self.worst_ratio = stats.worst_ratio
+            self.worst_index = stats.worst_index
+            self.value = stats.value
+            self.reference_value = stats.reference_value
+
+    def comparison(self) -> Comparison:
+        return Comparison(
+            method=self.method,
+            reference=self.reference,
+            max_abs_error=self.max_abs,
+            max_rel_error=self.max_rel,
+            worst_index=self.worst_index,
+            value=self.value,
+            reference_value=self.reference_value,
+            rtol=self.tolerance.rtol,
+            atol=self.tolerance.atol,
+            failed_elements=self.failed,
+            quantity=self.quantity,
+            dtype=self.dtype,
+        )
+
+
+def global_scales(problem: Problem) -> tuple[FloatArray, FloatArray] | float:
+    """The rows' reduction scales of the whole batch, in float64."""
+    if isinstance(problem, SigmoidProblem):
+        n, k = problem.shape
+        return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
+    return float64_scales(problem)
+
+
+def chunk_of(
+    problem: Problem, rows: slice, scales: tuple[FloatArray, FloatArray] | float, dtype: str
+) -> Problem:
+    """Rows ``rows`` of ``problem`` as a problem of their own, in ``dtype``, carrying the whole
+    batch's reduction scales."""
+    z = problem.logits[rows].astype(dtype)
+    if isinstance(problem, SigmoidProblem):
+        assert isinstance(scales, float)
+        return replace(
+            problem,
+            logits=z,
+            targets=problem.targets[rows].astype(dtype),
+            weight=None if problem.weight is None else problem.weight[rows].astype(dtype),
+            pos_weight=None if problem.pos_weight is None else problem.pos_weight.astype(dtype),
+            scale=scales,
+        )
+    assert isinstance(scales, tuple)
+    alpha, beta = scales
+    return replace(
+        problem,
+        logits=z,
+        labels=None if problem.labels is None else problem.labels[rows],
+        targets=None if problem.targets is None else problem.targets[rows].astype(dtype),
+        weight=None if problem.weight is None else problem.weight.astype(dtype),
+        row_scales=(alpha[rows].astype(dtype), beta[rows].astype(dtype)),
+    )
+
+
+@dataclass(frozen=True)
+class FastOutcome:
+    """What the fast path measured."""
+
+    loss: float | FloatArray
+    comparisons: list[Comparison]
+    checks: list[Check]
+    notes: dict[str, str]
+    not_computable: dict[str, str]
+
+
+def run_fast(
+    problem: Problem,
+    methods: tuple[str, ...],
+    dtype: str,
+    settings: MethodSettings,
+    tolerance: Callable[[str, str], Tolerance],
+    directions: int = DEFAULT_DIRECTIONS,
+    progress: ProgressCallback | None = None,
+) -> FastOutcome:
+    """Check ``problem`` (logits in their own dtype) chunk by chunk.
+
+    ``tolerance(method, dtype)`` gives each comparison's tolerance; ``methods`` are the
+    requested methods (``exact`` is declined: the problem is too large for it).
+    """
+    n, k = problem.shape
+    rows_per = max(1, ROW_CHUNK_ELEMENTS // k)
+    starts = range(0, n, rows_per)
+    scales = global_scales(problem)
+    reference = "analytic_float64"
+    elementwise: list[str] = [m for m in ("analytic", "jacobian") if m in methods]
+    directional: list[str] = [m for m in ("finite_difference", "complex_step") if m in methods]
+    streams = {m: Stream(m, reference, tolerance(m, dtype), "logits", dtype) for m in elementwise}
+    dir_streams = {
+        m: Stream(f"{m} (directional)", "g·d", tolerance(m, dtype), "directions", dtype)
+        for m in directional
+    }
+    batch_measured = {m: np.zeros(directions) for m in directional}
+    batch_predicted = {m: np.zeros(directions) for m in directional}
+    losses: list[tuple[int, FloatArray]] = []
+    prob_dev = [0.0]
+    row_sum_excess = [-np.inf]
+    not_computable: dict[str, str] = {}
+    if "exact" in methods:
+        not_computable["exact"] = (
+            f"{n * k:,} elements: far above the 50-digit reference's limit (fast mode)"
+        )
+    if dtype == "float16" and "complex_step" in directional:
+        directional.remove("complex_step")
+        del dir_streams["complex_step"]
+        not_computable["complex_step"] = "NumPy has no float16 complex type"
+    lock = threading.Lock()
+    done = [0]
+
+    def one_chunk(start: int) -> None:
+        rows = slice(start, min(n, start + rows_per))
+        wide = chunk_of(problem, rows, scales, "float64")
+        low = chunk_of(problem, rows, scales, dtype)
+        ref = METHODS["analytic"](wide, settings).grad
+        shares = contributions(wide)
+        found: dict[str, FloatArray] = {}
+        failures: dict[str, str] = {}
+        for m in elementwise:
+            try:
+                found[m] = METHODS[m](low, settings).grad.astype(np.float64)
+            except NotComputable as exc:
+                failures[m] = exc.reason
+        stats = {m: chunk_stats(g, ref, streams[m].tolerance, start) for m, g in found.items()}
+        dir_found = {m: _directional(m, low, ref, start, directions, settings) for m in directional}
+        dir_stats = {
+            m: chunk_stats(measured.T, predicted.T, dir_streams[m].tolerance, start)
+            for m, (measured, predicted) in dir_found.items()
+        }
+        deviation = None
+        rows_ok = True
+        if isinstance(wide, CrossEntropyProblem):
+            p = softmax(wide.logits)
+            deviation = float(np.max(np.abs(p.sum(axis=-1) - 1.0)))
+            if wide.plain:
+                mass = (
+                    label_weights(wide)
+                    if wide.labels is not None and wide.label_smoothing == 0.0
+                    else np.sum(weighted_targets(wide), axis=-1)
+                )
+                rows_ok = checks.grad_rows_sum_to_zero(ref, mass, reduction_scales(wide)[0]).passed
+        with lock:  # only merging happens under the lock
+            losses.append((start, shares))
+            for m, st in stats.items():
+                streams[m].merge(st)
+            for m, reason in failures.items():
+                not_computable.setdefault(m, reason)
+            for m, (measured, predicted) in dir_found.items():
+                dir_streams[m].merge(dir_stats[m])
+                batch_measured[m] += measured.sum(axis=1)
+                batch_predicted[m] += predicted.sum(axis=1)
+            if deviation is not None:
+                prob_dev[0] = max(prob_dev[0], deviation)
+                row_sum_excess[0] = max(row_sum_excess[0], 0.0 if rows_ok else 1.0)
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(starts))
+
+    parallel_blocks(one_chunk, starts, work=n * k * 64)
+
+    losses.sort(key=lambda item: item[0])
+    per_row = np.concatenate([s for _, s in losses])
+    loss: float | FloatArray
+    if problem.reduction == "none":
+        loss = per_row
+    else:
+        loss = float(np.sum(per_row))
+        if isinstance(problem, CrossEntropyProblem) and problem.reduction == "mean":
+            alpha, _ = scales  # type: ignore[misc]
+            if not np.any(alpha):
+                loss = float("nan")
+    comparisons = [s.comparison() for s in streams.values()]
+    comparisons += [s.comparison() for s in dir_streams.values()]
+    for m in directional:
+        whole = Stream(
+            f"{m} (directional, whole batch)", "g·d", tolerance(m, dtype), "directions", dtype
+        )
+        whole.add(batch_measured[m][None, :], batch_predicted[m][None, :], 0)
+        comparisons.append(whole.comparison())
+    found_checks: list[Check] = []
+    if isinstance(problem, CrossEntropyProblem):
+        bound = 2 * (k + 1) * float(np.finfo(np.float64).eps)
+        found_checks.append(
+            Check(
+                "probs_sum_to_one",
+                prob_dev[0] <= bound,
+                f"max |sum(p) - 1| = {prob_dev[0]:.3g} (bound {bound:.3g})",
+            )
+        )
+        if problem.plain:
+            found_checks.append(
+                Check(
+                    "grad_rows_sum_to_zero",
+                    row_sum_excess[0] <= 0.0,
+                    "every row of the float64 reference within its rounding bound",
+                )
+            )
+    notes = {
+        "mode": (
+            f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
+            f"check; rows in chunks of {rows_per}, finite differences and complex step along "
+            f"{directions} seeded random directions per row and for the whole batch; "
+            "gradients are not kept in the report"
+        )
+    }
+    return FastOutcome(loss, comparisons, found_checks, notes, not_computable)
+
+
+def _directional(
+    method: str,
+    low: Problem,
+    ref: FloatArray,
+    start: int,
+    directions: int,
+    settings: MethodSettings,
+) -> tuple[FloatArray, FloatArray]:
+    """Per-row directional derivatives of the chunk's loss shares (R, rows), measured by
+    ``method`` on ``low``, and the reference gradient's g.d (R, rows)."""
+    z = low.logits
+    finite = np.isfinite(z)
+    rng = np.random.default_rng([DIRECTION_SEED, start])
+    measured = np.empty((directions, z.shape[0]))
+    predicted = np.empty((directions, z.shape[0]))
+    zf = np.where(finite, z, 0)
+    for r in range(directions):
+        # Uniform in [-1, 1), drawn in float32 (several times cheaper than normals in float64).
+        d = rng.random(z.shape, dtype=np.float32) * 2.0 - 1.0
+        d[~finite] = 0.0
+        if method == "complex_step":
+            moved = zf.astype(np.result_type(z.dtype, np.complex64)) + 1j * COMPLEX_STEP * d
+            moved = np.where(finite, moved, z)
+            with np.errstate(invalid="ignore"):
+                measured[r] = contributions(low, moved).imag / COMPLEX_STEP
+            predicted[r] = np.sum(ref * d, axis=-1)
+            continue
+        factor = settings.fd_step or step_factor("central", z.dtype)
+        h = factor * max(1.0, float(np.max(np.abs(zf))))
+        step = (h * d).astype(z.dtype)
+        up = zf + step
+        down = zf - step
+        if not np.all(finite):
+            up = np.where(finite, up, z)
+            down = np.where(finite, down, z)
+        # The steps actually taken: the rounded points' difference, not 2 h d.
+        taken = up.astype(np.float64)
+        taken -= down
+        if not np.all(finite):
+            taken[~finite] = 0.0
+        diff = contributions(low, up).astype(np.float64) - contributions(low, down).astype(
+            np.float64
+        )
+        measured[r] = diff / (2 * h)
+        predicted[r] = np.einsum("nk,nk->n", ref, taken) / (2 * h)
+    return measured, predicted

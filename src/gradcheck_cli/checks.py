@@ -28,8 +28,8 @@ EPS = float(np.finfo(np.float64).eps)
 #: The constant added to every logit by the shift-invariance check (a power of two, so it is
 #: exactly representable and the check measures only the rounding of z + c itself).
 SHIFT = 1024.0
-#: Rows of Jacobians materialized at once by the Jacobian-property check (2^22 values, 32 MiB).
-_CHUNK_ELEMENTS = 1 << 22
+#: Most Jacobian entries the Jacobian-property check forms (2^20: one 1000-class sample).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def probs_sum_to_one(probs: FloatArray) -> Check:

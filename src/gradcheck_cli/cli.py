@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -94,6 +94,34 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
+class DelayedProgress:
+    """A Rich progress bar on stderr that appears only once a run has taken a second, only on a
+    terminal, and disappears when done (``--quiet`` turns it off)."""
+
+    DELAY = 1.0
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def update(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or time.perf_counter() - self.started < self.DELAY:
+            return
+        if self._progress is None:
+            from rich.progress import Progress
+
+            self._progress = Progress(console=_stderr(), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(label, total=total)
+        self._progress.update(self._task, completed=done, total=total, description=label)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
 def bundled_specs_dir() -> Path:
     """The example specs shipped in the wheel (or, in a source checkout, the repo's specs/)."""
     from importlib.resources import files
@@ -125,7 +153,9 @@ def _write(text: str, output: Path | None) -> None:
         raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
 
 
-def collect_results(paths: list[str], options: object) -> list[SpecResult]:
+def collect_results(
+    paths: list[str], options: object, progress: DelayedProgress | None = None
+) -> list[SpecResult]:
     """Load and run every spec named by ``paths``; every failure becomes an error result."""
     from gradcheck_cli.engine import RunOptions, run_spec
     from gradcheck_cli.model import Spec, error_result
@@ -144,6 +174,14 @@ def collect_results(paths: list[str], options: object) -> list[SpecResult]:
                 continue
             assert isinstance(item, Spec)
             started = time.perf_counter()
+            if progress is not None:
+                name = item.name
+
+                def chunks(done: int, total: int, name: str = name) -> None:
+                    progress.update(done, total, f"{name}: rows")
+
+                options = replace(options, progress=chunks)
+                progress.update(len(results), len(results) + 1, f"{name}")
             try:
                 result = run_spec(item, options)
                 results.append(replace(result, seconds=time.perf_counter() - started))
@@ -254,7 +292,11 @@ def run(
     )
     if fast and full:
         _fail("--fast and --full exclude each other")
-    results = collect_results(paths, options)
+    progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
+    try:
+        results = collect_results(paths, options, progress)
+    finally:
+        progress.close()
     for r in results:
         if r.status == "error" and r.message:
             err.print(f"error: {r.message}", markup=False)

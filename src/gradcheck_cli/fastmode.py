@@ -362,8 +362,11 @@ def _directional(
     predicted = np.empty((directions, z.shape[0]))
     zf = np.where(finite, z, 0)
     for r in range(directions):
-        # Uniform in [-1, 1), drawn in float32 (several times cheaper than normals in float64).
-        d = rng.random(z.shape, dtype=np.float32) * 2.0 - 1.0
+        # Uniform in [-1, 1), drawn in float32 (several times cheaper than normals in float64)
+        # and then exact in the logits' dtype, so h * d is not rounded to float32.
+        d = (rng.random(z.shape, dtype=np.float32) * 2.0 - 1.0).astype(
+            np.promote_types(z.dtype, np.float32)
+        )
         d[~finite] = 0.0
         if method == "complex_step":
             moved = zf.astype(np.result_type(z.dtype, np.complex64)) + 1j * COMPLEX_STEP * d

@@ -1,0 +1,123 @@
+"""Fast mode: streamed chunks agree with the full path; directional checks; memory-minded I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradcheck_cli import fastmode
+from gradcheck_cli.cli import app
+from gradcheck_cli.compare import Tolerance, compare
+from gradcheck_cli.engine import RunOptions, run_spec
+from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.model import Spec
+from gradcheck_cli.spec import load_file
+
+
+def spec(**kw: object) -> Spec:
+    rng = np.random.default_rng(21)
+    args: dict[str, object] = dict(
+        name="f",
+        file="f.yaml",
+        logits=rng.normal(size=(40, 30)) * 3,
+        single=False,
+        labels=rng.integers(0, 30, 40),
+    )
+    args.update(kw)
+    return Spec(**args)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastmode, "ROW_CHUNK_ELEMENTS", 30 * 7)  # 7 rows per chunk
+
+
+@pytest.mark.usefixtures("small_chunks")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"weight": np.linspace(0.5, 2.0, 30), "ignore_index": 3, "reduction": "mean"},
+        {"label_smoothing": 0.1, "reduction": "sum"},
+        {"softcap": 4.0, "z_loss": 1e-3, "reduction": "none"},
+    ],
+)
+def test_fast_mode_agrees_with_the_full_path(options: dict[str, object]) -> None:
+    s = spec(**options)
+    full = run_spec(s, RunOptions(full=True))
+    fast = run_spec(
+        s,
+        RunOptions(
+            fast=True, methods=("analytic", "jacobian", "finite_difference", "complex_step")
+        ),
+    )
+    assert full.status == "pass"
+    assert fast.status == "pass", [c for c in fast.comparisons if not c.passed]
+    np.testing.assert_allclose(np.asarray(fast.loss), np.asarray(full.loss), rtol=1e-13)
+    methods = {c.method for c in fast.comparisons}
+    assert {"analytic", "jacobian"} <= methods
+    assert "finite_difference (directional)" in methods
+    assert "complex_step (directional, whole batch)" in methods
+    assert fast.gradients == {} and "fast mode" in fast.method_notes["mode"]
+
+
+def test_streamed_statistics_equal_the_one_shot_comparison() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(23, 11))
+    got = ref * (1 + rng.normal(size=ref.shape) * 1e-9)
+    got[17, 4] += 1e-6  # the worst element, in the fourth chunk
+    tol = Tolerance(rtol=1e-8, atol=1e-10)
+    stream = fastmode.Stream("m", "r", tol, "logits", "float64")
+    for start in range(0, 23, 6):
+        stream.add(got[start : start + 6], ref[start : start + 6], start)
+    streamed = stream.comparison()
+    whole = compare("m", got, "r", ref, tol)
+    assert streamed.worst_index == whole.worst_index == (17, 4)
+    assert streamed.failed_elements == whole.failed_elements
+    assert streamed.max_abs_error == whole.max_abs_error
+    assert streamed.max_rel_error == pytest.approx(whole.max_rel_error)
+
+
+def test_budget_threshold() -> None:
+    assert not fastmode.needs_fast(256, 1000)
+    assert fastmode.needs_fast(4096, 32000)
+    assert fastmode.needs_fast(1, 30000)
+
+
+def test_float32_logits_from_a_file_stay_float32(tmp_path: Path) -> None:
+    z = np.random.default_rng(0).normal(size=(8, 50)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    (tmp_path / "s.yaml").write_text("logits: {file: z.npy}\nlabel: [0, 1, 2, 3, 4, 5, 6, 7]\n")
+    (s,) = load_file(tmp_path / "s.yaml")
+    assert isinstance(s, Spec) and s.logits.dtype == np.float32 and s.dtype == "float32"
+    r = run_spec(s, RunOptions(fast=True))
+    assert r.status == "pass"
+    assert all(c.dtype == "float32" for c in r.comparisons)
+    (tmp_path / "t.yaml").write_text(
+        "logits: {file: z.npy}\nlabel: [0, 1, 2, 3, 4, 5, 6, 7]\ndtype: float64\n"
+    )
+    (t,) = load_file(tmp_path / "t.yaml")
+    assert isinstance(t, Spec) and t.logits.dtype == np.float64
+
+
+def test_fast_mode_refuses_what_it_cannot_check() -> None:
+    with pytest.raises(XentcheckError, match=r"expect\.probs and expect\.grad are not checked"):
+        from gradcheck_cli.model import Expect
+
+        run_spec(spec(expect=Expect(grad=np.zeros((40, 30)))), RunOptions(fast=True))
+
+
+def test_fast_and_full_exclude_each_other() -> None:
+    result = CliRunner().invoke(app, ["run", "specs/cat_dog_bird.yaml", "--fast", "--full"])
+    assert result.exit_code == 2 and "--fast and --full exclude each other" in result.stderr
+
+
+def test_fast_mode_from_the_command_line() -> None:
+    result = CliRunner().invoke(
+        app, ["run", "specs/batch_mean.yaml", "--fast", "--directions", "3", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fast mode" in result.stdout and "3 seeded random directions" in result.stdout

@@ -45,18 +45,26 @@ def command() -> list[str]:
 
 
 def timed(args: list[str], runs: int) -> tuple[float, float]:
-    """Median wall seconds and the largest peak RSS (MB) over ``runs`` child processes."""
+    """Median wall seconds and the largest peak RSS (MB) over ``runs`` child processes.
+
+    The peak is measured by GNU time (``/usr/bin/time -f %M``) around the command, so it is the
+    command's own, not inflated by this script's memory at fork time.
+    """
     times, peaks = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-        times.append(time.perf_counter() - start)
-        peaks.append(usage.ru_maxrss)
-        code = os.waitstatus_to_exitcode(status)
-        if code not in (0, 1):
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise SystemExit(f"{' '.join(args)} exited {code}: {err}")
+    timer = shutil.which("time") or "/usr/bin/time"
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        for _ in range(runs):
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [timer, "-f", "%M", "-o", rss.name, *args], capture_output=True, check=False
+            )
+            times.append(time.perf_counter() - start)
+            rss.seek(0)
+            peaks.append(int(rss.read().strip().splitlines()[-1]))
+            if proc.returncode not in (0, 1):
+                raise SystemExit(
+                    f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}"
+                )
     return statistics.median(times), max(peaks) / 1024
 
 

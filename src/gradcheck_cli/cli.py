@@ -64,8 +64,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler (Click would turn KeyboardInterrupt into exit 1)."""
+
+
+_DEBUG = False
+
+
 @app.callback()
 def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an internal error.")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -74,6 +84,8 @@ def _root(
     ] = False,
 ) -> None:
     """Verify softmax cross-entropy losses and their gradients."""
+    global _DEBUG
+    _DEBUG = debug
 
 
 def _stderr() -> Console:
@@ -187,13 +199,15 @@ def collect_results(
                 results.append(replace(result, seconds=time.perf_counter() - started))
             except XentcheckError as exc:
                 results.append(error_result(item.name, display, f"{display}: {exc}"))
-            except Exception as exc:
+            except Exception as exc:  # one spec must not take the run down
+                if _DEBUG:
+                    raise
                 results.append(
                     error_result(
                         item.name,
                         display,
                         f"{display}: internal error ({type(exc).__name__}: {exc}); "
-                        "please report this with the spec file",
+                        "please report this with the spec file (--debug shows the traceback)",
                     )
                 )
     return results
@@ -451,10 +465,26 @@ def schema() -> None:
     sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: exit 130 on Ctrl-C (no traceback, no partial --output), and
+    one line for an internal error (its traceback with --debug)."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except (Interrupted, KeyboardInterrupt):
+        sys.stderr.write("xentcheck: interrupted\n")
         sys.exit(130)
+    except Exception as exc:  # every expected error is handled inside the commands
+        if _DEBUG:
+            raise
+        sys.stderr.write(
+            f"xentcheck: internal error ({type(exc).__name__}: {exc}); please report it "
+            "(run with --debug for the traceback)\n"
+        )
+        sys.exit(2)

@@ -83,8 +83,11 @@ TOLERANCE_KEYS = ("rtol", "atol")
 
 #: Target rows must sum to 1 within this absolute tolerance.
 TARGET_SUM_TOLERANCE = 1e-6
-#: Most elements an inline YAML array may hold (guards memory against hostile files).
-MAX_ELEMENTS = 50_000_000
+#: Most elements an inline YAML array may hold (guards memory against hostile files, including
+#: alias expansion: 10 million Python floats take about 400 MB).
+MAX_ELEMENTS = 10_000_000
+#: Largest spec file read (32 MiB of YAML takes seconds to parse; large arrays belong in .npy).
+MAX_SPEC_BYTES = 32 * 2**20
 #: Largest array a spec may load from a .npy/.npz file (768 MiB: a 4096 x 32000 float32 batch
 #: of logits is 500 MiB).
 MAX_ARRAY_BYTES = 768 * 2**20
@@ -526,6 +529,14 @@ def to_plain(path: Path) -> Any:
 def _compose(ctx: _Ctx, path: Path) -> Node:
     """Read and compose one YAML document, with located errors for every way that fails."""
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise ctx.error(
+                None,
+                None,
+                f"the file is {size / 2**20:,.1f} MiB, more than the {MAX_SPEC_BYTES // 2**20} MiB "
+                "a spec may have; put large arrays in .npy files ({file: logits.npy})",
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ctx.error(None, None, f"cannot read file: {exc.strerror or exc}") from None

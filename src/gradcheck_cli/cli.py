@@ -455,6 +455,93 @@ def sweep(
         sweep_report.render_table(result, _stdout())
 
 
+class ExplainFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+
+
+@app.command()
+def explain(
+    spec: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A spec file (default: the bundled cat/dog/bird example).", show_default=False
+        ),
+    ] = None,
+    logits: Annotated[
+        str | None, typer.Option(help="Comma-separated logits instead of a spec, e.g. 1,2,0.5.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="True class (index or name) with --logits.")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
+    sample: Annotated[int, typer.Option(help="Which row of a batch to explain.", min=0)] = 0,
+    case: Annotated[str | None, typer.Option(help="Which case of a cases file.")] = None,
+    format: Annotated[
+        ExplainFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = ExplainFormat.table,
+) -> None:
+    """Walk through the derivation of d(loss)/d(logits) with a spec's own numbers."""
+    import numpy as np
+
+    from gradcheck_cli.explain import walkthrough
+    from gradcheck_cli.model import Spec
+    from gradcheck_cli.report.explain import markdown
+
+    try:
+        if logits is not None:
+            if spec is not None:
+                raise UsageError("give a spec file or --logits, not both")
+            values = _parse_logits(logits)
+            names = [c.strip() for c in classes.split(",")] if classes is not None else None
+            if names is not None and len(names) != len(values):
+                raise UsageError(
+                    f"--classes: expected {len(values)} names (one per logit), found {len(names)}"
+                )
+            if label is None:
+                raise UsageError("--logits needs --label (the true class)")
+            index = _parse_label(label, names, len(values))
+            chosen = Spec(
+                name="logits",
+                file="(command line)",
+                logits=np.array([values]),
+                single=True,
+                labels=np.array([index]),
+                classes=tuple(names) if names else None,
+            )
+        else:
+            path = spec or bundled_specs_dir() / "cat_dog_bird.yaml"
+            chosen = _pick_spec(path, case)
+        text = markdown(walkthrough(chosen, sample))
+    except XentcheckError as exc:
+        _fail(str(exc))
+    if format is ExplainFormat.markdown:
+        sys.stdout.write(text)
+    else:
+        from rich.markdown import Markdown
+
+        _stdout().print(Markdown(text))
+
+
+def _pick_spec(path: Path, case: str | None) -> Any:
+    """One spec of a file (the first, or the case named ``case``); errors as UsageError."""
+    from gradcheck_cli.model import Spec
+    from gradcheck_cli.spec import load_file
+
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    items = load_file(path, str(path))
+    for item in items:
+        if isinstance(item, SpecError):
+            raise UsageError(str(item))
+    specs = [s for s in items if isinstance(s, Spec)]
+    chosen = specs[0] if case is None else next((s for s in specs if s.name == case), None)
+    if chosen is None:
+        names = ", ".join(s.name for s in specs)
+        raise UsageError(f"--case: no case named {case!r} in {path} (cases: {names})")
+    return chosen
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema (draft 2020-12) of the spec format, for editors."""

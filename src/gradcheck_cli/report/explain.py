@@ -1,0 +1,187 @@
+"""Renderers of ``xentcheck explain``: Markdown (course notes), and the same rendered by Rich."""
+
+from __future__ import annotations
+
+from gradcheck_cli.explain import Walkthrough
+
+
+def f(x: float, digits: int = 6) -> str:
+    """A number for prose and tables: ``digits`` significant digits."""
+    return f"{x:.{digits}g}"
+
+
+def vec(values: object, digits: int = 4) -> str:
+    return "(" + ", ".join(f(float(v), digits) for v in values) + ")"  # type: ignore[attr-defined]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def markdown(w: Walkthrough) -> str:
+    """The whole walkthrough as Markdown (headings, tables, LaTeX-style formulas)."""
+    names = list(w.classes)
+    k = len(names)
+    y = w.label
+    plain_label = (
+        y is not None and not w.options.get("label_smoothing") and "weight" not in w.options
+    )
+    lines: list[str] = []
+    which = f" (sample {w.sample} of {w.n})" if w.n > 1 else ""
+    lines += [f"# Why d(loss)/d(logits) = p − y: {w.name}{which}", ""]
+
+    lines += ["## 1. Forward pass: logits → softmax", ""]
+    lines += [
+        f"The largest logit is m = {f(w.shift)}. Subtracting it from every logit changes nothing "
+        "(softmax(z + c) = softmax(z)) but makes every exponent ≤ 0, so exp cannot overflow.",
+        "",
+    ]
+    lines += _table(
+        ["class", "logit z", "z − m", "e^(z − m)", "p = e^(z − m) / Σ"],
+        [
+            [names[i], f(w.logits[i]), f(w.shifted[i]), f(w.exps[i]), f(w.probs[i])]
+            for i in range(k)
+        ],
+    )
+    lines += [
+        "",
+        f"Σ e^(z − m) = {f(w.total)}; the probabilities sum to {f(float(w.probs.sum()))}.",
+        "",
+    ]
+
+    lines += ["## 2. The loss", ""]
+    if plain_label and y is not None:
+        lines += [
+            f"With true class **{names[y]}** the loss is the negative log-probability of that "
+            "class:",
+            "",
+            f"$$L = -\\log p_{{{names[y]}}} = -\\log {f(w.probs[y])} = {f(w.loss)}$$",
+            "",
+            "or, without forming p at all (how xentcheck computes it, exact even where p "
+            "underflows):",
+            "",
+            f"$$L = -z_y + \\log \\sum_j e^{{z_j}} = -{f(w.logits[y])} + {f(w.shift)} + "
+            f"\\log {f(w.total)} = {f(w.loss_via_lse)}$$",
+            "",
+        ]
+        if w.rounded_figure is not None:
+            py, lr = w.rounded_figure
+            lines += [
+                f"The article rounds p_{names[y]} to {py:.2f} and reports −log {py:.2f} = "
+                f"{lr:.3f}; the exact probability {f(w.probs[y])} gives {w.loss:.4f}. The "
+                f"difference, {abs(lr - w.loss):.4f}, is the rounding of p to two digits, not a "
+                "different loss.",
+                "",
+            ]
+    else:
+        lines += [
+            "The loss is the cross-entropy against the weighted target q (xentcheck's form of "
+            "PyTorch's options: class weights, label smoothing, probability targets):",
+            "",
+            "$$L = -\\sum_c q_c \\log p_c = " + f(w.loss) + "$$",
+            "",
+        ]
+        lines += _table(
+            ["class", "target", "q"],
+            [[names[i], f(w.targets[i]), f(w.q[i])] for i in range(k)],
+        )
+        opts = ", ".join(f"{key} = {val}" for key, val in w.options.items()) or "none"
+        lines += ["", f"Options: {opts}.", ""]
+
+    lines += ["## 3. The softmax Jacobian", ""]
+    lines += [
+        "Each probability depends on every logit. By the quotient rule:",
+        "",
+        "$$\\frac{\\partial p_i}{\\partial z_i} = p_i (1 - p_i), \\qquad "
+        "\\frac{\\partial p_i}{\\partial z_j} = -p_i p_j \\quad (i \\ne j)$$",
+        "",
+        "so J = diag(p) − p pᵀ: symmetric, and every row sums to 0.",
+        "",
+    ]
+    if k <= 12:
+        lines += _table(
+            ["∂p_i / ∂z_j", *names],
+            [[names[i], *(f(w.jacobian[i, j]) for j in range(k))] for i in range(k)],
+        )
+        lines.append("")
+    else:
+        lines += [f"(K = {k}: the {k} × {k} matrix is not printed.)", ""]
+
+    lines += ["## 4. The loss's gradient with respect to the probabilities", ""]
+    lines += [
+        "$$\\frac{\\partial L}{\\partial p_c} = -\\frac{q_c}{p_c}$$",
+        "",
+        "(one non-zero entry for a plain label: only the true class's probability appears in "
+        "the loss)."
+        if plain_label
+        else "",
+        "",
+    ]
+    lines += _table(
+        ["class", "q", "dL/dp"], [[names[i], f(w.q[i]), f(w.dl_dp[i])] for i in range(k)]
+    )
+    lines.append("")
+
+    lines += ["## 5. The chain rule: dL/dz = Jᵀ · dL/dp", ""]
+    if plain_label and y is not None:
+        lines += [
+            f"Only dL/dp_{names[y]} = −1/p_{names[y]} is non-zero, so each component is one "
+            "product:",
+            "",
+            f"* i ≠ {names[y]}: (−p_{names[y]} p_i) · (−1/p_{names[y]}) = p_i",
+            f"* i = {names[y]}: p_{names[y]}(1 − p_{names[y]}) · (−1/p_{names[y]}) = "
+            f"p_{names[y]} − 1",
+            "",
+            "which is p − y (y the one-hot label):",
+            "",
+        ]
+    else:
+        lines += ["Summing the products over the classes collapses to p·Σq − q:", ""]
+    lines += _table(
+        ["class", "Jᵀ · dL/dp", "p − y", "meaning"],
+        [
+            [
+                names[i],
+                f(w.chain[i]),
+                f(w.closed_form[i]),
+                "negative: gradient descent raises this logit"
+                if w.closed_form[i] < 0
+                else (
+                    "positive: gradient descent lowers this logit"
+                    if w.closed_form[i] > 0
+                    else "zero"
+                ),
+            ]
+            for i in range(k)
+        ],
+    )
+    scale = w.scale_text[:1].upper() + w.scale_text[1:]
+    lines += ["", f"Gradient: {vec(w.closed_form)}. {scale}.", ""]
+
+    c = w.fd_class
+    err = abs(w.fd_quotient - float(w.closed_form[c]))
+    lines += ["## 6. A finite-difference check", ""]
+    lines += [
+        f"Nudge the logit of {names[c]} by h = {f(w.fd_step, 4)} (eps^(1/3)·max(1, |z|), the step "
+        "that balances truncation against rounding):",
+        "",
+        f"* L(z + h·e) = {f(w.fd_plus, 15)}",
+        f"* L(z − h·e) = {f(w.fd_minus, 15)}",
+        f"* (L(z + h·e) − L(z − h·e)) / 2h = {f(w.fd_quotient, 12)}",
+        f"* closed form p − y = {f(float(w.closed_form[c]), 12)}; difference {err:.2e}",
+        "",
+    ]
+
+    forward = [
+        f"L = {f(w.loss, 6)}",
+        f"└── p = softmax(z) = {vec(w.probs)}",
+        f"    └── z = {vec(w.logits)}",
+    ]
+    backward = ["dL/dL = 1", f"dL/dp = {vec(w.dl_dp)}", f"dL/dz = {vec(w.closed_form)}"]
+    width = max(len(line) for line in forward) + 4
+    lines += ["## Computation graph (forward values, backward gradients)", "", "```text"]
+    lines += [a.ljust(width) + b for a, b in zip(forward, backward, strict=True)]
+    lines += ["```", ""]
+    return "\n".join(lines)

@@ -39,7 +39,7 @@ from gradcheck_cli.methods import (
 )
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult
+from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult, loss_options
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
@@ -107,24 +107,6 @@ def build_problem(spec: Spec) -> Problem:
         softcap=spec.softcap,
         z_loss=spec.z_loss,
     )
-
-
-def spec_options(spec: Spec) -> dict[str, object]:
-    """The loss options a spec set, by spec key, for reports."""
-    options: dict[str, object] = {}
-    if spec.weight is not None:
-        options["weight"] = spec.weight
-    if spec.ignore_index is not None:
-        options["ignore_index"] = spec.ignore_index
-    if spec.label_smoothing:
-        options["label_smoothing"] = spec.label_smoothing
-    if spec.softcap is not None:
-        options["softcap"] = spec.softcap
-    if spec.z_loss:
-        options["z_loss"] = spec.z_loss
-    if spec.pos_weight is not None:
-        options["pos_weight"] = spec.pos_weight
-    return options
 
 
 def cast_problem(problem: Problem, dtype: str) -> Problem:
@@ -272,7 +254,7 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=spec_options(spec),
+        options=loss_options(spec),
         logits=shaped(problem.logits),
         targets=shaped(_display_targets(problem)),
         labels=spec.labels,
@@ -407,7 +389,7 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=spec_options(spec),
+        options=loss_options(spec),
         loss=loss,
         gradients={},
         not_computable=outcome.not_computable,

@@ -8,7 +8,7 @@ checks use, so the explanation and the verification cannot disagree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +22,7 @@ from gradcheck_cli.core.loss import (
     weighted_targets,
 )
 from gradcheck_cli.core.softmax import softmax, softmax_jacobian
+from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
 from gradcheck_cli.methods.finite_difference import CENTRAL_STEP
@@ -78,25 +79,17 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     n, k = spec.logits.shape
     if not 0 <= sample < n:
         raise XentcheckError(f"--sample {sample}: expected 0 to {n - 1} (the batch has {n} rows)")
-    batch = CrossEntropyProblem(
-        spec.logits.astype(np.float64),
-        labels=spec.labels,
-        targets=spec.targets,
-        reduction=spec.reduction,
-        weight=spec.weight,
-        ignore_index=spec.ignore_index,
-        label_smoothing=spec.label_smoothing,
-    )
+    batch = build_problem(spec)
+    assert isinstance(batch, CrossEntropyProblem)
+    batch = replace(batch, logits=batch.logits.astype(np.float64))
     row = slice(sample, sample + 1)
     alpha, _ = reduction_scales(batch)
-    one = CrossEntropyProblem(
-        batch.logits[row],
+    one = replace(
+        batch,
+        logits=batch.logits[row],
         labels=None if batch.labels is None else batch.labels[row],
         targets=None if batch.targets is None else batch.targets[row],
         reduction="sum",
-        weight=batch.weight,
-        ignore_index=batch.ignore_index,
-        label_smoothing=batch.label_smoothing,
     )
     z = one.logits[0]
     finite = np.isfinite(z)

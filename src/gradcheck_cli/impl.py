@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import Problem
 from gradcheck_cli.errors import XentcheckError
-from gradcheck_cli.model import Spec
+from gradcheck_cli.model import Spec, loss_options
 from gradcheck_cli.precision import derivative_scale
 
 FloatArray = NDArray[np.float64]
@@ -147,18 +147,8 @@ def options_for(spec: Spec) -> dict[str, Any]:
         options["labels"] = spec.labels.copy()
     if spec.targets is not None:
         options["targets"] = spec.targets.astype(spec.dtype)
-    if spec.weight is not None:
-        options["weight"] = spec.weight.astype(spec.dtype)
-    if spec.ignore_index is not None:
-        options["ignore_index"] = spec.ignore_index
-    if spec.label_smoothing:
-        options["label_smoothing"] = spec.label_smoothing
-    if spec.softcap is not None:
-        options["softcap"] = spec.softcap
-    if spec.z_loss:
-        options["z_loss"] = spec.z_loss
-    if spec.pos_weight is not None:
-        options["pos_weight"] = spec.pos_weight.astype(spec.dtype)
+    for key, value in loss_options(spec).items():
+        options[key] = value.astype(spec.dtype) if isinstance(value, np.ndarray) else value
     return options
 
 

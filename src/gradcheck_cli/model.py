@@ -113,6 +113,25 @@ class Spec:
     expect: Expect | None = None
 
 
+def loss_options(spec: Spec) -> dict[str, object]:
+    """The loss options a spec sets, by spec key (weight, ignore_index, label_smoothing,
+    softcap, z_loss, pos_weight), for reports and for ``--impl`` calls."""
+    options: dict[str, object] = {}
+    if spec.weight is not None:
+        options["weight"] = spec.weight
+    if spec.ignore_index is not None:
+        options["ignore_index"] = spec.ignore_index
+    if spec.label_smoothing:
+        options["label_smoothing"] = spec.label_smoothing
+    if spec.softcap is not None:
+        options["softcap"] = spec.softcap
+    if spec.z_loss:
+        options["z_loss"] = spec.z_loss
+    if spec.pos_weight is not None:
+        options["pos_weight"] = spec.pos_weight
+    return options
+
+
 @dataclass(frozen=True)
 class Check:
     """A named pass/fail check (an invariant or an expectation) with a one-line detail."""

@@ -237,3 +237,19 @@ def test_ctrl_c_exits_130_without_partial_output(tmp_path: Path) -> None:
     assert b"Traceback" not in err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []
+
+
+def test_size_limits_are_configurable(tmp_path: Path) -> None:
+    inline = tmp_path / "inline.yaml"
+    inline.write_text("logits: [1, 2, 3, 4, 5, 6]\nlabel: 0\n")
+    result = runner.invoke(app, ["run", str(inline), "--max-elements", "5"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {inline}:1:9: logits: more than 5 elements\n"
+    np.save(tmp_path / "z.npy", np.zeros((300, 1000)))  # 2.3 MiB
+    big = tmp_path / "big.yaml"
+    big.write_text("logits: {file: z.npy}\nlabel: {file: y.npy}\n")
+    np.save(tmp_path / "y.npy", np.zeros(300, dtype=np.int64))
+    result = runner.invoke(app, ["run", str(big), "--max-array-mb", "2", "-q"])
+    assert result.exit_code == 2
+    assert "more than the limit of 2 MiB" in result.stderr
+    assert runner.invoke(app, ["run", str(big), "-q"]).exit_code == 0

@@ -166,7 +166,10 @@ def _write(text: str, output: Path | None) -> None:
 
 
 def collect_results(
-    paths: list[str], options: object, progress: DelayedProgress | None = None
+    paths: list[str],
+    options: object,
+    progress: DelayedProgress | None = None,
+    limits: dict[str, int] | None = None,
 ) -> list[SpecResult]:
     """Load and run every spec named by ``paths``; every failure becomes an error result."""
     from gradcheck_cli.engine import RunOptions, run_spec
@@ -180,7 +183,7 @@ def collect_results(
             results.append(error_result(found.file, found.file, str(found)))
             continue
         path, display = found
-        for item in load_file(path, display):
+        for item in load_file(path, display, **(limits or {})):
             if isinstance(item, SpecError):
                 results.append(error_result(_error_name(item, path), display, str(item)))
                 continue
@@ -263,6 +266,12 @@ def run(
     directions: Annotated[
         int, typer.Option(help="Random directions of the fast mode's checks.", min=1, max=64)
     ] = 2,
+    max_elements: Annotated[
+        int, typer.Option(help="Most elements an inline YAML array may hold.", min=1)
+    ] = 10_000_000,
+    max_array_mb: Annotated[
+        int, typer.Option(help="Largest array (MiB) a spec may load from a .npy/.npz file.", min=1)
+    ] = 768,
     impl: Annotated[
         str | None,
         typer.Option(
@@ -308,7 +317,8 @@ def run(
         _fail("--fast and --full exclude each other")
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
     try:
-        results = collect_results(paths, options, progress)
+        limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
+        results = collect_results(paths, options, progress, limits)
     finally:
         progress.close()
     for r in results:

@@ -182,6 +182,8 @@ class _Ctx:
 
     file: str
     base: Path = Path(".")
+    max_elements: int = 10_000_000
+    max_array_bytes: int = 768 * 2**20
 
     def error(self, node: Node | None, field: str | None, message: str) -> SpecError:
         if node is None:
@@ -362,7 +364,7 @@ def _array_file(ctx: _Ctx, node: MappingNode, field: str) -> np.ndarray:
     name = _string(ctx, file_node, f"{field}.file")
     key = _string(ctx, entries["key"][1], f"{field}.key") if "key" in entries else None
     try:
-        return load_array(ctx.base / name, key, MAX_ARRAY_BYTES)
+        return load_array(ctx.base / name, key, ctx.max_array_bytes)
     except ArrayFileError as exc:
         raise ctx.error(file_node, f"{field}.file", str(exc)) from None
 
@@ -398,8 +400,8 @@ def _float_array(
     if isinstance(items[0], SequenceNode):
         rows: list[list[float]] = []
         width: int | None = None
-        if len(items) > MAX_ELEMENTS:
-            raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+        if len(items) > ctx.max_elements:
+            raise ctx.error(node, field, f"more than {ctx.max_elements} elements")
         for i, row_node in enumerate(items):
             row_field = f"{field}[{i}]"
             row = _sequence(ctx, row_node, row_field, "a list of numbers (every row is a list)")
@@ -409,8 +411,8 @@ def _float_array(
                     raise ctx.error(
                         row_node, row_field, "expected a list of numbers, found an empty list"
                     )
-                if width * len(items) > MAX_ELEMENTS:
-                    raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+                if width * len(items) > ctx.max_elements:
+                    raise ctx.error(node, field, f"more than {ctx.max_elements} elements")
             elif len(row) != width:
                 raise ctx.error(
                     row_node,
@@ -419,8 +421,8 @@ def _float_array(
                 )
             rows.append([_number(ctx, x, f"{row_field}[{j}]") for j, x in enumerate(row)])
         return np.array(rows, dtype=np.float64)
-    if len(items) > MAX_ELEMENTS:
-        raise ctx.error(node, field, f"more than {MAX_ELEMENTS} elements")
+    if len(items) > ctx.max_elements:
+        raise ctx.error(node, field, f"more than {ctx.max_elements} elements")
     return np.array(
         [_number(ctx, x, f"{field}[{j}]") for j, x in enumerate(items)], dtype=np.float64
     )
@@ -473,13 +475,26 @@ def _element(node: Node, idx: tuple[int, ...]) -> Node:
 # Files and cases
 
 
-def load_file(path: Path, display: str | None = None) -> list[Spec | SpecError]:
+def load_file(
+    path: Path,
+    display: str | None = None,
+    *,
+    max_elements: int | None = None,
+    max_array_bytes: int | None = None,
+) -> list[Spec | SpecError]:
     """Every case of one spec file, each a :class:`Spec` or the :class:`SpecError` that stops it.
 
     A problem with the file as a whole (unreadable, not YAML, not a mapping) is one error; a
-    problem in one entry of ``cases`` stops only that entry.
+    problem in one entry of ``cases`` stops only that entry. ``max_elements`` caps inline arrays
+    (default :data:`MAX_ELEMENTS`), ``max_array_bytes`` arrays read from files (default
+    :data:`MAX_ARRAY_BYTES`).
     """
-    ctx = _Ctx(display or str(path), path.parent)
+    ctx = _Ctx(
+        display or str(path),
+        path.parent,
+        MAX_ELEMENTS if max_elements is None else max_elements,
+        MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes,
+    )
     try:
         root = _compose(ctx, path)
         entries = _mapping(
@@ -1125,11 +1140,11 @@ def _layer(ctx: _Ctx, node: Node, field: str) -> tuple[Layer, np.ndarray]:
         )
         _finite(ctx, b_node, f"{field}.bias", bias)
     batch = inputs[None, :] if inputs.ndim == 1 else inputs
-    if batch.shape[0] * k > MAX_ELEMENTS:
+    if batch.shape[0] * k > ctx.max_elements:
         raise ctx.error(
             node,
             field,
-            f"the logits would hold {batch.shape[0] * k:,} values, more than {MAX_ELEMENTS:,} "
+            f"the logits would hold {batch.shape[0] * k:,} values, more than {ctx.max_elements:,} "
             "elements",
         )
     layer = Layer(np.ascontiguousarray(batch), weights, bias)

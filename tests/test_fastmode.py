@@ -121,3 +121,8 @@ def test_fast_mode_from_the_command_line() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "fast mode" in result.stdout and "3 seeded random directions" in result.stdout
+
+
+def test_memory_budget_sends_tall_batches_to_fast_mode() -> None:
+    assert fastmode.needs_fast(1 << 22, 5)  # N K^2 = 1e8 but N K = 2e7 values per array
+    assert not fastmode.needs_fast(1 << 20, 5)

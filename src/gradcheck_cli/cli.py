@@ -271,7 +271,7 @@ def run(
     ] = 10_000_000,
     max_array_mb: Annotated[
         int, typer.Option(help="Largest array (MiB) a spec may load from a .npy/.npz file.", min=1)
-    ] = 768,
+    ] = 640,
     impl: Annotated[
         str | None,
         typer.Option(

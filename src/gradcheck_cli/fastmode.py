@@ -61,9 +61,15 @@ COMPLEX_STEP = 1e-20
 ProgressCallback = Callable[[int, int], None]
 
 
+#: N K above which a spec runs in fast mode whatever K (the full path keeps several (N, K)
+#: float64 arrays per method: 2^24 values are 128 MiB each).
+FAST_ELEMENTS = 1 << 24
+
+
 def needs_fast(n: int, k: int) -> bool:
-    """Whether a full element-wise check of an (N, K) problem exceeds the budget."""
-    return n * k * k > FAST_BUDGET
+    """Whether a full element-wise check of an (N, K) problem exceeds the time budget (N K^2)
+    or the memory budget (N K)."""
+    return n * k * k > FAST_BUDGET or n * k > FAST_ELEMENTS
 
 
 @dataclass(frozen=True)

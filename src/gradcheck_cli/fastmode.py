@@ -86,31 +86,38 @@ class ChunkStats:
 
 
 def chunk_stats(got: FloatArray, ref: FloatArray, tol: Tolerance, offset: int) -> ChunkStats:
-    """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``."""
-    if not (np.all(np.isfinite(got)) and np.all(np.isfinite(ref))):
-        abs_err, rel = elementwise_errors(got, ref)
-    else:  # the common case, in fewer passes
-        abs_err = np.abs(got - ref)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = abs_err / np.abs(ref)
-        rel[abs_err == 0.0] = 0.0
-    allowed = np.abs(ref)
-    allowed *= tol.rtol
-    allowed += tol.atol
+    """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``.
+
+    Written for speed (about ten passes, in place, ``got`` may be float32): a chunk of 4 million
+    elements is compared in a few tens of milliseconds. Non-finite values fall back to
+    :func:`elementwise_errors`' conventions.
+    """
+    abs_err = np.subtract(got, ref, dtype=np.float64)
+    np.abs(abs_err, out=abs_err)
+    top = float(np.max(abs_err)) if abs_err.size else 0.0
+    if not np.isfinite(top):
+        abs_err, _ = elementwise_errors(got.astype(np.float64), ref)
+        top = float(np.max(abs_err))
+    aref = np.abs(ref)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = abs_err / allowed
-    ratio[abs_err == 0.0] = 0.0
-    ratio[np.isnan(abs_err)] = np.inf
+        rel = abs_err / aref
+        if tol.atol > 0.0:
+            allowed = aref * tol.rtol
+            allowed += tol.atol
+            ratio = np.divide(abs_err, allowed, out=allowed)
+        else:
+            ratio = np.where(abs_err == 0.0, 0.0, abs_err / (aref * tol.rtol))
+    rel[abs_err == 0.0] = 0.0
     flat = int(np.argmax(ratio))
     idx = np.unravel_index(flat, ratio.shape)
     return ChunkStats(
-        max_abs=float(np.max(abs_err)),
+        max_abs=top,
         max_rel=float(np.max(rel)),
         worst_ratio=float(ratio.flat[flat]),
         worst_index=(int(idx[0]) + offset, *(int(i) for i in idx[1:])),
         value=float(got[idx]),
         reference_value=float(ref[idx]),
-        failed=int(np.count_nonzero(ratio > 1.0)),
+        failed=int(ratio.size - np.count_nonzero(ratio <= 1.0)),  # nan counts as failed
     )
 
 
@@ -263,7 +270,7 @@ def run_fast(
         failures: dict[str, str] = {}
         for m in elementwise:
             try:
-                found[m] = METHODS[m](low, settings).grad.astype(np.float64)
+                found[m] = METHODS[m](low, settings).grad  # widened inside chunk_stats
             except NotComputable as exc:
                 failures[m] = exc.reason
         stats = {m: chunk_stats(g, ref, streams[m].tolerance, start) for m, g in found.items()}

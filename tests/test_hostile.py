@@ -206,7 +206,7 @@ def test_ctrl_c_exits_130_without_partial_output(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "z.npy", rng.normal(size=(512, 1000)))
     np.save(tmp_path / "y.npy", rng.integers(0, 1000, 512))
-    cases = "\n".join(f"  - name: c{i}" for i in range(20))
+    cases = "\n".join(f"  - name: c{i}" for i in range(400))  # tens of seconds of work
     (tmp_path / "slow.yaml").write_text(
         "logits: {file: z.npy}\nlabel: {file: y.npy}\nmethods: [finite_difference, complex_step]\n"
         f"cases:\n{cases}\n"
@@ -227,7 +227,7 @@ def test_ctrl_c_exits_130_without_partial_output(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(1.5)
+    time.sleep(2.5)  # well past start-up (about 0.3 s), well before the end (over 30 s)
     proc.send_signal(signal.SIGINT)
     start = time.perf_counter()
     _, err = proc.communicate(timeout=30)

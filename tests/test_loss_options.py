@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gradcheck_cli.core import CrossEntropyProblem, SigmoidProblem, reduce_any
+from gradcheck_cli.methods import DEFAULT_SETTINGS as DEFAULT
 from gradcheck_cli.methods import METHODS, NotComputable
 
 mp = mpmath.mp
@@ -201,3 +202,30 @@ def test_minus_inf_non_target_has_zero_gradient_by_every_method() -> None:
         g = method(problem).grad[0]
         assert g[1] == 0.0
         np.testing.assert_allclose(g[[0, 2, 3]], [0.2312239, 0.1402444, -0.3714683], atol=5e-8)
+
+
+def test_exact_maps_minus_inf_through_the_softcap() -> None:
+    # c tanh(-inf / c) = -c: the masked class keeps a probability under a softcap.
+    for label in (0, 1):
+        problem = CrossEntropyProblem(
+            np.array([[1.0, -np.inf, 0.5]]), labels=np.array([label]), softcap=2.0
+        )
+        np.testing.assert_allclose(
+            METHODS["exact"](problem, DEFAULT).grad,
+            METHODS["analytic"](problem, DEFAULT).grad,
+            rtol=1e-14,
+            atol=1e-17,
+        )
+
+
+def test_zero_weight_mean_with_z_loss_is_consistent() -> None:
+    # The mean is 0/0 = nan; the gradient is 0 everywhere, z-loss included.
+    problem = CrossEntropyProblem(
+        np.array([[1.0, 2.0, 0.5]]),
+        labels=np.array([0]),
+        weight=np.array([0.0, 1.0, 1.0]),
+        z_loss=0.1,
+    )
+    assert np.isnan(reduce_any(problem))
+    for name in ("analytic", "jacobian", "exact"):
+        np.testing.assert_array_equal(METHODS[name](problem, DEFAULT).grad, 0.0)

@@ -195,7 +195,11 @@ def float64_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray
     if problem.reduction != "mean":
         return valid, valid.copy()
     ce_norm, z_norm = mean_normalizers(problem)
-    alpha = valid / ce_norm if ce_norm != 0.0 else np.zeros_like(valid)
+    if ce_norm == 0.0:
+        # The mean is 0/0 (nan, as in PyTorch): no sample contributes, z-loss included, so the
+        # gradient (0) does not describe a different loss than the one reported.
+        return np.zeros_like(valid), np.zeros_like(valid)
+    alpha = valid / ce_norm
     beta = valid / z_norm if z_norm != 0.0 else np.zeros_like(valid)
     return alpha, beta
 

@@ -4,7 +4,7 @@ Softmax cross-entropy, for one sample with weighted target ``q`` (see :mod:`..co
 
     dce/dz'_c = p_c sum(q) - q_c = p_c sum_{j != c} q_j - q_c sum_{j != c} p_j
 
-and the z-loss adds ``2 s lse(z') p_c``; a softcap chains ``dz'/dz = 1 - tanh^2(z/c)``. With a
+and the z-loss adds ``2 s lse(z') p_c``; a softcap chains ``dz'/dz = 1 / cosh^2(z/c)``. With a
 plain index label ``y`` this is ``p - onehot(y)``.
 
 The right-hand form has no cancellation: both products are non-negative, and ``1 - p_c`` is the

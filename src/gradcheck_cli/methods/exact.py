@@ -70,7 +70,8 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
         row = [mpf(float(v)) if np.isfinite(v) else None for v in problem.logits[i]]
         if problem.softcap is not None:
             c = mpf(problem.softcap)
-            capped = [None if v is None else c * ctx.tanh(v / c) for v in row]
+            # c tanh(z/c) maps a -inf logit to -c: a finite logit after capping.
+            capped = [-c if v is None else c * ctx.tanh(v / c) for v in row]
         else:
             capped = row
         finite = [v for v in capped if v is not None]
@@ -88,7 +89,7 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
             q = [w[c] * ((1 - a) * mpf(float(t)) + a / k) for c, t in enumerate(problem.targets[i])]
         if problem.reduction == "mean":
             alpha = 1 / ce_norm_mp if ce_norm_mp != 0 else mpf(0)
-            beta = 1 / mpf(z_norm) if z_norm != 0 else mpf(0)
+            beta = 1 / mpf(z_norm) if z_norm != 0 and ce_norm_mp != 0 else mpf(0)
         else:
             alpha = beta = mpf(1)
         sq = ctx.fsum(q)

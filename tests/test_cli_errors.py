@@ -96,7 +96,13 @@ def test_good_spec_still_reported_among_bad_ones() -> None:
     assert by_name["cases_one_bad[1]"]["message"] == (
         f"{cases}:8:12: cases[1].label: class index 7 out of range: expected 0 to 2"
     )
-    assert report["summary"] == {"total": 4, "passed": 2, "failed": 0, "errors": 2}
+    assert report["summary"] == {
+        "total": 4,
+        "passed": 2,
+        "failed": 0,
+        "errors": 2,
+        "inconclusive": 0,
+    }
     assert result.stderr.splitlines() == [
         f"error: {bad}:3:8: label: class index -1 out of range: expected 0 to 2",
         f"error: {cases}:8:12: cases[1].label: class index 7 out of range: expected 0 to 2",

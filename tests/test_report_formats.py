@@ -112,3 +112,42 @@ def test_output_is_atomic_when_rendering_fails(
     assert "cannot write --output" in result.stderr
     assert out.read_text() == "previous report\n"  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def _bundled_results() -> list[object]:
+    """Every case of every bundled spec, run once per reduction (the spec's own first)."""
+    from dataclasses import replace
+
+    from gradcheck_cli.engine import run_spec
+    from gradcheck_cli.model import Spec
+    from gradcheck_cli.spec import load_file
+
+    results = []
+    for path in sorted(SPECS.glob("*.yaml")):
+        for loaded in load_file(path):
+            assert isinstance(loaded, Spec), loaded
+            for reduction in ("mean", "sum", "none"):
+                variant = replace(loaded, reduction=reduction, expect=None)
+                results.append(run_spec(variant))
+    return results
+
+
+def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
+    """The table crashed on a batched sigmoid spec with reduction none; JSON did not."""
+    import io
+
+    from rich.console import Console
+
+    from gradcheck_cli.report import json as json_report
+    from gradcheck_cli.report import junit, table
+
+    results = _bundled_results()
+    assert len(results) >= 3 * 21
+    for r in results:
+        console = Console(file=io.StringIO(), width=200, color_system=None)
+        table.render([r], console)  # type: ignore[list-item]
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert r.name in text and r.reduction in text  # type: ignore[attr-defined]
+        doc = json.loads(json_report.render([r]))  # type: ignore[list-item]
+        assert doc["results"][0]["reduction"] == r.reduction  # type: ignore[attr-defined]
+        ET.fromstring(junit.render([r]))  # type: ignore[list-item]

@@ -11,7 +11,7 @@ zero in one and a rounding residue in the other) in float64:
 * sigmoid cross-entropy against ``binary_cross_entropy_with_logits`` with ``weight`` and
   ``pos_weight``.
 
-Run it locally with ``pip install torch==2.13.0``; CI does not install torch.
+The test extras install torch==2.13.0 (CPU), so CI runs it; it skips itself where torch is absent.
 """
 
 from __future__ import annotations

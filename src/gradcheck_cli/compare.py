@@ -97,11 +97,21 @@ class Comparison:
     ``precision.predicted_error``), when one is known."""
     dtype: str = "float64"
     """The precision the method ran in."""
+    inconclusive: str | None = None
+    """Why a comparison with no failed element proves nothing (see :func:`vacuity`), or None.
+    An inconclusive comparison does not fail its spec, and is never reported as a pass."""
 
     @property
     def passed(self) -> bool:
         """True iff every element is within tolerance."""
         return self.failed_elements == 0
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail`` or ``inconclusive``."""
+        if not self.passed:
+            return "fail"
+        return "pass" if self.inconclusive is None else "inconclusive"
 
 
 def elementwise_errors(
@@ -126,6 +136,7 @@ def compare(
     quantity: str = "logits",
     predicted: float | None = None,
     dtype: str = "float64",
+    ulps: float | None = None,
 ) -> Comparison:
     """Compare ``values`` with ``reference_values`` element by element.
 
@@ -134,6 +145,10 @@ def compare(
     method, reference : names reported in the result.
     values, reference_values : arrays of the same shape (the logits' shape, (K,) or (N, K)).
     tolerance : pass iff ``|a - b| <= atol + rtol |b|`` for every element.
+    ulps : when given, a comparison without failed elements is *inconclusive* if at its worst
+        element the allowance is at least the reference's own magnitude (a zero would pass
+        there) and the value is more than ``ulps`` units in the last place of ``dtype`` away
+        from the reference (see :func:`vacuity`).
     """
     if values.shape != reference_values.shape:
         raise ValueError(f"shape mismatch: {values.shape} vs {reference_values.shape}")
@@ -146,6 +161,12 @@ def compare(
     failed = nan_err | (abs_err > allowed)
     flat = int(np.argmax(ratio)) if ratio.size else 0
     worst = tuple(int(i) for i in np.unravel_index(flat, values.shape)) if values.size else ()
+    failed_count = int(np.count_nonzero(failed))
+    why = None
+    if ulps is not None and failed_count == 0 and values.size:
+        why = vacuity(
+            float(values[worst]), float(reference_values[worst]), float(allowed[worst]), dtype, ulps
+        )
     return Comparison(
         method=method,
         reference=reference,
@@ -156,10 +177,38 @@ def compare(
         reference_value=float(reference_values[worst]) if values.size else 0.0,
         rtol=tolerance.rtol,
         atol=tolerance.atol,
-        failed_elements=int(np.count_nonzero(failed)),
+        failed_elements=failed_count,
         quantity=quantity,
         predicted=predicted,
         dtype=dtype,
+        inconclusive=why,
+    )
+
+
+def ulp(x: float, dtype: str) -> float:
+    """The spacing of ``dtype``'s numbers at ``|x|`` (its smallest subnormal at 0)."""
+    with np.errstate(over="ignore"):
+        cast = np.abs(np.asarray(x, dtype=dtype))
+    return float(np.spacing(cast))
+
+
+def vacuity(value: float, reference: float, allowed: float, dtype: str, ulps: float) -> str | None:
+    """Why a passing element proves nothing, or None when it proves something.
+
+    An element whose allowance ``atol + rtol |b|`` is at least ``|b|`` would accept 0 (and any
+    value of the right size): passing it says nothing about the value, unless the value agrees
+    with the reference to within ``ulps`` units in the last place of ``dtype`` anyway. Applied to
+    the worst element of a comparison, it turns a green that a zero gradient would also earn
+    into an explicit "inconclusive" with the numbers.
+    """
+    if allowed < abs(reference) or not np.isfinite(reference):
+        return None
+    if abs(value - reference) <= ulps * ulp(reference, dtype):
+        return None
+    return (
+        f"tolerance larger than the reference: the allowance {allowed:.3g} at the worst element "
+        f"is at least |reference| = {abs(reference):.3g}, so a zero would pass too, and the "
+        f"value {value:.8g} is more than {ulps:g} {dtype} ulps from it"
     )
 
 

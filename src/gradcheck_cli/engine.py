@@ -235,7 +235,16 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
 
     if options.impl is not None:
         comparisons += _impl_comparisons(
-            spec, options, options.impl, under_test, dtype, loss, reference, shaped
+            spec,
+            options,
+            options.impl,
+            under_test,
+            dtype,
+            loss,
+            reference,
+            shaped,
+            notes,
+            not_computable,
         )
 
     found = _checks(spec, problem, probs, loss, reference, note)
@@ -409,16 +418,20 @@ def _impl_comparisons(
     loss: float | np.ndarray,
     reference: np.ndarray,
     shaped: Callable[[np.ndarray], np.ndarray],
+    notes: dict[str, str],
+    not_computable: dict[str, str],
 ) -> list[Comparison]:
     """The implementation's loss and gradient against the reference, and its gradient against
-    its own forward pass. Raises ImplError (an error result for this spec) when it fails."""
+    its own forward pass (how it was differentiated goes into ``notes``; a self-consistency
+    check that cannot decide, into ``not_computable``). Raises ImplError (an error result for
+    this spec) when it fails."""
     n, k = under_test.shape
     if spec.reduction != "none":
         loss_shape: tuple[int, ...] = ()
     else:
         loss_shape = (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
     ref_loss = np.asarray(loss, dtype=np.float64).reshape(loss_shape)
-    kwargs = impl_module.options_for(spec)
+    kwargs = impl_module.options_for(spec, dtype)
     logits = under_test.logits
     got_loss, got_grad = impl_module.checked_outputs(
         impl, logits, kwargs, loss_shape, finite_loss=bool(np.all(np.isfinite(ref_loss)))
@@ -426,28 +439,46 @@ def _impl_comparisons(
 
     natural = impl_module.scales(under_test)
 
-    def tol(check: str) -> Tolerance:
-        default = impl_module.tolerance(check, dtype, natural[check])
+    def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
+        default = impl_module.tolerance(check, dtype, natural, values)
         return Tolerance(
             rtol=default.rtol if options.rtol is None else options.rtol,
             atol=default.atol if options.atol is None else options.atol,
         )
 
     name = f"impl {impl.name}"
+    ulps = impl_module.VACUITY_ULPS
     out = [
-        compare(name, got_loss, "reference loss", ref_loss, tol("loss"), "loss", dtype=dtype),
+        compare(
+            name,
+            got_loss,
+            "reference loss",
+            ref_loss,
+            tol("loss", ref_loss),
+            "loss",
+            dtype=dtype,
+            ulps=ulps,
+        ),
         compare(
             name,
             shaped(got_grad),
             "reference",
             shaped(reference),
-            tol("grad"),
+            tol("grad", reference),
             "logits",
             dtype=dtype,
+            ulps=ulps,
         ),
     ]
     if np.all(np.isfinite(got_loss)):  # a nan or inf loss has no derivative to compare
-        out.append(impl_module.self_consistency(impl, logits, kwargs, got_grad, tol("self"), dtype))
+        check, how = impl_module.self_consistency(
+            impl, under_test, kwargs, got_grad, tol("self"), dtype
+        )
+        notes["impl self-consistency"] = how
+        if check.inconclusive is None:
+            out.append(check)
+        else:  # the forward's rounding swamps the derivatives (half precision): say so
+            not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
     return out
 
 

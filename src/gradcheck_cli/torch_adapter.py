@@ -71,7 +71,8 @@ def torch_cross_entropy(
             valid = torch.ones(z.shape[0], dtype=torch.bool)
         out = F.cross_entropy(zc, target, reduction=reduction, **kwargs)
         if z_loss:
-            zl = z_loss * torch.logsumexp(zc, dim=-1) ** 2 * valid
+            # where, not * valid: an ignored row contributes exactly 0 even if lse^2 overflows
+            zl = torch.where(valid, z_loss * torch.logsumexp(zc, dim=-1) ** 2, 0.0)
             if reduction == "none":
                 out = out + zl
             elif reduction == "sum":

@@ -236,8 +236,7 @@ def sample_terms(
         ce = _label_terms(problem, shifted, log_norm[..., 0])
         if problem.z_loss == 0.0:
             return ce, np.zeros_like(ce)
-        zl = problem.z_loss * (m + log_norm)[..., 0] ** 2 * problem.valid
-        return ce, zl
+        return ce, _z_loss_terms(problem, m, log_norm)
     q = weighted_targets(problem)
     # ce = sum_c q_c (log_norm - shifted_c) = sum(q) log_norm + sum_c q_c (-shifted_c): two
     # non-negative terms, one pass over the logits for the dot product.
@@ -249,8 +248,16 @@ def sample_terms(
     ce = np.sum(q, axis=-1) * log_norm[..., 0] - dot
     if problem.z_loss == 0.0:
         return ce, np.zeros_like(ce)
-    zl = problem.z_loss * (m + log_norm)[..., 0] ** 2 * problem.valid
-    return ce, zl
+    return ce, _z_loss_terms(problem, m, log_norm)
+
+
+def _z_loss_terms(problem: CrossEntropyProblem, m: AnyArray, log_norm: AnyArray) -> AnyArray:
+    """``s lse_n^2`` for every sample that is not ignored, exactly 0 for an ignored one (even
+    where ``lse^2`` overflows: ``where``, not a multiplication by 0, which would give nan)."""
+    with np.errstate(over="ignore"):
+        zl = problem.z_loss * (m + log_norm)[..., 0] ** 2
+    out: AnyArray = np.where(problem.valid, zl, 0.0)
+    return out
 
 
 def label_weights(problem: CrossEntropyProblem) -> FloatArray:
@@ -283,7 +290,7 @@ def contributions(problem: CrossEntropyProblem, logits: AnyArray | None = None) 
     ce, zl = sample_terms(problem, logits)
     alpha, beta = reduction_scales(problem)
     with np.errstate(invalid="ignore"):  # alpha = 0 on a sample with infinite ce: nan -> 0 below
-        out: FloatArray = np.where(alpha > 0, alpha * ce, 0.0) + beta * zl
+        out: FloatArray = np.where(alpha > 0, alpha * ce, 0.0) + np.where(beta > 0, beta * zl, 0.0)
     return out
 
 

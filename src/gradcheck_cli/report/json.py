@@ -55,6 +55,9 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         "atol": c.atol,
         "failed_elements": c.failed_elements,
         "passed": c.passed,
+        "dtype": c.dtype,
+        "predicted": c.predicted,
+        "inconclusive": c.inconclusive,
     }
 
 
@@ -93,6 +96,10 @@ def summary(results: Sequence[SpecResult]) -> dict[str, int]:
         "passed": sum(r.status == "pass" for r in results),
         "failed": sum(r.status == "fail" for r in results),
         "errors": sum(r.status == "error" for r in results),
+        "inconclusive": sum(
+            r.status == "pass" and any(c.inconclusive is not None for c in r.comparisons)
+            for r in results
+        ),
     }
 
 

@@ -25,7 +25,13 @@ def comparison_line(c: Comparison) -> str:
         if c.quantity in ("weights", "bias", "inputs")
         else f"{c.quantity} "
     )
-    verdict = "pass" if c.passed else f"FAIL ({c.failed_elements} elements)"
+    verdict = (
+        f"FAIL ({c.failed_elements} element{'s' if c.failed_elements != 1 else ''})"
+        if not c.passed
+        else "pass"
+        if c.inconclusive is None
+        else f"inconclusive ({c.inconclusive})"
+    )
     return (
         f"{quantity}{c.method} vs {c.reference}: {verdict}; worst {where}: {c.value:.17g} vs "
         f"{c.reference_value:.17g}, |Δ| = {c.max_abs_error:.3g}, rel {c.max_rel_error:.3g} "

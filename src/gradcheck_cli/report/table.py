@@ -52,11 +52,25 @@ def header(r: SpecResult) -> Text:
     t.append(f"  {r.file}")
     if r.status != "error":
         t.append(f"  shape {_shape(r.shape)}  reduction {r.reduction}  loss ")
-        loss = np.asarray(r.loss)
-        t.append(
-            num(float(loss)) if loss.ndim == 0 else "[" + ", ".join(num(v) for v in loss) + "]"
-        )
+        t.append(loss_text(r.loss))
     return t
+
+
+#: The header shows at most this many per-sample (or per-element) losses.
+MAX_HEADER_LOSSES = 8
+
+
+def loss_text(loss: float | np.ndarray | None) -> str:
+    """A reduced loss as a number; per-sample losses (any shape) as a flat list, cut after
+    :data:`MAX_HEADER_LOSSES` values with the count."""
+    values = np.asarray(loss, dtype=np.float64)
+    if values.ndim == 0:
+        return num(float(values))
+    flat = values.ravel()
+    shown = ", ".join(num(float(v)) for v in flat[:MAX_HEADER_LOSSES])
+    if flat.size <= MAX_HEADER_LOSSES:
+        return f"[{shown}]"
+    return f"[{shown}, … ({flat.size} values, shape {_shape(values.shape)})]"
 
 
 def class_table(r: SpecResult) -> Table | None:
@@ -116,7 +130,9 @@ def comparison_table(r: SpecResult) -> Table | None:
     for c in r.comparisons:
         result = verdict(c.passed)
         if not c.passed:
-            result.append(f" ({c.failed_elements} elements)")
+            result.append(f" ({c.failed_elements} element{'s' if c.failed_elements != 1 else ''})")
+        elif c.inconclusive is not None:
+            result = Text("inconclusive", style="yellow")
         table.add_row(
             *([c.quantity] if layered else []),
             c.method,
@@ -200,6 +216,10 @@ def spec_block(r: SpecResult) -> RenderableType:
         if part is not None:
             parts.append(Text(""))
             parts.append(part)
+    for c in r.comparisons:
+        if c.passed and c.inconclusive is not None:
+            line = f"{c.method} ({c.quantity}): inconclusive: {c.inconclusive}"
+            parts.append(Text(line, style="yellow"))
     for method, reason in r.not_computable.items():
         parts.append(Text(f"{method}: not computable: {reason}", style="yellow"))
     checks = check_table(r)
@@ -215,7 +235,19 @@ def summary_line(results: Sequence[SpecResult]) -> str:
     passed = sum(r.status == "pass" for r in results)
     failed = sum(r.status == "fail" for r in results)
     errors = sum(r.status == "error" for r in results)
-    return f"{passed} passed, {failed} failed, {errors} errors"
+    line = f"{passed} passed, {failed} failed, {errors} errors"
+    undecided = inconclusive_count(results)
+    if undecided:
+        line += f" ({undecided} passed with an inconclusive comparison)"
+    return line
+
+
+def inconclusive_count(results: Sequence[SpecResult]) -> int:
+    """Passing specs with at least one inconclusive comparison."""
+    return sum(
+        r.status == "pass" and any(c.inconclusive is not None for c in r.comparisons)
+        for r in results
+    )
 
 
 def render(results: Sequence[SpecResult], console: Console) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import mpmath
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradcheck_cli.core import CrossEntropyProblem, dense_targets, per_sample_loss
 from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable

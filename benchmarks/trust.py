@@ -1,6 +1,6 @@
 """Trust corpus: false alarms on correct implementations, misses of wrong ones.
 
-Usage: python benchmarks/trust.py   (against the installed package, or PYTHONPATH=src)
+Usage: python benchmarks/trust.py   (against the installed package, else the checkout)
 
 Runs every case of ``tests/trust_cases.py`` (the implementations of
 ``tests/data/trust_impls.py``, ``--impl``-checked with methods=analytic in float64, float32 and
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 try:
     import gradcheck_cli  # noqa: F401
 except ImportError:  # not installed and no PYTHONPATH: use the working source
-    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import trust_cases  # noqa: E402

@@ -6,17 +6,22 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-import pytest
-
 import gradcheck_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_bundled_specs() -> None:
+def test_tests_run_against_the_installed_wheel() -> None:
+    """The suite tests what users install: gradcheck_cli must come from site-packages, never from
+    this checkout (run the `pytest` console script; pyproject.toml sets --import-mode=importlib)."""
     package_dir = Path(gradcheck_cli.__file__).resolve().parent
-    if (ROOT / "src") in package_dir.parents:
-        pytest.skip("running from the source tree, not an installed wheel")
+    assert package_dir != ROOT / "gradcheck_cli", (
+        f"gradcheck_cli was imported from the checkout ({package_dir}), not the installed wheel"
+    )
+    assert "site-packages" in package_dir.parts
+
+
+def test_wheel_ships_bundled_specs() -> None:
     shipped = Path(str(files("gradcheck_cli"))) / "specs"
     repo = sorted(p.name for p in (ROOT / "specs").glob("*.yaml"))
     assert sorted(p.name for p in shipped.glob("*.yaml")) == repo
@@ -31,9 +36,10 @@ def test_ci_runs_the_readme_test_command() -> None:
     )
     assert block is not None
     assert "pytest" in block.group(1) and "pip install '.[test]'" in block.group(1)
+    assert "python -m pytest" not in block.group(1)  # it would put the checkout on sys.path
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
 def test_version_matches_pyproject() -> None:
-    text = (ROOT / "src" / "gradcheck_cli" / "__init__.py").read_text(encoding="utf-8")
+    text = (ROOT / "gradcheck_cli" / "__init__.py").read_text(encoding="utf-8")
     assert f'__version__ = "{gradcheck_cli.__version__}"' in text

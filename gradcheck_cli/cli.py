@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -20,11 +20,11 @@ import typer
 
 from gradcheck_cli import __version__
 from gradcheck_cli.errors import SpecError, UsageError, XentcheckError
+from gradcheck_cli.report import Format
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from gradcheck_cli.model import SpecResult
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -36,12 +36,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    junit = "junit"
 
 
 class MethodName(str, Enum):
@@ -68,11 +62,21 @@ class Interrupted(BaseException):
     """Ctrl-C, raised by our SIGINT handler (Click would turn KeyboardInterrupt into exit 1)."""
 
 
-_DEBUG = False
+@dataclass(frozen=True)
+class CliState:
+    """What the root options set for every command (kept on the Click context, not globally)."""
+
+    debug: bool = False
+
+
+def _state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, CliState) else CliState()
 
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the traceback of an internal error.")
     ] = False,
@@ -84,8 +88,7 @@ def _root(
     ] = False,
 ) -> None:
     """Verify softmax cross-entropy losses and their gradients."""
-    global _DEBUG
-    _DEBUG = debug
+    ctx.obj = CliState(debug=debug)
 
 
 def _stderr() -> Console:
@@ -165,66 +168,9 @@ def _write(text: str, output: Path | None) -> None:
         raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
 
 
-def collect_results(
-    paths: list[str],
-    options: object,
-    progress: DelayedProgress | None = None,
-    limits: dict[str, int] | None = None,
-) -> list[SpecResult]:
-    """Load and run every spec named by ``paths``; every failure becomes an error result."""
-    from gradcheck_cli.engine import RunOptions, run_spec
-    from gradcheck_cli.model import Spec, error_result
-    from gradcheck_cli.spec import discover, load_file
-
-    assert isinstance(options, RunOptions)
-    results: list[SpecResult] = []
-    for found in discover(paths):
-        if isinstance(found, SpecError):
-            results.append(error_result(found.file, found.file, str(found)))
-            continue
-        path, display = found
-        for item in load_file(path, display, **(limits or {})):
-            if isinstance(item, SpecError):
-                results.append(error_result(_error_name(item, path), display, str(item)))
-                continue
-            assert isinstance(item, Spec)
-            started = time.perf_counter()
-            if progress is not None:
-                name = item.name
-
-                def chunks(done: int, total: int, name: str = name) -> None:
-                    progress.update(done, total, f"{name}: rows")
-
-                options = replace(options, progress=chunks)
-                progress.update(len(results), len(results) + 1, f"{name}")
-            try:
-                result = run_spec(item, options)
-                results.append(replace(result, seconds=time.perf_counter() - started))
-            except XentcheckError as exc:
-                results.append(error_result(item.name, display, f"{display}: {exc}"))
-            except Exception as exc:  # one spec must not take the run down
-                if _DEBUG:
-                    raise
-                results.append(
-                    error_result(
-                        item.name,
-                        display,
-                        f"{display}: internal error ({type(exc).__name__}: {exc}); "
-                        "please report this with the spec file (--debug shows the traceback)",
-                    )
-                )
-    return results
-
-
-def _error_name(error: SpecError, path: Path) -> str:
-    field = error.field or ""
-    if field.startswith("cases["):
-        return f"{path.stem}{field[5 : field.index(']') + 1]}"
-    return path.stem
-
-
 @app.command()
 def run(
+    ctx: typer.Context,
     paths: Annotated[
         list[str] | None,
         typer.Argument(
@@ -286,7 +232,12 @@ def run(
 ) -> None:
     """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input."""
     from gradcheck_cli.engine import RunOptions
+    from gradcheck_cli.report import renderer
 
+    try:
+        renderer("run", format)  # an unsupported format fails before any spec runs
+    except XentcheckError as exc:
+        _fail(str(exc))
     implementation = None
     if impl is not None:
         from gradcheck_cli.impl import load
@@ -317,44 +268,49 @@ def run(
         _fail("--fast and --full exclude each other")
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
     try:
+        from gradcheck_cli.api import Report, run_paths
+
         limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
-        results = collect_results(paths, options, progress, limits)
+        report = Report(
+            tuple(
+                run_paths(
+                    paths, options, limits=limits, progress=progress.update, debug=_state(ctx).debug
+                )
+            )
+        )
     finally:
         progress.close()
-    for r in results:
+    for r in report.results:
         if r.status == "error" and r.message:
             err.print(f"error: {r.message}", markup=False)
-
     try:
-        if format in (Format.json, Format.junit):
-            if format is Format.json:
-                from gradcheck_cli.report.json import render
-            else:
-                from gradcheck_cli.report.junit import render
+        _emit("run", format, report.results, output)
+        if format is not Format.table and not quiet:
+            from gradcheck_cli.report.table import summary_line
 
-            _write(render(results), output)
-            if not quiet:
-                from gradcheck_cli.report.table import summary_line
-
-                err.print(summary_line(results), markup=False)
-        else:
-            from gradcheck_cli.report import table
-
-            if output is None:
-                table.render(results, _stdout())
-            else:
-                from rich.console import Console
-
-                buf = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
-                table.render(results, buf)
-                _write(buf.export_text(), output)
+            err.print(summary_line(report.results), markup=False)
     except XentcheckError as exc:
         _fail(str(exc))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
 
-    if any(r.status == "error" for r in results):
-        raise typer.Exit(EXIT_ERROR)
-    if any(r.status == "fail" for r in results):
-        raise typer.Exit(EXIT_FAIL)
+
+def _emit(command: str, fmt: Format, document: Any, output: Path | None = None) -> None:
+    """Render ``document`` with the command's renderer for ``fmt`` and write it to stdout, or
+    atomically to ``output``; a format the command does not have is a usage error (exit 2)."""
+    from gradcheck_cli.report import renderer
+
+    rendered = renderer(command, fmt)(document)
+    if isinstance(rendered, str):
+        _write(rendered, output)
+    elif output is None:
+        _stdout().print(rendered)
+    else:
+        from rich.console import Console
+
+        buf = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
+        buf.print(rendered)
+        _write(buf.export_text(), output)
 
 
 def _parse_logits(text: str) -> list[float]:
@@ -418,15 +374,17 @@ def jacobian(
     import numpy as np
 
     from gradcheck_cli.engine import jacobian_view
-    from gradcheck_cli.report import jacobian as view_report
 
-    view = jacobian_view(np.array(values, dtype=np.float64), index, tuple(names) if names else None)
-    if format is Format.json:
-        from gradcheck_cli.report.json import dumps
+    try:
+        from gradcheck_cli.report import renderer
 
-        sys.stdout.write(dumps(view_report.to_dict(view)))
-    else:
-        view_report.render_table(view, _stdout())
+        renderer("jacobian", format)  # an unsupported format fails before any work
+        view = jacobian_view(
+            np.array(values, dtype=np.float64), index, tuple(names) if names else None
+        )
+        _emit("jacobian", format, view)
+    except XentcheckError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -454,20 +412,13 @@ def sweep(
     if chosen is None:
         names = ", ".join(s.name for s in specs)
         _fail(f"--case: no case named {case!r} in {spec} (cases: {names})")
-    result = run_sweep(build_problem(chosen), chosen.name, chosen.file)
-    from gradcheck_cli.report import sweep as sweep_report
+    try:
+        from gradcheck_cli.report import renderer
 
-    if format is Format.json:
-        from gradcheck_cli.report.json import dumps
-
-        sys.stdout.write(dumps(sweep_report.to_dict(result)))
-    else:
-        sweep_report.render_table(result, _stdout())
-
-
-class ExplainFormat(str, Enum):
-    table = "table"
-    markdown = "markdown"
+        renderer("sweep", format)  # an unsupported format fails before the sweep runs
+        _emit("sweep", format, run_sweep(build_problem(chosen), chosen.name, chosen.file))
+    except XentcheckError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -487,16 +438,14 @@ def explain(
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
     sample: Annotated[int, typer.Option(help="Which row of a batch to explain.", min=0)] = 0,
     case: Annotated[str | None, typer.Option(help="Which case of a cases file.")] = None,
-    format: Annotated[
-        ExplainFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = ExplainFormat.table,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
     """Walk through the derivation of d(loss)/d(logits) with a spec's own numbers."""
     import numpy as np
 
     from gradcheck_cli.explain import walkthrough
     from gradcheck_cli.model import Spec
-    from gradcheck_cli.report.explain import markdown
+    from gradcheck_cli.report import renderer
 
     try:
         if logits is not None:
@@ -522,15 +471,10 @@ def explain(
         else:
             path = spec or bundled_specs_dir() / "cat_dog_bird.yaml"
             chosen = _pick_spec(path, case)
-        text = markdown(walkthrough(chosen, sample))
+        renderer("explain", format)  # an unsupported format fails before any work
+        _emit("explain", format, walkthrough(chosen, sample))
     except XentcheckError as exc:
         _fail(str(exc))
-    if format is ExplainFormat.markdown:
-        sys.stdout.write(text)
-    else:
-        from rich.markdown import Markdown
-
-        _stdout().print(Markdown(text))
 
 
 def _pick_spec(path: Path, case: str | None) -> Any:
@@ -562,6 +506,16 @@ def schema() -> None:
     sys.stdout.write(json.dumps(spec_schema(), indent=2) + "\n")
 
 
+def _debug_requested(argv: list[str]) -> bool:
+    """Whether the root option ``--debug`` was given (it stands before the command's name)."""
+    for arg in argv:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted
 
@@ -578,7 +532,7 @@ def main() -> None:
         sys.stderr.write("xentcheck: interrupted\n")
         sys.exit(130)
     except Exception as exc:  # every expected error is handled inside the commands
-        if _DEBUG:
+        if _debug_requested(sys.argv[1:]):
             raise
         sys.stderr.write(
             f"xentcheck: internal error ({type(exc).__name__}: {exc}); please report it "

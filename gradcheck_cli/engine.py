@@ -39,7 +39,15 @@ from gradcheck_cli.methods import (
 )
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult, loss_options
+from gradcheck_cli.model import (
+    Check,
+    DType,
+    JacobianView,
+    Layer,
+    Spec,
+    SpecResult,
+    loss_options,
+)
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
@@ -596,49 +604,6 @@ def _checks(
     if k == 2:
         found.append(checks.binary_equivalence(problem))
     return found
-
-
-@dataclass(frozen=True, eq=False)
-class JacobianView:
-    """The softmax Jacobian of one sample and, with a label, the chain rule through it.
-
-    Shapes: ``logits``, ``probs`` (K,); ``jacobian`` (K, K); ``dl_dp``, ``chain``, ``closed_form``
-    (K,) when a label is given.
-    """
-
-    logits: np.ndarray
-    probs: np.ndarray
-    jacobian: np.ndarray
-    """``J[i, j] = dp_i/dz_j``: ``p_i (1 - p_i)`` on the diagonal, ``-p_i p_j`` off it."""
-    max_asymmetry: float
-    """``max |J - J^T|`` (exactly 0 in floating point)."""
-    row_sums: np.ndarray
-    """``|sum_j J[i, j]|`` for each row i, shape (K,)."""
-    row_sum_bounds: np.ndarray
-    """Rounding bound on each row sum, shape (K,) (``checks.jacobian_row_sum_bound``)."""
-    classes: tuple[str, ...] | None = None
-    label: int | None = None
-    loss: float | None = None
-    dl_dp: np.ndarray | None = None
-    """``dL/dp = -onehot(y) / p``."""
-    chain: np.ndarray | None = None
-    """``J^T dL/dp``, or None where ``p_y`` is below the smallest normal float64."""
-    chain_note: str | None = None
-    """Why ``chain`` is missing."""
-    closed_form: np.ndarray | None = None
-    """``p - onehot(y)``."""
-
-    @property
-    def symmetric(self) -> bool:
-        return self.max_asymmetry == 0.0
-
-    @property
-    def max_row_sum(self) -> float:
-        return float(np.max(self.row_sums))
-
-    @property
-    def rows_sum_to_zero(self) -> bool:
-        return bool(np.all(self.row_sums <= self.row_sum_bounds))
 
 
 def jacobian_view(

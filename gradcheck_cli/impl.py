@@ -108,7 +108,7 @@ def load(target: str) -> Implementation:
             torch_adapter.require_torch()
         except XentcheckError as exc:
             raise ImplError(str(exc)) from None
-        return _wrap(target, torch_adapter.torch_cross_entropy)
+        return wrap(target, torch_adapter.torch_cross_entropy)
     if ":" not in target:
         raise ImplError(
             f"--impl {target!r}: expected module:function, path/to/file.py:function or torch"
@@ -139,10 +139,11 @@ def load(target: str) -> Implementation:
     function = getattr(module, attr, None)
     if function is None or not callable(function):
         raise ImplError(f"--impl {target!r}: {where} has no function {attr!r}")
-    return _wrap(target, function)
+    return wrap(target, function)
 
 
-def _wrap(name: str, function: ImplFunction) -> Implementation:
+def wrap(name: str, function: ImplFunction) -> Implementation:
+    """An :class:`Implementation` of a callable, with the keyword options it accepts."""
     try:
         params = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):

@@ -187,11 +187,50 @@ class SpecResult:
     seconds: float = 0.0
     """Wall time spent on this spec (loading excluded)."""
 
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
 
 def error_result(name: str, file: str, message: str) -> SpecResult:
     """A result for a spec that could not be run."""
     return SpecResult(name=name, file=file, status="error", message=message)
+
+
+@dataclass(frozen=True, eq=False)
+class JacobianView:
+    """The softmax Jacobian of one sample and, with a label, the chain rule through it.
+
+    Shapes: ``logits``, ``probs`` (K,); ``jacobian`` (K, K); ``dl_dp``, ``chain``, ``closed_form``
+    (K,) when a label is given.
+    """
+
+    logits: np.ndarray
+    probs: np.ndarray
+    jacobian: np.ndarray
+    """``J[i, j] = dp_i/dz_j``: ``p_i (1 - p_i)`` on the diagonal, ``-p_i p_j`` off it."""
+    max_asymmetry: float
+    """``max |J - J^T|`` (exactly 0 in floating point)."""
+    row_sums: np.ndarray
+    """``|sum_j J[i, j]|`` for each row i, shape (K,)."""
+    row_sum_bounds: np.ndarray
+    """Rounding bound on each row sum, shape (K,) (``checks.jacobian_row_sum_bound``)."""
+    classes: tuple[str, ...] | None = None
+    label: int | None = None
+    loss: float | None = None
+    dl_dp: np.ndarray | None = None
+    """``dL/dp = -onehot(y) / p``."""
+    chain: np.ndarray | None = None
+    """``J^T dL/dp``, or None where ``p_y`` is below the smallest normal float64."""
+    chain_note: str | None = None
+    """Why ``chain`` is missing."""
+    closed_form: np.ndarray | None = None
+    """``p - onehot(y)``."""
+
+    @property
+    def symmetric(self) -> bool:
+        return self.max_asymmetry == 0.0
+
+    @property
+    def max_row_sum(self) -> float:
+        return float(np.max(self.row_sums))
+
+    @property
+    def rows_sum_to_zero(self) -> bool:
+        return bool(np.all(self.row_sums <= self.row_sum_bounds))

@@ -497,12 +497,43 @@ def load_file(
     )
     try:
         root = _compose(ctx, path)
+    except SpecError as exc:
+        return [exc]
+    return _load_root(ctx, root, path.stem)
+
+
+def load_text(
+    text: str,
+    display: str = "<text>",
+    base: Path | None = None,
+    *,
+    max_elements: int | None = None,
+    max_array_bytes: int | None = None,
+) -> list[Spec | SpecError]:
+    """Like :func:`load_file` for a spec given as YAML text; ``display`` names it in messages
+    and ``base`` is the folder that ``{file: ...}`` arrays are relative to (default: the working
+    directory)."""
+    ctx = _Ctx(
+        display,
+        base or Path.cwd(),
+        MAX_ELEMENTS if max_elements is None else max_elements,
+        MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes,
+    )
+    try:
+        root = _compose_text(ctx, text)
+    except SpecError as exc:
+        return [exc]
+    return _load_root(ctx, root, Path(display).stem or "spec")
+
+
+def _load_root(ctx: _Ctx, root: Node, stem: str) -> list[Spec | SpecError]:
+    """The cases of one composed document (see :func:`load_file`)."""
+    try:
         entries = _mapping(
             ctx, root, None, (*CASE_KEYS, *FILE_KEYS), "a mapping of spec keys (logits, label, ...)"
         )
     except SpecError as exc:
         return [exc]
-    stem = path.stem
     if "cases" not in entries:
         return [_case(ctx, entries, None, stem, root)]
     _, cases_node = entries.pop("cases")
@@ -568,6 +599,11 @@ def _compose(ctx: _Ctx, path: Path) -> Node:
         raise SpecError(
             ctx.file, f"not valid UTF-8 (byte 0x{data[exc.start]:02x})", line=line, column=col
         ) from None
+    return _compose_text(ctx, text)
+
+
+def _compose_text(ctx: _Ctx, text: str) -> Node:
+    """Compose the one YAML document of ``text``, with located errors."""
     try:
         docs = _compose_all(text)
     except yaml.MarkedYAMLError as exc:

@@ -43,13 +43,41 @@ def test_help_lists_commands() -> None:
     assert "run" in result.stdout and "jacobian" in result.stdout
 
 
+COMMAND_ARGS = {
+    "run": ["run", "{specs}/cat_dog_bird.yaml"],
+    "jacobian": ["jacobian", "--logits", "1,2,0.5", "--label", "1"],
+    "sweep": ["sweep", "{specs}/cat_dog_bird.yaml"],
+    "explain": ["explain"],
+}
+
+
+def test_every_command_with_formats_is_in_the_registry() -> None:
+    from gradcheck_cli.report import RENDERERS
+
+    assert set(RENDERERS) == set(COMMAND_ARGS)
+
+
 @pytest.mark.parametrize("fmt", list(Format))
-def test_every_format_renders_the_worked_example(fmt: Format, specs_dir: Path) -> None:
-    result = runner.invoke(
-        app, ["run", str(specs_dir / "cat_dog_bird.yaml"), "--format", fmt.value]
-    )
-    assert result.exit_code == 0, result.output
-    assert "cat-dog-bird" in result.stdout
+@pytest.mark.parametrize("command", list(COMMAND_ARGS))
+def test_every_format_of_every_command(command: str, fmt: Format, specs_dir: Path) -> None:
+    """Exhaustive over the Format enum: each command renders the formats its registry entry
+    names, and refuses every other one with exit 2 and the list of those it has."""
+    from gradcheck_cli.report import RENDERERS
+
+    args = [a.format(specs=specs_dir) for a in COMMAND_ARGS[command]]
+    result = runner.invoke(app, [*args, "--format", fmt.value])
+    if fmt in RENDERERS[command]:
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip()
+        if fmt is Format.json:
+            strict_json(result.stdout)
+    else:
+        have = ", ".join(f.value for f in RENDERERS[command])
+        assert result.exit_code == 2
+        assert result.stdout == ""
+        assert result.stderr == (
+            f"error: xentcheck {command} has no --format {fmt.value} (it has: {have})\n"
+        )
 
 
 def test_table_output_of_the_worked_example(specs_dir: Path) -> None:

@@ -170,24 +170,26 @@ def test_oversized_spec_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_internal_error_is_one_line_and_debug_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gradcheck_cli.engine as engine
+    import gradcheck_cli.api as api
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(engine, "run_spec", boom)
+    monkeypatch.setattr(api, "run_spec", boom)
     result = runner.invoke(app, ["run", str(ROOT / "specs" / "three_class.yaml")])
     assert result.exit_code == 2
     assert "internal error (RuntimeError: unexpected); please report this" in result.stderr
     debug = runner.invoke(app, ["--debug", "run", str(ROOT / "specs" / "three_class.yaml")])
     assert isinstance(debug.exception, RuntimeError)
-    monkeypatch.setattr(cli, "_DEBUG", False)
+    # --debug is no global state: the next run without it is one line again
+    again = runner.invoke(app, ["run", str(ROOT / "specs" / "three_class.yaml")])
+    assert again.exit_code == 2 and "internal error (RuntimeError" in again.stderr
 
 
 def test_main_turns_stray_exceptions_into_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "_DEBUG", False)
+    monkeypatch.setattr(cli.sys, "argv", ["xentcheck", "run"])
 
     def broken() -> None:
         raise ValueError("bad state")

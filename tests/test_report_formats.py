@@ -145,7 +145,7 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
     assert len(results) >= 3 * 21
     for r in results:
         console = Console(file=io.StringIO(), width=200, color_system=None)
-        table.render([r], console)  # type: ignore[list-item]
+        console.print(table.render([r]))  # type: ignore[list-item]
         text = console.file.getvalue()  # type: ignore[attr-defined]
         assert r.name in text and r.reduction in text  # type: ignore[attr-defined]
         doc = json.loads(json_report.render([r]))  # type: ignore[list-item]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gradcheck_cli.explain import Walkthrough
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 
 def f(x: float, digits: int = 6) -> str:
@@ -185,3 +190,10 @@ def markdown(w: Walkthrough) -> str:
     lines += [a.ljust(width) + b for a, b in zip(forward, backward, strict=True)]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def render_terminal(w: Walkthrough) -> RenderableType:
+    """The walkthrough for a terminal: the Markdown rendered by Rich."""
+    from rich.markdown import Markdown
+
+    return Markdown(markdown(w))

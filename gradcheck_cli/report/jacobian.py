@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradcheck_cli.engine import JacobianView
+from gradcheck_cli.model import JacobianView
+from gradcheck_cli.report._lines import Lines
 from gradcheck_cli.report.table import err, num, verdict
 
 
@@ -17,7 +18,9 @@ def _names(v: JacobianView) -> list[str]:
     return list(v.classes) if v.classes else [str(i) for i in range(k)]
 
 
-def render_table(v: JacobianView, console: Console) -> None:
+def render_table(v: JacobianView) -> RenderableType:
+    """The probabilities, the Jacobian with its checks and, with a label, the chain rule."""
+    console = Lines()
     names = _names(v)
     k = len(names)
     console.print(Text("softmax p = exp(z - max z) / sum exp(z - max z)", style="bold"))
@@ -51,7 +54,7 @@ def render_table(v: JacobianView, console: Console) -> None:
     console.print(line)
 
     if v.label is None or v.dl_dp is None or v.closed_form is None:
-        return
+        return console.group()
     console.print()
     console.print(
         Text(
@@ -75,6 +78,7 @@ def render_table(v: JacobianView, console: Console) -> None:
     console.print(chain)
     if v.chain_note:
         console.print(Text(f"Jᵀ · dL/dp not computable: {v.chain_note}", style="yellow"))
+    return console.group()
 
 
 def to_dict(v: JacobianView) -> dict[str, Any]:
@@ -100,3 +104,10 @@ def to_dict(v: JacobianView) -> dict[str, Any]:
             }
         )
     return doc
+
+
+def render_json(v: JacobianView) -> str:
+    """``xentcheck jacobian --format json``."""
+    from gradcheck_cli.report.json import dumps
+
+    return dumps(to_dict(v))

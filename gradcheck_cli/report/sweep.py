@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.console import Console
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gradcheck_cli.report._lines import Lines
 from gradcheck_cli.report.table import err
 from gradcheck_cli.sweep import SweepResult
 
@@ -17,7 +18,9 @@ MARKERS = {"forward": "f", "central": "c", "richardson": "r", "complex_step": "x
 DECADES = tuple(range(0, -19, -1))
 
 
-def render_table(r: SweepResult, console: Console) -> None:
+def render_table(r: SweepResult) -> RenderableType:
+    """The error table, the chart and the Taylor test."""
+    console = Lines()
     console.print(Text(f"{r.name}  {r.file}  errors against {r.reference}", style="bold"))
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("step h")
@@ -45,9 +48,10 @@ def render_table(r: SweepResult, console: Console) -> None:
     )
     for method, note in r.notes.items():
         console.print(Text(f"{method}: {note}", style="yellow"))
+    return console.group()
 
 
-def render_chart(r: SweepResult, console: Console) -> None:
+def render_chart(r: SweepResult, console: Lines) -> None:
     """Error (rows, log scale) against step (columns): the V of truncation vs rounding."""
     legend = "  ".join(f"{mark} {name}" for name, mark in MARKERS.items())
     console.print(Text(f"max |error| vs step (log-log); upper case marks the best step: {legend}"))
@@ -91,3 +95,10 @@ def to_dict(r: SweepResult) -> dict[str, Any]:
         },
         "notes": dict(r.notes),
     }
+
+
+def render_json(r: SweepResult) -> str:
+    """``xentcheck sweep --format json``."""
+    from gradcheck_cli.report.json import dumps
+
+    return dumps(to_dict(r))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -250,9 +250,10 @@ def inconclusive_count(results: Sequence[SpecResult]) -> int:
     )
 
 
-def render(results: Sequence[SpecResult], console: Console) -> None:
-    """Print every result, then the summary line."""
+def render(results: Sequence[SpecResult]) -> RenderableType:
+    """Every result, then the summary line."""
+    parts: list[RenderableType] = []
     for r in results:
-        console.print(spec_block(r))
-        console.print()
-    console.print(summary_line(results), highlight=False)
+        parts += [spec_block(r), Text("")]
+    parts.append(Text(summary_line(results)))
+    return Group(*parts)

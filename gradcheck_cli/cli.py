@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gradcheck_cli import __version__
+from gradcheck_cli import __version__, limits
 from gradcheck_cli.errors import SpecError, UsageError, XentcheckError
 from gradcheck_cli.report import Format
 
@@ -214,10 +214,10 @@ def run(
     ] = 2,
     max_elements: Annotated[
         int, typer.Option(help="Most elements an inline YAML array may hold.", min=1)
-    ] = 10_000_000,
+    ] = limits.MAX_ELEMENTS,
     max_array_mb: Annotated[
         int, typer.Option(help="Largest array (MiB) a spec may load from a .npy/.npz file.", min=1)
-    ] = 640,
+    ] = limits.MAX_ARRAY_BYTES // 2**20,
     impl: Annotated[
         str | None,
         typer.Option(

@@ -67,7 +67,8 @@ class Walkthrough:
     fd_minus: float
     fd_quotient: float
     rounded_figure: tuple[float, float] | None
-    """For the cat/dog/bird example: the article's rounded p_y and its -log."""
+    """When the spec's expected loss is ``-log`` of its own *rounded* expected ``p_y`` (the
+    cat/dog/bird article's 0.462 = -log 0.63) rather than the exact loss: that p_y and loss."""
 
 
 def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
@@ -126,10 +127,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     minus = float(contributions(one, down)[0])
     quotient = (plus - minus) / (up[0, fd_class] - down[0, fd_class])
     classes = spec.classes or tuple(str(i) for i in range(k))
-    rounded = None
-    if label is not None and spec.name == "cat-dog-bird":
-        py = round(float(p[label]), 2)
-        rounded = (py, -math.log(py))
+    rounded = _rounded_figure(spec, label, sample, loss)
     scale, scale_text = _scale(batch, float(alpha[sample]), n)
     options: dict[str, object] = {}
     if spec.weight is not None:
@@ -184,3 +182,23 @@ def _scale(batch: CrossEntropyProblem, alpha: float, n: int) -> tuple[float, str
     if n == 1:
         return alpha, "one sample: its mean is itself"
     return alpha, f"reduction mean: the batch gradient of this row is divided by N = {n}"
+
+
+def _rounded_figure(
+    spec: Spec, label: int | None, sample: int, loss: float
+) -> tuple[float, float] | None:
+    """The spec's expected (rounded) ``p_y`` and ``-log`` of it, when its expected loss is that
+    figure (to its three digits) and differs from the exact loss by more than rounding can."""
+    expect = spec.expect
+    if label is None or expect is None or expect.probs is None or expect.loss is None:
+        return None
+    probs = np.atleast_2d(np.asarray(expect.probs, dtype=np.float64))
+    expected = np.atleast_1d(np.asarray(expect.loss, dtype=np.float64))
+    if sample >= probs.shape[0] or probs[sample, label] <= 0.0:
+        return None
+    py = float(probs[sample, label])
+    figure = -math.log(py)
+    claimed = float(expected[min(sample, expected.size - 1)])
+    if abs(figure - claimed) > 5e-4 * max(1.0, claimed) or abs(claimed - loss) <= 1e-6 * loss:
+        return None
+    return py, figure

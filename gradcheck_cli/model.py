@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison
+from gradcheck_cli.core.layer import Layer as Layer  # re-exported: specs carry a core Layer
 from gradcheck_cli.core.loss import Reduction
 from gradcheck_cli.methods._base import Scheme
 
@@ -23,24 +24,6 @@ LossKind = Literal["softmax_cross_entropy", "sigmoid_cross_entropy"]
 LOSS_KINDS: tuple[LossKind, ...] = ("softmax_cross_entropy", "sigmoid_cross_entropy")
 DType = Literal["float64", "float32", "float16"]
 DTYPES: tuple[DType, ...] = ("float64", "float32", "float16")
-
-
-@dataclass(frozen=True, eq=False)
-class Layer:
-    """A linear layer in front of the loss: ``logits = inputs @ weights + bias``."""
-
-    inputs: FloatArray
-    """Shape (N, D); a single input vector is stored as N = 1."""
-    weights: FloatArray
-    """Shape (D, K), in this layout (row d holds the weights from input d to every class)."""
-    bias: FloatArray | None = None
-    """Shape (K,)."""
-
-    def logits(self) -> FloatArray:
-        """``inputs @ weights + bias``, shape (N, K) (inf where it overflows; callers check)."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            z: FloatArray = self.inputs @ self.weights
-            return z if self.bias is None else z + self.bias
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gradcheck_cli import limits
 from gradcheck_cli.arrays import ArrayFileError, load_array
 from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
@@ -83,14 +84,10 @@ TOLERANCE_KEYS = ("rtol", "atol")
 
 #: Target rows must sum to 1 within this absolute tolerance.
 TARGET_SUM_TOLERANCE = 1e-6
-#: Most elements an inline YAML array may hold (guards memory against hostile files, including
-#: alias expansion: 10 million Python floats take about 400 MB).
-MAX_ELEMENTS = 10_000_000
-#: Largest spec file read (32 MiB of YAML takes seconds to parse; large arrays belong in .npy).
-MAX_SPEC_BYTES = 32 * 2**20
-#: Largest array a spec may load from a .npy/.npz file (640 MiB: a 4096 x 32000 float32 batch
-#: of logits is 500 MiB, and checking it peaks at 1.3 GB).
-MAX_ARRAY_BYTES = 640 * 2**20
+# The size caps (gradcheck_cli.limits), as names of this module: tests lower them here.
+MAX_ELEMENTS = limits.MAX_ELEMENTS
+MAX_SPEC_BYTES = limits.MAX_SPEC_BYTES
+MAX_ARRAY_BYTES = limits.MAX_ARRAY_BYTES
 
 _PLAIN = "tag:xentcheck:plain"
 _CORE = "tag:yaml.org,2002:"
@@ -182,8 +179,8 @@ class _Ctx:
 
     file: str
     base: Path = Path(".")
-    max_elements: int = 10_000_000
-    max_array_bytes: int = 640 * 2**20
+    max_elements: int = limits.MAX_ELEMENTS
+    max_array_bytes: int = limits.MAX_ARRAY_BYTES
 
     def error(self, node: Node | None, field: str | None, message: str) -> SpecError:
         if node is None:

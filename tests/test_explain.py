@@ -48,8 +48,8 @@ def test_markdown_text() -> None:
     for line in [
         "| dog | 2 | 0 | 1 | 0.628532 |",
         "$$L = -\\log p_{dog} = -\\log 0.628532 = 0.464369$$",
-        "The article rounds p_dog to 0.63 and reports −log 0.63 = 0.462; the exact probability "
-        "0.628532 gives 0.4644. The difference, 0.0023, is the rounding of p to two digits, not "
+        "The expected values round p_dog to 0.63 and report −log 0.63 = 0.462; the exact "
+        "probability 0.628532 gives 0.4644. The difference, 0.0023, is the rounding of p, not "
         "a different loss.",
         "| dog | -0.145332 | 0.23348 | -0.088148 |",
         "| dog | 1 | -1.59101 |",
@@ -95,3 +95,18 @@ def test_cli_errors(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["explain", *args])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {message}"
+
+
+def test_rounding_note_follows_the_expectations_not_the_name() -> None:
+    """The note appears for any spec whose expected loss is -log of its rounded expected p_y,
+    whatever its name, and not for a spec whose expectations are exact."""
+    import gradcheck_cli as xc
+
+    text = (
+        "name: other\nlogits: [1.0, 2.0, 0.5]\nlabel: 1\n"
+        "expect: {loss: 0.462, probs: [0.23, 0.63, 0.14], atol: 0.005}\n"
+    )
+    (renamed,) = xc.load(text)
+    assert "The expected values round p_1 to 0.63" in markdown(walkthrough(renamed))
+    exact = markdown(walkthrough(bundled("three_class.yaml")))
+    assert "The expected values round" not in exact

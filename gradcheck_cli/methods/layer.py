@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem, contributions
+from gradcheck_cli.core.layer import Layer
 from gradcheck_cli.methods._base import NotComputable
 from gradcheck_cli.methods.finite_difference import FD_CHUNK_ELEMENTS, central_steps
-from gradcheck_cli.model import Layer
 
 FloatArray = NDArray[np.float64]
 PARAMETERS = ("weights", "bias", "inputs")

@@ -74,9 +74,9 @@ def markdown(w: Walkthrough) -> str:
         if w.rounded_figure is not None:
             py, lr = w.rounded_figure
             lines += [
-                f"The article rounds p_{names[y]} to {py:.2f} and reports −log {py:.2f} = "
+                f"The expected values round p_{names[y]} to {py:g} and report −log {py:g} = "
                 f"{lr:.3f}; the exact probability {f(w.probs[y])} gives {w.loss:.4f}. The "
-                f"difference, {abs(lr - w.loss):.4f}, is the rounding of p to two digits, not a "
+                f"difference, {abs(lr - w.loss):.4f}, is the rounding of p, not a "
                 "different loss.",
                 "",
             ]

@@ -196,6 +196,7 @@ def run_paths(
             results.append(error_result(found.file, found.file, str(found)))
             continue
         path, display = found
+        display = display_path(path, display)
         for item in load_file(path, display, **(limits or {})):
             if isinstance(item, SpecError):
                 results.append(error_result(_error_name(item, path), display, str(item)))
@@ -206,6 +207,23 @@ def run_paths(
                 run_options = replace(options, progress=_chunk_progress(progress, item.name))
             results.append(_run_one(item, run_options, display, debug))
     return results
+
+
+def bundled_specs_dir() -> Path:
+    """The example specs shipped in the wheel (``gradcheck_cli/specs``)."""
+    from importlib.resources import files
+
+    return Path(str(files("gradcheck_cli"))) / "specs"
+
+
+def display_path(path: Path, given: str) -> str:
+    """How reports name a spec file: ``specs/<name>`` for a bundled spec (not its site-packages
+    path), else as the user named it (a directory's files relative to what they typed)."""
+    resolved = path.resolve()
+    bundled = bundled_specs_dir().resolve()
+    if resolved.is_relative_to(bundled):
+        return f"specs/{resolved.relative_to(bundled).as_posix()}"
+    return given
 
 
 def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False) -> SpecResult:

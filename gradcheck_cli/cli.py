@@ -33,6 +33,7 @@ app = typer.Typer(
     help="Verify softmax cross-entropy losses and their gradients.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -138,13 +139,10 @@ class DelayedProgress:
 
 
 def bundled_specs_dir() -> Path:
-    """The example specs shipped in the wheel (or, in a source checkout, the repo's specs/)."""
-    from importlib.resources import files
+    """The example specs shipped in the wheel."""
+    from gradcheck_cli.api import bundled_specs_dir as shipped
 
-    shipped = Path(str(files("gradcheck_cli"))) / "specs"
-    if shipped.is_dir():
-        return shipped
-    return Path(__file__).resolve().parents[2] / "specs"
+    return shipped()
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -222,15 +220,24 @@ def run(
         str | None,
         typer.Option(
             help="Check an implementation: package.module:function, path/to/file.py:function, "
-            "or torch (see docs/impl.md).",
+            "or torch (the protocol: python -m pydoc gradcheck_cli.impl).",
             show_default=False,
         ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Full tables for every spec (default: only for failures)."
+        ),
+    ] = False,
 ) -> None:
-    """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input."""
+    """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input.
+
+    With several specs the table shows one line per spec and the full report of each that
+    failed; -v shows every report."""
     from gradcheck_cli.engine import RunOptions
     from gradcheck_cli.report import renderer
 
@@ -252,7 +259,9 @@ def run(
         paths = [str(bundled)]
         if not quiet:
             err.print(
-                f"No paths given: running the bundled example specs in {bundled}", markup=False
+                "No paths given: running the bundled example specs (specs/ of the installed "
+                "package; xentcheck run DIR or FILE checks your own)",
+                markup=False,
             )
     options = RunOptions(
         methods=tuple(m.value for m in method) if method else None,
@@ -284,7 +293,7 @@ def run(
         if r.status == "error" and r.message:
             err.print(f"error: {r.message}", markup=False)
     try:
-        _emit("run", format, report.results, output)
+        _emit("run", format, report.results, output, verbose=verbose)
         if format is not Format.table and not quiet:
             from gradcheck_cli.report.table import summary_line
 
@@ -295,12 +304,15 @@ def run(
         raise typer.Exit(report.exit_code)
 
 
-def _emit(command: str, fmt: Format, document: Any, output: Path | None = None) -> None:
-    """Render ``document`` with the command's renderer for ``fmt`` and write it to stdout, or
-    atomically to ``output``; a format the command does not have is a usage error (exit 2)."""
+def _emit(
+    command: str, fmt: Format, document: Any, output: Path | None = None, **options: Any
+) -> None:
+    """Render ``document`` with the command's renderer for ``fmt`` (with ``options``) and write
+    it to stdout, or atomically to ``output``; a format the command does not have is a usage
+    error (exit 2)."""
     from gradcheck_cli.report import renderer
 
-    rendered = renderer(command, fmt)(document)
+    rendered = renderer(command, fmt)(document, **options)
     if isinstance(rendered, str):
         _write(rendered, output)
     elif output is None:

@@ -223,8 +223,11 @@ def test_errors_win_over_failures(tmp_path: Path, specs_dir: Path) -> None:
 def test_no_paths_runs_bundled_specs() -> None:
     result = runner.invoke(app, ["run"])
     assert result.exit_code == 0, result.output
-    assert "No paths given: running the bundled example specs in" in result.stderr
+    assert "No paths given: running the bundled example specs" in result.stderr
     assert "cat-dog-bird" in result.stdout
+    # bundled specs are named specs/<file>, never by their site-packages path
+    assert "site-packages" not in result.stdout
+    assert "specs/z_loss.yaml" in result.stdout
     quiet = runner.invoke(app, ["run", "--quiet"])
     assert quiet.stderr == ""
 

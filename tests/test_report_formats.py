@@ -151,3 +151,54 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
         doc = json.loads(json_report.render([r]))  # type: ignore[list-item]
         assert doc["results"][0]["reduction"] == r.reduction  # type: ignore[attr-defined]
         ET.fromstring(junit.render([r]))  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 200])
+def test_no_number_is_cut_at_any_width(width: int) -> None:
+    """At every width the table drops or stacks columns (and says so), never digits."""
+    import io
+
+    from rich.console import Console
+
+    import gradcheck_cli as xc
+    from gradcheck_cli.report import table
+
+    layer = xc.check(SPECS / "softmax_layer.yaml").results
+    worked = xc.check(SPECS / "cat_dog_bird.yaml").results
+    several = xc.check(SPECS).results
+    for results, numbers in (
+        (worked, ["0.46436878", "-0.37146828", "0.14024438", "3.47e-12"]),
+        (layer, ["-0.78301667"]),
+        (several, ["0.83483588"] if width >= 200 else []),
+    ):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(table.render(results))
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        for number in numbers:
+            assert number in text, (width, number)
+        if width < 120:
+            assert "narrow terminal" in text
+
+
+def test_several_specs_one_line_each_and_failures_in_full() -> None:
+    import io
+
+    from rich.console import Console
+
+    import gradcheck_cli as xc
+    from gradcheck_cli.report import table
+
+    results = list(xc.check(SPECS).results)
+    failing = xc.check(SPECS / "three_class.yaml", rtol=0.0, atol=0.0).results
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(table.render([*results, *failing]))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert sum(line.startswith("PASS ") for line in lines) == len(results)
+    assert sum(line.startswith("FAIL ") for line in lines) == 2  # its line, then its report
+    assert "check " in "\n".join(lines)  # the failed spec's check table
+    assert lines[-1] == f"{len(results)} passed, 1 failed, 0 errors"
+    verbose = Console(file=io.StringIO(), width=200, color_system=None)
+    verbose.print(table.render(results, verbose=True))
+    assert verbose.file.getvalue().count("probs_sum_to_one") >= 20  # type: ignore[attr-defined]

@@ -103,8 +103,9 @@ def summary(results: Sequence[SpecResult]) -> dict[str, int]:
     }
 
 
-def render(results: Sequence[SpecResult]) -> str:
-    """The whole report as a JSON document (ends with a newline)."""
+def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
+    """The whole report as a JSON document (ends with a newline); ``verbose`` changes nothing
+    (every field is always there)."""
     doc = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "xentcheck", "version": __version__},

@@ -39,7 +39,8 @@ def comparison_line(c: Comparison) -> str:
     )
 
 
-def render(results: Sequence[SpecResult]) -> str:
+def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
+    """One testcase per spec (``verbose`` changes nothing: everything is in system-out)."""
     failures = sum(r.status == "fail" for r in results)
     errors = sum(r.status == "error" for r in results)
     total_time = sum(r.seconds for r in results)

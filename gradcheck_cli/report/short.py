@@ -36,11 +36,11 @@ def spec_failures(r: SpecResult) -> list[str]:
 
 
 def counts(results: Sequence[SpecResult]) -> str:
-    """``"n passed, n failed, n errors"``."""
+    """``"n passed, n failed, n errors"`` (``1 error``: the plain closing line CI tools read)."""
     passed = sum(r.status == "pass" for r in results)
     failed = sum(r.status == "fail" for r in results)
     errors = sum(r.status == "error" for r in results)
-    return f"{passed} passed, {failed} failed, {errors} errors"
+    return f"{passed} passed, {failed} failed, {errors} error{'' if errors == 1 else 's'}"
 
 
 def failure_summary(results: Sequence[SpecResult]) -> str:

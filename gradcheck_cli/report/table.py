@@ -5,14 +5,16 @@ Colour follows Rich's rules: none when the output is not a terminal, none when `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from gradcheck_cli.model import SpecResult
+from gradcheck_cli.report._fit import Cell, Column, Fitted
+from gradcheck_cli.report.short import counts
 
 #: A single sample gets one row per class up to this many classes.
 MAX_CLASS_ROWS = 30
@@ -44,16 +46,39 @@ def _shape(shape: Sequence[int] | None) -> str:
     return "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
-def header(r: SpecResult) -> Text:
-    t = Text()
-    t.append(r.status.upper(), style=_STATUS_STYLE[r.status])
-    t.append("  ")
-    t.append(r.name, style="bold")
-    t.append(f"  {r.file}")
+def header(r: SpecResult) -> RenderableType:
+    """``STATUS  name  file  shape (..)  reduction ..  loss ..``: wraps between its parts only,
+    so a label never ends a line without its value."""
+    status = Text(r.status.upper(), style=_STATUS_STYLE[r.status])
+    parts = [status, Text(r.name, style="bold"), Text(r.file)]
     if r.status != "error":
-        t.append(f"  shape {_shape(r.shape)}  reduction {r.reduction}  loss ")
-        t.append(loss_text(r.loss))
-    return t
+        parts += [
+            Text(f"shape {_shape(r.shape)}"),
+            Text(f"reduction {r.reduction}"),
+            Text(f"loss {loss_text(r.loss)}"),
+        ]
+    return Chunks(parts)
+
+
+class Chunks:
+    """Texts separated by two spaces that wrap between chunks, never inside one (a chunk longer
+    than the line wraps on its own)."""
+
+    def __init__(self, parts: Sequence[Text]) -> None:
+        self.parts = list(parts)
+
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[RenderableType]:
+        line = Text()
+        for part in self.parts:
+            if line.cell_len and line.cell_len + 2 + part.cell_len > options.max_width:
+                yield line
+                line = Text()
+            if line.cell_len:
+                line.append("  ")
+            line.append(part)
+        yield line
 
 
 #: The header shows at most this many per-sample (or per-element) losses.
@@ -73,19 +98,28 @@ def loss_text(loss: float | np.ndarray | None) -> str:
     return f"[{shown}, … ({flat.size} values, shape {_shape(values.shape)})]"
 
 
-def class_table(r: SpecResult) -> Table | None:
-    """One row per class for a single sample: logit, p, target, each method's gradient."""
+def class_table(r: SpecResult) -> Fitted | None:
+    """One row per class for a single sample: logit, p, target, each method's gradient.
+
+    On a narrow terminal the other methods' columns go first (the comparison table still has
+    their errors), then target, logit and p; the reference's column and max |Δ| stay."""
     if r.logits is None or r.probs is None or r.targets is None or r.logits.ndim != 1:
         return None
     k = r.logits.shape[0]
     if k > MAX_CLASS_ROWS:
         return None
     methods = [m for m, g in r.gradients.items() if g is not None]
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("class")
-    for col in ("logit", "p", "target", *methods, "max |Δ|"):
-        table.add_column(col, justify="right")
+    others = [m for m in methods if m != r.reference]
+    columns = [
+        Column("class", "left"),
+        Column("logit", drop=len(others) + 2),
+        Column("p", drop=len(others) + 3),
+        Column("target", drop=len(others) + 1),
+        *(_method_column(m, r.reference, others) for m in methods),
+        Column("max |Δ|"),
+    ]
     ref = r.gradients.get(r.reference or "")
+    rows = []
     for i in range(k):
         name = r.classes[i] if r.classes else str(i)
         grads = [r.gradients[m] for m in methods]
@@ -95,58 +129,86 @@ def class_table(r: SpecResult) -> Table | None:
             delta = max(
                 (abs(float(g[i]) - float(ref[i])) for g in grads if g is not None), default=0.0
             )
-        table.add_row(
-            name,
-            num(float(r.logits[i])),
-            num(float(r.probs[i])),
-            num(float(r.targets[i])),
-            *cells,
-            err(delta),
+        rows.append(
+            [
+                name,
+                num(float(r.logits[i])),
+                num(float(r.probs[i])),
+                num(float(r.targets[i])),
+                *cells,
+                err(delta),
+            ]
         )
-    return table
+    return Fitted(columns, rows)
 
 
-def comparison_table(r: SpecResult) -> Table | None:
+def _method_column(method: str, reference: str | None, others: list[str]) -> Column:
+    """A method's gradient column: the reference's is never dropped, the others right first."""
+    if method == reference:
+        return Column(method)
+    return Column(method, drop=len(others) - others.index(method))
+
+
+def comparison_table(r: SpecResult) -> Fitted | None:
+    """One row per comparison: errors, predicted bound, worst element, tolerance, verdict.
+
+    The first column names what each row is compared against (``vs exact`` when all rows share
+    one reference, else a ``reference`` column per row: a layer's parameters are compared with
+    the closed form, an implementation with the reference loss). On a narrow terminal
+    ``predicted``, then value/reference, worst at, max rel err and rtol/atol are dropped."""
     if not r.comparisons:
         return None
-    table = Table(box=None, pad_edge=False, header_style="bold")
     layered = any(c.quantity != "logits" for c in r.comparisons)
     with_dtype = any(c.dtype != "float64" for c in r.comparisons)
-    if layered:
-        table.add_column("quantity")
-    for col, justify in (
-        (f"vs {r.reference}", "left"),
-        *((("dtype", "left"),) if with_dtype else ()),
-        ("max abs err", "right"),
-        ("predicted", "right"),
-        ("max rel err", "right"),
-        ("worst at", "left"),
-        ("value", "right"),
-        ("reference", "right"),
-        ("rtol/atol", "left"),
-        ("result", "left"),
-    ):
-        table.add_column(col, justify=justify)
+    references = {c.reference for c in r.comparisons}
+    shared = references == {r.reference}
+    columns = [
+        *([Column("quantity", "left")] if layered else []),
+        Column(f"vs {r.reference}" if shared else "method", "left"),
+        *([] if shared else [Column("against", "left", drop=6)]),
+        *([Column("dtype", "left", drop=7)] if with_dtype else []),
+        Column("max abs err"),
+        Column("predicted", drop=1),
+        Column("max rel err", drop=4),
+        Column("worst at", "left", drop=3),
+        Column("value", drop=2),
+        Column("reference", drop=2),
+        Column("rtol/atol", "left", drop=5),
+        Column("result", "left"),
+    ]
+    rows: list[list[Cell]] = []
     for c in r.comparisons:
         result = verdict(c.passed)
         if not c.passed:
             result.append(f" ({c.failed_elements} element{'s' if c.failed_elements != 1 else ''})")
         elif c.inconclusive is not None:
             result = Text("inconclusive", style="yellow")
-        table.add_row(
-            *([c.quantity] if layered else []),
-            c.method,
-            *([c.dtype] if with_dtype else []),
-            err(c.max_abs_error),
-            "" if c.predicted is None else f"≤ {err(c.predicted)}",
-            err(c.max_rel_error),
-            _index(c.worst_index),
-            num(c.value),
-            num(c.reference_value),
-            f"{c.rtol:g}/{c.atol:g}",
-            result,
+        rows.append(
+            [
+                *([c.quantity] if layered else []),
+                _method_label(c.method),
+                *([] if shared else [c.reference]),
+                *([c.dtype] if with_dtype else []),
+                err(c.max_abs_error),
+                "" if c.predicted is None else f"≤ {err(c.predicted)}",
+                err(c.max_rel_error),
+                _index(c.worst_index),
+                num(c.value),
+                num(c.reference_value),
+                f"{c.rtol:g}/{c.atol:g}",
+                result,
+            ]
         )
-    return table
+    return Fitted(columns, rows)
+
+
+def _method_label(method: str) -> str:
+    """A method's name for the table; an implementation given by file path shows the file's
+    name only (``impl kernels.py:ce``; the JSON report keeps the whole target)."""
+    if method.startswith("impl ") and ("/" in method or "\\" in method):
+        target = method[len("impl ") :]
+        return "impl " + target.replace("\\", "/").rsplit("/", 1)[-1]
+    return method
 
 
 def options_line(r: SpecResult) -> Text | None:
@@ -166,37 +228,29 @@ def options_line(r: SpecResult) -> Text | None:
     return Text("  ".join(parts), style="dim") if parts else None
 
 
-def weights_table(r: SpecResult) -> Table | None:
-    """The reference gradient with respect to a layer's weights, in the weights' (D, K) layout."""
+def weights_table(r: SpecResult) -> Fitted | None:
+    """The reference gradient with respect to a layer's weights, in the weights' (D, K) layout
+    (every column is a class: on a narrow terminal the rows are stacked rather than cut)."""
     grads = r.parameter_gradients.get("weights", {})
     g = grads.get("analytic")  # the parameters' reference
     if g is None or g.ndim != 2 or g.shape[1] > MAX_CLASS_ROWS:
         return None
     d, k = g.shape
     names = list(r.classes) if r.classes else [str(j) for j in range(k)]
-    table = Table(
-        box=None,
-        pad_edge=False,
-        header_style="bold",
-        title=f"dL/dW (analytic), shape (D, K) = ({d}, {k}): row d = input d, column k = class k",
-        title_justify="left",
-        title_style="bold",
-    )
-    table.add_column("input \\ class")
-    for name in names:
-        table.add_column(name, justify="right")
-    for row in range(d):
-        table.add_row(f"x[{row}]", *(num(float(v)) for v in g[row]))
-    return table
+    columns = [Column("input \\ class", "left"), *(Column(name) for name in names)]
+    rows = [[f"x[{row}]", *(num(float(v)) for v in g[row])] for row in range(d)]
+    title = f"dL/dW (analytic), shape (D, K) = ({d}, {k}): row d = input d, column k = class k"
+    return Fitted(columns, rows, title=title)
 
 
 def check_table(r: SpecResult) -> Table | None:
     if not r.checks:
         return None
     table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("detail")
+    # names and verdicts keep their width; the prose of the detail wraps between words
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", overflow="fold")
     for c in r.checks:
         table.add_row(c.name, verdict(c.passed), c.detail)
     return table
@@ -204,8 +258,7 @@ def check_table(r: SpecResult) -> Table | None:
 
 def spec_block(r: SpecResult) -> RenderableType:
     parts: list[RenderableType] = [header(r)]
-    if r.status == "error":
-        parts.append(Text(f"  {r.message}", style="red"))
+    if r.status == "error":  # its message is printed once, on stderr
         return Group(*parts)
     options = options_line(r)
     if options is not None:
@@ -232,10 +285,8 @@ def spec_block(r: SpecResult) -> RenderableType:
 
 
 def summary_line(results: Sequence[SpecResult]) -> str:
-    passed = sum(r.status == "pass" for r in results)
-    failed = sum(r.status == "fail" for r in results)
-    errors = sum(r.status == "error" for r in results)
-    line = f"{passed} passed, {failed} failed, {errors} errors"
+    """``n passed, n failed, n errors`` and how many passed with an inconclusive comparison."""
+    line = counts(results)
     undecided = inconclusive_count(results)
     if undecided:
         line += f" ({undecided} passed with an inconclusive comparison)"
@@ -250,10 +301,60 @@ def inconclusive_count(results: Sequence[SpecResult]) -> int:
     )
 
 
-def render(results: Sequence[SpecResult]) -> RenderableType:
-    """Every result, then the summary line."""
+def render(results: Sequence[SpecResult], verbose: bool = False) -> RenderableType:
+    """One spec (or ``verbose``): every result in full. Several: one line per spec, then the
+    full report of each that failed (an invalid spec's message is on stderr), then the
+    summary line."""
     parts: list[RenderableType] = []
-    for r in results:
-        parts += [spec_block(r), Text("")]
+    if verbose or len(results) == 1:
+        for r in results:
+            parts += [spec_block(r), Text("")]
+    else:
+        parts += [overview(results), Text("")]
+        for r in results:
+            if r.status == "fail":
+                parts += [spec_block(r), Text("")]
     parts.append(Text(summary_line(results)))
     return Group(*parts)
+
+
+def overview(results: Sequence[SpecResult]) -> Fitted:
+    """One row per spec: status, name, file, loss, and its worst error against its tolerance
+    with the comparison it comes from (``0.35`` means the element closest to failing used 35%
+    of its allowance; above 1 it failed)."""
+    columns = [
+        Column("status", "left"),
+        Column("name", "left"),
+        Column("file", "left", drop=2),
+        Column("loss", drop=1),
+        Column("worst |Δ|/tol", "left", drop=3),
+    ]
+    rows: list[list[Cell]] = []
+    for r in results:
+        status = Text(r.status.upper(), style=_STATUS_STYLE[r.status])
+        loss = "" if r.status == "error" else _short_loss(r.loss)
+        rows.append([status, r.name, r.file, loss, _worst(r)])
+    return Fitted(columns, rows)
+
+
+def _short_loss(loss: float | np.ndarray | None) -> str:
+    """A reduced loss as a number; per-sample losses as their count and range."""
+    values = np.asarray(loss, dtype=np.float64)
+    if values.ndim == 0:
+        return num(float(values))
+    return f"{num(float(np.max(values)))} max of {values.size}"
+
+
+def _worst(r: SpecResult) -> str:
+    """The comparison whose worst element comes closest to (or furthest past) its tolerance."""
+    best: tuple[float, str] | None = None
+    for c in r.comparisons:
+        allowed = c.atol + c.rtol * abs(c.reference_value)
+        gap = abs(c.value - c.reference_value)
+        ratio = 0.0 if gap == 0 else (gap / allowed if allowed > 0 else float("inf"))
+        if best is None or ratio > best[0]:
+            best = (ratio, _method_label(c.method))
+    if best is None:
+        return ""
+    shown = "0" if best[0] == 0 else f"{best[0]:.2g}"
+    return f"{shown}  {best[1]}"

@@ -24,6 +24,7 @@ from gradcheck_cli.core.loss import (
     reduction_scales,
     weighted_targets,
 )
+from gradcheck_cli.core.options import set_options
 from gradcheck_cli.core.sigmoid import sigmoid
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.errors import XentcheckError
@@ -39,7 +40,7 @@ from gradcheck_cli.methods import (
 )
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult, loss_options
+from gradcheck_cli.model import Check, DType, Layer, Spec, SpecResult
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
@@ -263,7 +264,7 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=loss_options(spec),
+        options=set_options(spec),
         logits=shaped(problem.logits),
         targets=shaped(_display_targets(problem)),
         labels=spec.labels,
@@ -398,7 +399,7 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=loss_options(spec),
+        options=set_options(spec),
         loss=loss,
         gradients={},
         not_computable=outcome.not_computable,

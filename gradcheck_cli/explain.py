@@ -15,12 +15,12 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.core import CrossEntropyProblem
 from gradcheck_cli.core.loss import (
-    class_weights,
     contributions,
     per_sample_loss,
     reduction_scales,
     weighted_targets,
 )
+from gradcheck_cli.core.options import OPTIONS, set_options
 from gradcheck_cli.core.softmax import softmax, softmax_jacobian
 from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
@@ -74,8 +74,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     """The derivation for row ``sample`` of a softmax cross-entropy spec."""
     if spec.loss != "softmax_cross_entropy":
         raise XentcheckError("explain covers softmax cross-entropy (not sigmoid) for now")
-    if spec.softcap is not None or spec.z_loss:
-        raise XentcheckError("explain does not cover softcap or z-loss yet (see docs/losses.md)")
+    _require_explained(spec)
     n, k = spec.logits.shape
     if not 0 <= sample < n:
         raise XentcheckError(f"--sample {sample}: expected 0 to {n - 1} (the batch has {n} rows)")
@@ -131,13 +130,6 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         py = round(float(p[label]), 2)
         rounded = (py, -math.log(py))
     scale, scale_text = _scale(batch, float(alpha[sample]), n)
-    options: dict[str, object] = {}
-    if spec.weight is not None:
-        options["weight"] = class_weights(batch)
-    if spec.label_smoothing:
-        options["label_smoothing"] = spec.label_smoothing
-    if spec.ignore_index is not None:
-        options["ignore_index"] = spec.ignore_index
     return Walkthrough(
         name=spec.name,
         classes=classes,
@@ -153,7 +145,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         label=label,
         targets=plain,
         q=q,
-        options=options,
+        options=set_options(spec),
         loss=loss,
         loss_via_lse=loss_via_lse,
         jacobian=jac,
@@ -169,6 +161,14 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         fd_quotient=quotient,
         rounded_figure=rounded,
     )
+
+
+def _require_explained(spec: Spec) -> None:
+    """Refuse a spec that sets an option the walkthrough does not derive (option table)."""
+    missing = [o for o in OPTIONS if not o.explained]
+    if any(o.name in set_options(spec) for o in missing):
+        names = " or ".join(o.name.replace("_", "-") for o in missing)
+        raise XentcheckError(f"explain does not cover {names} yet (see docs/losses.md)")
 
 
 def _scale(batch: CrossEntropyProblem, alpha: float, n: int) -> tuple[float, str]:

@@ -14,14 +14,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import CrossEntropyProblem
-from gradcheck_cli.core.loss import (
+from gradcheck_cli.core.options import OPTIONS, set_options
+from gradcheck_cli.core.softmax import softmax, softmax_jacobian
+from gradcheck_cli.core.softmax_ce import (
     contributions,
     per_sample_loss,
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.core.options import OPTIONS, set_options
-from gradcheck_cli.core.softmax import softmax, softmax_jacobian
 from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
@@ -52,6 +52,8 @@ class Walkthrough:
     q: FloatArray
     """The weighted target the loss uses (= targets without weights or smoothing)."""
     options: dict[str, object]
+    plain_label: bool
+    """A label whose weighted target is exactly onehot(y) (no smoothing, no class weights)."""
     loss: float
     loss_via_lse: float
     jacobian: FloatArray
@@ -146,6 +148,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         targets=plain,
         q=q,
         options=set_options(spec),
+        plain_label=label is not None and one.one_hot and one.weight is None,
         loss=loss,
         loss_via_lse=loss_via_lse,
         jacobian=jac,

@@ -43,8 +43,9 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison, Tolerance, compare, ulp
 from gradcheck_cli.core import CrossEntropyProblem, Problem, SigmoidProblem
-from gradcheck_cli.core.loss import capped, float64_scales, weighted_targets
 from gradcheck_cli.core.options import set_options
+from gradcheck_cli.core.sigmoid_ce import batch_scale
+from gradcheck_cli.core.softmax_ce import capped, float64_scales, weighted_targets
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.model import Spec
 from gradcheck_cli.precision import derivative_scale
@@ -303,7 +304,7 @@ def scales(problem: Problem) -> Scales:
         w = np.ones((n, k)) if problem.weight is None else problem.weight.astype(np.float64)
         r = 1.0 if problem.pos_weight is None else problem.pos_weight.astype(np.float64)
         y = problem.targets.astype(np.float64)
-        scale = 1.0 / (n * k) if problem.reduction == "mean" else 1.0
+        scale = batch_scale(problem)
         terms = w * np.maximum(r * y, 1.0 - y) * (1.0 + np.abs(z)) * scale
         loss = float(np.max(terms)) if problem.reduction == "none" else float(np.sum(terms))
         return Scales(grad, max(loss, grad), float(np.sum(terms)), grad)

@@ -13,8 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison
-from gradcheck_cli.core.loss import Reduction
 from gradcheck_cli.core.options import LossKind, OptionValues
+from gradcheck_cli.core.softmax_ce import Reduction
 from gradcheck_cli.methods._base import Scheme
 
 FloatArray = NDArray[np.float64]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradcheck_cli.core.loss import REDUCTIONS
 from gradcheck_cli.core.options import LOSS_KINDS, OPTIONS, Kind, Option
+from gradcheck_cli.core.softmax_ce import REDUCTIONS
 from gradcheck_cli.methods import METHODS, SCHEMES
 from gradcheck_cli.model import DTYPES
 from gradcheck_cli.spec import (

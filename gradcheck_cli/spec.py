@@ -37,7 +37,6 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gradcheck_cli.arrays import ArrayFileError, load_array
-from gradcheck_cli.core.loss import REDUCTIONS, Reduction
 from gradcheck_cli.core.options import (
     LOSS_KINDS,
     OPTIONS,
@@ -48,6 +47,7 @@ from gradcheck_cli.core.options import (
     Option,
     options_of,
 )
+from gradcheck_cli.core.softmax_ce import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
 from gradcheck_cli.methods import METHODS, SCHEMES, Scheme
 from gradcheck_cli.model import DTYPES, DType, Expect, Layer, Spec, ToleranceOverride

@@ -71,3 +71,11 @@ def test_families_and_set_options() -> None:
     assert "pos_weight" not in {o.name for o in options_of(SOFTMAX)}
     assert set_options(OptionValues()) == {}
     assert set_options(OptionValues(label_smoothing=0.1, softcap=None)) == {"label_smoothing": 0.1}
+
+
+def test_each_family_problem_has_a_field_per_option() -> None:
+    from gradcheck_cli.core import CrossEntropyProblem, SigmoidProblem
+
+    for family, problem in ((SOFTMAX, CrossEntropyProblem), (SIGMOID, SigmoidProblem)):
+        problem_fields = {f.name for f in dataclasses.fields(problem)}
+        assert {o.name for o in options_of(family)} <= problem_fields

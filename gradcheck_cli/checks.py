@@ -11,7 +11,9 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.loss import (
+from gradcheck_cli.core.sigmoid_ce import SigmoidProblem, element_losses, softplus
+from gradcheck_cli.core.softmax import softmax_jacobian
+from gradcheck_cli.core.softmax_ce import (
     CrossEntropyProblem,
     capped,
     reduce_loss,
@@ -19,8 +21,6 @@ from gradcheck_cli.core.loss import (
     sample_terms,
     weighted_targets,
 )
-from gradcheck_cli.core.sigmoid import SigmoidProblem, element_losses, softplus
-from gradcheck_cli.core.softmax import softmax_jacobian
 from gradcheck_cli.model import Check, Expect
 
 FloatArray = NDArray[np.float64]

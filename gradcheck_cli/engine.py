@@ -7,15 +7,19 @@ Pure computation: takes a :class:`~gradcheck_cli.model.Spec`, returns a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from gradcheck_cli import checks, fastmode
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
-from gradcheck_cli.core import Problem, SigmoidProblem, reduce_any
-from gradcheck_cli.core.loss import (
+from gradcheck_cli.core import Problem, SigmoidProblem, cast_problem, reduce_any
+from gradcheck_cli.core import build_problem as build_family_problem
+from gradcheck_cli.core.options import set_options, values_for
+from gradcheck_cli.core.sigmoid_ce import sigmoid
+from gradcheck_cli.core.softmax import softmax
+from gradcheck_cli.core.softmax_ce import (
     CrossEntropyProblem,
     capped,
     dense_targets,
@@ -24,8 +28,6 @@ from gradcheck_cli.core.loss import (
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.core.sigmoid import sigmoid
-from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.impl import Implementation
 from gradcheck_cli.methods import (
@@ -39,15 +41,7 @@ from gradcheck_cli.methods import (
 )
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import (
-    Check,
-    DType,
-    JacobianView,
-    Layer,
-    Spec,
-    SpecResult,
-    loss_options,
-)
+from gradcheck_cli.model import Check, DType, JacobianView, Layer, Spec, SpecResult
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
@@ -96,47 +90,10 @@ def resolve_tolerance(
 
 
 def build_problem(spec: Spec) -> Problem:
-    """The core problem a spec describes (its logits, targets and loss options)."""
-    if spec.loss == "sigmoid_cross_entropy":
-        assert spec.targets is not None
-        n, k = spec.logits.shape
-        weight = None if spec.weight is None else np.broadcast_to(spec.weight, (n, k)).copy()
-        return SigmoidProblem(
-            spec.logits, spec.targets, spec.reduction, weight=weight, pos_weight=spec.pos_weight
-        )
-    return CrossEntropyProblem(
-        spec.logits,
-        labels=spec.labels,
-        targets=spec.targets,
-        reduction=spec.reduction,
-        weight=spec.weight,
-        ignore_index=spec.ignore_index,
-        label_smoothing=spec.label_smoothing,
-        softcap=spec.softcap,
-        z_loss=spec.z_loss,
-    )
-
-
-def cast_problem(problem: Problem, dtype: str) -> Problem:
-    """The same problem with its arrays (logits, targets, weights) rounded to ``dtype``."""
-
-    def cast(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a.astype(dtype)
-
-    logits = problem.logits.astype(dtype)
-    if isinstance(problem, SigmoidProblem):
-        return replace(
-            problem,
-            logits=logits,
-            targets=problem.targets.astype(dtype),
-            weight=cast(problem.weight),
-            pos_weight=cast(problem.pos_weight),
-        )
-    return replace(
-        problem,
-        logits=logits,
-        targets=cast(problem.targets),
-        weight=cast(problem.weight),
+    """The core problem a spec describes (its logits, targets and its family's options)."""
+    options = values_for(spec, spec.loss)
+    return build_family_problem(
+        spec.loss, spec.logits, spec.labels, spec.targets, spec.reduction, options
     )
 
 
@@ -271,7 +228,7 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=loss_options(spec),
+        options=set_options(spec),
         logits=shaped(problem.logits),
         targets=shaped(_display_targets(problem)),
         labels=spec.labels,
@@ -406,7 +363,7 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         classes=spec.classes,
         reduction=spec.reduction,
         loss_kind=spec.loss,
-        options=loss_options(spec),
+        options=set_options(spec),
         loss=loss,
         gradients={},
         not_computable=outcome.not_computable,

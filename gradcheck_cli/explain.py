@@ -14,14 +14,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import CrossEntropyProblem
-from gradcheck_cli.core.loss import (
-    class_weights,
+from gradcheck_cli.core.options import OPTIONS, set_options
+from gradcheck_cli.core.softmax import softmax, softmax_jacobian
+from gradcheck_cli.core.softmax_ce import (
     contributions,
     per_sample_loss,
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.core.softmax import softmax, softmax_jacobian
 from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
@@ -52,6 +52,8 @@ class Walkthrough:
     q: FloatArray
     """The weighted target the loss uses (= targets without weights or smoothing)."""
     options: dict[str, object]
+    plain_label: bool
+    """A label whose weighted target is exactly onehot(y) (no smoothing, no class weights)."""
     loss: float
     loss_via_lse: float
     jacobian: FloatArray
@@ -75,8 +77,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     """The derivation for row ``sample`` of a softmax cross-entropy spec."""
     if spec.loss != "softmax_cross_entropy":
         raise XentcheckError("explain covers softmax cross-entropy (not sigmoid) for now")
-    if spec.softcap is not None or spec.z_loss:
-        raise XentcheckError("explain does not cover softcap or z-loss yet (see docs/losses.md)")
+    _require_explained(spec)
     n, k = spec.logits.shape
     if not 0 <= sample < n:
         raise XentcheckError(f"--sample {sample}: expected 0 to {n - 1} (the batch has {n} rows)")
@@ -129,13 +130,6 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     classes = spec.classes or tuple(str(i) for i in range(k))
     rounded = _rounded_figure(spec, label, sample, loss)
     scale, scale_text = _scale(batch, float(alpha[sample]), n)
-    options: dict[str, object] = {}
-    if spec.weight is not None:
-        options["weight"] = class_weights(batch)
-    if spec.label_smoothing:
-        options["label_smoothing"] = spec.label_smoothing
-    if spec.ignore_index is not None:
-        options["ignore_index"] = spec.ignore_index
     return Walkthrough(
         name=spec.name,
         classes=classes,
@@ -151,7 +145,8 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         label=label,
         targets=plain,
         q=q,
-        options=options,
+        options=set_options(spec),
+        plain_label=label is not None and one.one_hot and one.weight is None,
         loss=loss,
         loss_via_lse=loss_via_lse,
         jacobian=jac,
@@ -167,6 +162,14 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         fd_quotient=quotient,
         rounded_figure=rounded,
     )
+
+
+def _require_explained(spec: Spec) -> None:
+    """Refuse a spec that sets an option the walkthrough does not derive (option table)."""
+    missing = [o for o in OPTIONS if not o.explained]
+    if any(o.name in set_options(spec) for o in missing):
+        names = " or ".join(o.name.replace("_", "-") for o in missing)
+        raise XentcheckError(f"explain does not cover {names} yet (see docs/losses.md)")
 
 
 def _scale(batch: CrossEntropyProblem, alpha: float, n: int) -> tuple[float, str]:

@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli import checks
 from gradcheck_cli.compare import Comparison, Tolerance, elementwise_errors
-from gradcheck_cli.core import CrossEntropyProblem, Problem, SigmoidProblem, contributions
-from gradcheck_cli.core.loss import (
-    float64_scales,
-    label_weights,
-    reduction_scales,
-    weighted_targets,
+from gradcheck_cli.core import (
+    CrossEntropyProblem,
+    Problem,
+    batch_scales,
+    contributions,
+    rows_of,
 )
 from gradcheck_cli.core.softmax import softmax
+from gradcheck_cli.core.softmax_ce import label_weights, reduction_scales, weighted_targets
 from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
 from gradcheck_cli.methods.finite_difference import parallel_blocks, step_factor
 from gradcheck_cli.model import Check
@@ -170,42 +171,6 @@ class Stream:
         )
 
 
-def global_scales(problem: Problem) -> tuple[FloatArray, FloatArray] | float:
-    """The rows' reduction scales of the whole batch, in float64."""
-    if isinstance(problem, SigmoidProblem):
-        n, k = problem.shape
-        return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
-    return float64_scales(problem)
-
-
-def chunk_of(
-    problem: Problem, rows: slice, scales: tuple[FloatArray, FloatArray] | float, dtype: str
-) -> Problem:
-    """Rows ``rows`` of ``problem`` as a problem of their own, in ``dtype``, carrying the whole
-    batch's reduction scales."""
-    z = problem.logits[rows].astype(dtype)
-    if isinstance(problem, SigmoidProblem):
-        assert isinstance(scales, float)
-        return replace(
-            problem,
-            logits=z,
-            targets=problem.targets[rows].astype(dtype),
-            weight=None if problem.weight is None else problem.weight[rows].astype(dtype),
-            pos_weight=None if problem.pos_weight is None else problem.pos_weight.astype(dtype),
-            scale=scales,
-        )
-    assert isinstance(scales, tuple)
-    alpha, beta = scales
-    return replace(
-        problem,
-        logits=z,
-        labels=None if problem.labels is None else problem.labels[rows],
-        targets=None if problem.targets is None else problem.targets[rows].astype(dtype),
-        weight=None if problem.weight is None else problem.weight.astype(dtype),
-        row_scales=(alpha[rows].astype(dtype), beta[rows].astype(dtype)),
-    )
-
-
 @dataclass(frozen=True)
 class FastOutcome:
     """What the fast path measured."""
@@ -234,7 +199,7 @@ def run_fast(
     n, k = problem.shape
     rows_per = max(1, ROW_CHUNK_ELEMENTS // k)
     starts = range(0, n, rows_per)
-    scales = global_scales(problem)
+    scales = batch_scales(problem)
     reference = "analytic_float64"
     elementwise: list[str] = [m for m in ("analytic", "jacobian") if m in methods]
     directional: list[str] = [m for m in ("finite_difference", "complex_step") if m in methods]
@@ -262,8 +227,8 @@ def run_fast(
 
     def one_chunk(start: int) -> None:
         rows = slice(start, min(n, start + rows_per))
-        wide = chunk_of(problem, rows, scales, "float64")
-        low = chunk_of(problem, rows, scales, dtype)
+        wide = rows_of(problem, rows, scales, "float64")
+        low = rows_of(problem, rows, scales, dtype)
         ref = METHODS["analytic"](wide, settings).grad
         shares = contributions(wide)
         found: dict[str, FloatArray] = {}
@@ -287,7 +252,7 @@ def run_fast(
             if wide.plain:
                 mass = (
                     label_weights(wide)
-                    if wide.labels is not None and wide.label_smoothing == 0.0
+                    if wide.one_hot
                     else np.sum(weighted_targets(wide), axis=-1)
                 )
                 rows_ok = checks.grad_rows_sum_to_zero(ref, mass, reduction_scales(wide)[0]).passed

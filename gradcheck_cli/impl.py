@@ -10,8 +10,8 @@ are passed by keyword, and only those the spec needs:
 * always ``reduction`` (``"mean" | "sum" | "none"``) and ``loss``
   (``"softmax_cross_entropy" | "sigmoid_cross_entropy"``);
 * ``labels`` (int64 array (N,)) or ``targets`` (float array (N, K));
-* each loss option the spec sets: ``weight``, ``ignore_index``, ``label_smoothing``,
-  ``softcap``, ``z_loss``, ``pos_weight`` (arrays for the array-valued ones).
+* each loss option the spec sets, by its name in the option table (``core.options.OPTIONS``:
+  ``weight``, ``ignore_index``, ``label_smoothing``, ...; arrays for the array-valued ones).
 
 It returns the loss (a number, or the per-sample array for ``none``) and the gradient of the
 *reduced* loss with respect to the logits, shape (N, K) (for ``none``, row n holds dl_n/dz_n).
@@ -43,9 +43,11 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison, Tolerance, compare, ulp
 from gradcheck_cli.core import CrossEntropyProblem, Problem, SigmoidProblem
-from gradcheck_cli.core.loss import capped, float64_scales, weighted_targets
+from gradcheck_cli.core.options import set_options
+from gradcheck_cli.core.sigmoid_ce import batch_scale
+from gradcheck_cli.core.softmax_ce import capped, float64_scales, weighted_targets
 from gradcheck_cli.errors import XentcheckError
-from gradcheck_cli.model import Spec, loss_options
+from gradcheck_cli.model import Spec
 from gradcheck_cli.precision import derivative_scale
 
 FloatArray = NDArray[np.float64]
@@ -171,7 +173,7 @@ def options_for(spec: Spec, dtype: str | None = None) -> dict[str, Any]:
         options["labels"] = spec.labels.astype(np.int64)
     if spec.targets is not None:
         options["targets"] = spec.targets.astype(dtype)
-    for key, value in loss_options(spec).items():
+    for key, value in set_options(spec).items():
         options[key] = value.astype(dtype) if isinstance(value, np.ndarray) else value
     return options
 
@@ -303,7 +305,7 @@ def scales(problem: Problem) -> Scales:
         w = np.ones((n, k)) if problem.weight is None else problem.weight.astype(np.float64)
         r = 1.0 if problem.pos_weight is None else problem.pos_weight.astype(np.float64)
         y = problem.targets.astype(np.float64)
-        scale = 1.0 / (n * k) if problem.reduction == "mean" else 1.0
+        scale = batch_scale(problem)
         terms = w * np.maximum(r * y, 1.0 - y) * (1.0 + np.abs(z)) * scale
         loss = float(np.max(terms)) if problem.reduction == "none" else float(np.sum(terms))
         return Scales(grad, max(loss, grad), float(np.sum(terms)), grad)

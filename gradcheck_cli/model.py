@@ -14,14 +14,13 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison
 from gradcheck_cli.core.layer import Layer as Layer  # re-exported: specs carry a core Layer
-from gradcheck_cli.core.loss import Reduction
+from gradcheck_cli.core.options import LossKind, OptionValues
+from gradcheck_cli.core.softmax_ce import Reduction
 from gradcheck_cli.methods._base import Scheme
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Status = Literal["pass", "fail", "error"]
-LossKind = Literal["softmax_cross_entropy", "sigmoid_cross_entropy"]
-LOSS_KINDS: tuple[LossKind, ...] = ("softmax_cross_entropy", "sigmoid_cross_entropy")
 DType = Literal["float64", "float32", "float16"]
 DTYPES: tuple[DType, ...] = ("float64", "float32", "float16")
 
@@ -51,8 +50,12 @@ class Expect:
 
 
 @dataclass(frozen=True, eq=False)
-class Spec:
-    """One validated case: everything needed to run it, nothing left to check."""
+class Spec(OptionValues):
+    """One validated case: everything needed to run it, nothing left to check.
+
+    The loss options (weight, ignore_index, ...) are the keyword-only fields of
+    :class:`~gradcheck_cli.core.options.OptionValues`, one per row of the option table.
+    """
 
     name: str
     """Case name (default: the file stem, with ``[i]`` for the i-th entry of ``cases``)."""
@@ -68,14 +71,6 @@ class Spec:
     """Probability targets, shape (N, K)."""
     reduction: Reduction = "mean"
     loss: LossKind = "softmax_cross_entropy"
-    weight: FloatArray | None = None
-    """Class weights (K,) for softmax; element weights broadcast to (N, K) for sigmoid."""
-    ignore_index: int | None = None
-    label_smoothing: float = 0.0
-    softcap: float | None = None
-    z_loss: float = 0.0
-    pos_weight: FloatArray | None = None
-    """Positive-term weights (K,), sigmoid only."""
     layer: Layer | None = None
     """The layer that produced ``logits``, when the spec gave one instead of logits."""
     fd_scheme: Scheme = "central"
@@ -94,25 +89,6 @@ class Spec:
     method_tolerances: dict[str, ToleranceOverride] = field(default_factory=dict)
     """Per-method tolerances, more specific than ``tolerance``."""
     expect: Expect | None = None
-
-
-def loss_options(spec: Spec) -> dict[str, object]:
-    """The loss options a spec sets, by spec key (weight, ignore_index, label_smoothing,
-    softcap, z_loss, pos_weight), for reports and for ``--impl`` calls."""
-    options: dict[str, object] = {}
-    if spec.weight is not None:
-        options["weight"] = spec.weight
-    if spec.ignore_index is not None:
-        options["ignore_index"] = spec.ignore_index
-    if spec.label_smoothing:
-        options["label_smoothing"] = spec.label_smoothing
-    if spec.softcap is not None:
-        options["softcap"] = spec.softcap
-    if spec.z_loss:
-        options["z_loss"] = spec.z_loss
-    if spec.pos_weight is not None:
-        options["pos_weight"] = spec.pos_weight
-    return options
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import SCHEME_TOLERANCES, Tolerance, default_tolerance
 from gradcheck_cli.core import Problem, SigmoidProblem, contributions
-from gradcheck_cli.core.loss import reduction_scales, weighted_targets
+from gradcheck_cli.core.sigmoid_ce import batch_scale
+from gradcheck_cli.core.softmax_ce import reduction_scales, weighted_targets
 from gradcheck_cli.methods._base import Scheme
 from gradcheck_cli.methods.finite_difference import step_factor
 
@@ -126,8 +127,7 @@ def derivative_scale(problem: Problem) -> float:
     if isinstance(problem, SigmoidProblem):
         w = 1.0 if problem.weight is None else float(np.max(problem.weight))
         r = 1.0 if problem.pos_weight is None else max(1.0, float(np.max(problem.pos_weight)))
-        n, k = problem.shape
-        return w * r * (1.0 / (n * k) if problem.reduction == "mean" else 1.0)
+        return w * r * batch_scale(problem)
     alpha, beta = reduction_scales(problem)
     q = weighted_targets(problem).astype(np.float64)
     mass = float(np.max(alpha.astype(np.float64) * np.sum(q, axis=-1)))

@@ -1,19 +1,21 @@
 """The JSON Schema (draft 2020-12) of the spec format, for editors (``xentcheck schema``).
 
 It is generated from the loader's own tables: the keys and their descriptions come from
-``spec.CASE_KEYS`` (and the nested key tuples), the choices from the same constants the loader
-checks against (reductions, loss kinds, methods, schemes, dtypes), so a key the loader learns
-appears here too. The schema describes shapes and types; the loader still checks what a schema
-cannot (lengths against the logits, label ranges, sums of targets), with located messages.
+``spec.CASE_KEYS`` (and the nested key tuples), the loss options' types from the option table
+(``core.options``), the choices from the same constants the loader checks against (reductions,
+loss kinds, methods, schemes, dtypes), so a key the loader learns appears here too. The schema
+describes shapes and types; the loader still checks what a schema cannot (lengths against the
+logits, label ranges, sums of targets), with located messages.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gradcheck_cli.core.loss import REDUCTIONS
+from gradcheck_cli.core.options import LOSS_KINDS, OPTIONS, Kind, Option
+from gradcheck_cli.core.softmax_ce import REDUCTIONS
 from gradcheck_cli.methods import METHODS, SCHEMES
-from gradcheck_cli.model import DTYPES, LOSS_KINDS
+from gradcheck_cli.model import DTYPES
 from gradcheck_cli.spec import (
     CASE_KEYS,
     EXPECT_KEYS,
@@ -53,6 +55,31 @@ def _tolerance_pair() -> dict[str, Any]:
     return _closed({k: NONNEGATIVE for k in TOLERANCE_KEYS}, "{rtol, atol}")
 
 
+#: The schema alternatives each kind of the option table accepts, in the order they are listed.
+_ALTERNATIVES: dict[str, dict[str, Any]] = {
+    "integer": {"type": "integer"},
+    "unit": {"type": "number", "minimum": 0, "maximum": 1},
+    "positive": {"type": "number", "exclusiveMinimum": 0},
+    "nonnegative": NONNEGATIVE,
+    "nonnegative_array": _array(NONNEGATIVE),
+}
+_KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
+    "int64": ("integer",),
+    "unit": ("unit",),
+    "positive": ("positive",),
+    "nonnegative": ("nonnegative",),
+    "class_array": ("nonnegative_array",),
+    "broadcast_array": ("nonnegative", "nonnegative_array"),
+}
+
+
+def option_schema(option: Option) -> dict[str, Any]:
+    """What a loss option accepts in any family (the loader checks the family's own rule)."""
+    used = {alt for kind in option.kinds.values() for alt in _KIND_ALTERNATIVES[kind]}
+    alternatives = [schema for alt, schema in _ALTERNATIVES.items() if alt in used]
+    return alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
+
+
 def case_properties() -> dict[str, Any]:
     """The schema of every key a case may have."""
     label_item = {"oneOf": [{"type": "integer"}, {"type": "string"}]}
@@ -77,12 +104,7 @@ def case_properties() -> dict[str, Any]:
         },
         "target": _array({"type": "number", "minimum": 0, "maximum": 1}),
         "reduction": {"enum": list(REDUCTIONS)},
-        "weight": {"oneOf": [NONNEGATIVE, _array(NONNEGATIVE)]},
-        "ignore_index": {"type": "integer"},
-        "label_smoothing": {"type": "number", "minimum": 0, "maximum": 1},
-        "softcap": {"type": "number", "exclusiveMinimum": 0},
-        "z_loss": NONNEGATIVE,
-        "pos_weight": _array(NONNEGATIVE),
+        **{option.name: option_schema(option) for option in OPTIONS},
         "methods": {
             "type": "array",
             "items": {"enum": list(METHODS)},

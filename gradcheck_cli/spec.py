@@ -16,7 +16,10 @@ How the YAML is read
 Adding a key
 ------------
 Keys are declared once, in :data:`CASE_KEYS`; a later feature adds its key there and reads it in
-:func:`_build_spec`. Nested mappings (``tolerance``, ``expect``) have their own key tables.
+:func:`_build_spec`. Nested mappings (``tolerance``, ``expect``) have their own key tables. Loss
+options are not keys of their own here: they come from the option table
+(:mod:`gradcheck_cli.core.options`), and each is read by the reader of its kind
+(:data:`_OPTION_READERS`), so a new option needs nothing in this module.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -35,19 +38,20 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gradcheck_cli import limits
 from gradcheck_cli.arrays import ArrayFileError, load_array
-from gradcheck_cli.core.loss import REDUCTIONS, Reduction
+from gradcheck_cli.core.options import (
+    LOSS_KINDS,
+    OPTIONS,
+    SIGMOID,
+    SOFTMAX,
+    Kind,
+    LossKind,
+    Option,
+    options_of,
+)
+from gradcheck_cli.core.softmax_ce import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
 from gradcheck_cli.methods import METHODS, SCHEMES, Scheme
-from gradcheck_cli.model import (
-    DTYPES,
-    LOSS_KINDS,
-    DType,
-    Expect,
-    Layer,
-    LossKind,
-    Spec,
-    ToleranceOverride,
-)
+from gradcheck_cli.model import DTYPES, DType, Expect, Layer, Spec, ToleranceOverride
 from gradcheck_cli.precision import dtype_overflow
 
 #: Keys a case may have. Top-level keys of a ``cases:`` file are defaults for every case.
@@ -62,12 +66,7 @@ CASE_KEYS: dict[str, str] = {
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
-    "weight": "class weights (K numbers); for sigmoid, element weights broadcast to the logits",
-    "ignore_index": "an integer label value whose samples are ignored",
-    "label_smoothing": "a number in [0, 1]",
-    "softcap": "a number c > 0 (logits pass through c tanh(z / c))",
-    "z_loss": "a number s >= 0 (adds s logsumexp(z)^2 per sample)",
-    "pos_weight": "weight of the positive term per class (K numbers), sigmoid only",
+    **{option.name: option.expected for option in OPTIONS},  # the loss options' table
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
     "finite_difference": "{scheme: forward | central | richardson, step: auto | number}",
@@ -76,9 +75,6 @@ CASE_KEYS: dict[str, str] = {
 }
 FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
-#: Keys that only one loss family takes.
-SOFTMAX_ONLY = ("ignore_index", "label_smoothing", "softcap", "z_loss")
-SIGMOID_ONLY = ("pos_weight",)
 EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
 TOLERANCE_KEYS = ("rtol", "atol")
 
@@ -687,6 +683,54 @@ def _case(
         return exc
 
 
+@dataclass(frozen=True)
+class _Case:
+    """One case's entries, and how to name and read them.
+
+    In a ``cases`` file every field is named with its case (``cases[1].label``), including keys
+    inherited from the top level; the location is where the key is written. ``node`` (the case's
+    mapping) locates missing keys.
+    """
+
+    ctx: _Ctx
+    entries: dict[str, tuple[Node, Node]]
+    prefix: str | None
+    node: Node
+
+    def field(self, key: str) -> str:
+        return key if self.prefix is None else f"{self.prefix}.{key}"
+
+    def value(self, key: str) -> Node | None:
+        """The key's value node; None when absent; an error when given but empty."""
+        if key not in self.entries:
+            return None
+        node = self.entries[key][1]
+        if isinstance(node, ScalarNode) and node.tag == _PLAIN and _NULL.match(node.value):
+            raise self.ctx.error(
+                node, self.field(key), f"expected {CASE_KEYS[key]}, found an empty value"
+            )
+        return node
+
+    def string(self, key: str) -> str | None:
+        node = self.value(key)
+        return None if node is None else _string(self.ctx, node, self.field(key))
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        """A string that must be one of ``choices``."""
+        text = self.string(key)
+        if text is not None and text not in choices:
+            raise self.ctx.error(
+                self.entries[key][1],
+                self.field(key),
+                f"expected one of {' | '.join(choices)}, found {text!r}",
+            )
+        return text
+
+
+#: Options the labels are validated against: read before them (the others after the targets).
+_LABEL_OPTIONS = ("ignore_index",)
+
+
 def _build_spec(
     ctx: _Ctx,
     entries: dict[str, tuple[Node, Node]],
@@ -694,215 +738,38 @@ def _build_spec(
     default_name: str,
     case_node: Node,
 ) -> Spec:
-    """Validate one case's keys. ``case_node`` (the case's mapping) locates missing keys.
-
-    In a ``cases`` file every field is named with its case (``cases[1].label``), including keys
-    inherited from the top level; the location is where the key is written.
-    """
-
-    def field(key: str) -> str:
-        return key if prefix is None else f"{prefix}.{key}"
-
-    def value(key: str) -> Node | None:
-        if key not in entries:
-            return None
-        node = entries[key][1]
-        if isinstance(node, ScalarNode) and node.tag == _PLAIN and _NULL.match(node.value):
-            raise ctx.error(node, field(key), f"expected {CASE_KEYS[key]}, found an empty value")
-        return node
-
-    name = default_name
-    if (node := value("name")) is not None:
-        name = _string(ctx, node, field("name"))
-    description = None
-    if (node := value("description")) is not None:
-        description = _string(ctx, node, field("description"))
-
-    loss: LossKind = "softmax_cross_entropy"
-    if (node := value("loss")) is not None:
-        text = _string(ctx, node, field("loss"))
-        if text not in LOSS_KINDS:
-            raise ctx.error(
-                node, field("loss"), f"expected one of {' | '.join(LOSS_KINDS)}, found {text!r}"
-            )
-        loss = text
-    sigmoid = loss == "sigmoid_cross_entropy"
-    for key in SOFTMAX_ONLY if sigmoid else SIGMOID_ONLY:
-        if (node := value(key)) is not None:
-            hint = (
-                "; set loss: sigmoid_cross_entropy to use it"
-                if key in SIGMOID_ONLY and "loss" not in entries
-                else ""
-            )
-            raise ctx.error(node, field(key), f"{key} does not apply to loss {loss}{hint}")
-
-    logits_node, layer_node = value("logits"), value("layer")
-    layer = None
-    if logits_node is not None and layer_node is not None:
-        raise ctx.error(layer_node, field("layer"), "give either 'logits' or 'layer', not both")
-    if layer_node is not None:
-        layer, logits = _layer(ctx, layer_node, field("layer"))
-    elif logits_node is not None:
-        logits = _float_array(
-            ctx,
-            logits_node,
-            field("logits"),
-            "K numbers, or N lists of K numbers",
-            keep_dtype=True,
-        )
-        _check_logits(ctx, logits_node, field("logits"), logits, allow_minus_inf=not sigmoid)
-    else:
-        raise ctx.error(
-            case_node,
-            field("logits"),
-            "missing required key: K numbers, or N lists of K numbers (or a 'layer')",
-        )
+    """Validate one case's keys, in the order their errors are reported."""
+    case = _Case(ctx, entries, prefix, case_node)
+    name = case.string("name")
+    description = case.string("description")
+    loss = cast(LossKind, case.choice("loss", LOSS_KINDS) or SOFTMAX)
+    _reject_foreign_options(case, loss)
+    layer, logits, logits_node = _logits(case, loss)
     single = logits.ndim == 1
     batch = logits[None, :] if single else logits
-    n, k = batch.shape
-
-    classes: tuple[str, ...] | None = None
-    if (node := value("classes")) is not None:
-        classes = _classes(ctx, node, field("classes"), k)
-
-    if (node := value("num_classes")) is not None:
-        declared = _integer(ctx, node, field("num_classes"))
-        if declared != k:
-            raise ctx.error(
-                node,
-                field("num_classes"),
-                f"num_classes is {declared} but the logits have {k} classes",
-            )
-
-    ignore_index = None
-    if (node := value("ignore_index")) is not None:
-        ignore_index = _integer(ctx, node, field("ignore_index"))
-        if not -(2**63) <= ignore_index < 2**63:
-            raise ctx.error(
-                node,
-                field("ignore_index"),
-                f"expected an integer that fits in 64 bits, found {_clip(node.value)}",
-            )
-
-    label_node, target_node = value("label"), value("target")
-    if label_node is not None and target_node is not None:
-        raise ctx.error(target_node, field("target"), "give either 'label' or 'target', not both")
-    labels = targets = None
-    if label_node is not None:
-        if sigmoid:
-            raise ctx.error(
-                label_node,
-                field("label"),
-                "loss sigmoid_cross_entropy takes 'target' (values in [0, 1] shaped like the "
-                "logits), not 'label'",
-            )
-        labels = _labels(ctx, label_node, field("label"), single, n, k, classes, ignore_index)
-    elif target_node is not None:
-        if ignore_index is not None:
-            raise ctx.error(
-                entries["ignore_index"][1],
-                field("ignore_index"),
-                "ignore_index applies to index labels ('label'), not to 'target'",
-            )
-        t = _shaped(
-            ctx, target_node, field("target"), logits.shape, "values shaped like the logits"
-        )
-        _finite(ctx, target_node, field("target"), t)
-        _check_targets(ctx, target_node, field("target"), t, distributions=not sigmoid)
-        targets = t[None, :] if single else t
-    else:
-        if sigmoid:
-            raise ctx.error(
-                case_node,
-                field("target"),
-                "missing required key: values in [0, 1] shaped like the logits",
-            )
-        raise ctx.error(
-            case_node,
-            field("label"),
-            "missing required key: give 'label' (class index or name) or 'target'",
-        )
-
-    weight = None
-    if (node := value("weight")) is not None:
-        if sigmoid:
-            weight = _broadcast_weight(ctx, node, field("weight"), logits.shape)
-            weight = weight[None, :] if single else weight
-        else:
-            weight = _nonnegative_array(ctx, node, field("weight"), (k,), f"{k} class weights")
-    pos_weight = None
-    if (node := value("pos_weight")) is not None:
-        pos_weight = _nonnegative_array(
-            ctx, node, field("pos_weight"), (k,), f"{k} positive-class weights"
-        )
-    smoothing = 0.0
-    if (node := value("label_smoothing")) is not None:
-        smoothing = _number(ctx, node, field("label_smoothing"))
-        if not 0.0 <= smoothing <= 1.0:
-            raise ctx.error(
-                node, field("label_smoothing"), f"expected a number in [0, 1], found {node.value}"
-            )
-    softcap = None
-    if (node := value("softcap")) is not None:
-        softcap = _number(ctx, node, field("softcap"))
-        if not (math.isfinite(softcap) and softcap > 0):
-            raise ctx.error(
-                node, field("softcap"), f"expected a finite number > 0, found {node.value}"
-            )
-    z_loss = 0.0
-    if (node := value("z_loss")) is not None:
-        z_loss = _nonnegative(ctx, node, field("z_loss"))
-
-    reduction: Reduction = "mean"
-    if (node := value("reduction")) is not None:
-        text = _string(ctx, node, field("reduction"))
-        if text not in REDUCTIONS:
-            raise ctx.error(
-                node,
-                field("reduction"),
-                f"expected one of {' | '.join(REDUCTIONS)}, found {text!r}",
-            )
-        reduction = text
-
+    classes = _classes_and_count(case, batch.shape[1])
+    options = _loss_options(case, loss, logits.shape, lambda key: key in _LABEL_OPTIONS)
+    labels, targets = _labels_or_targets(case, loss, logits, classes, options.get("ignore_index"))
+    options |= _loss_options(case, loss, logits.shape, lambda key: key not in _LABEL_OPTIONS)
+    reduction = cast(Reduction, case.choice("reduction", REDUCTIONS) or "mean")
     methods = None
-    if (node := value("methods")) is not None:
-        methods = _methods(ctx, node, field("methods"))
-
+    if (node := case.value("methods")) is not None:
+        methods = _methods(ctx, node, case.field("methods"))
     fd_scheme: Scheme = "central"
     fd_step = None
-    if (node := value("finite_difference")) is not None:
-        fd_scheme, fd_step = _fd_settings(ctx, node, field("finite_difference"))
-
-    # Logits read from a float32 or float16 file stay in that dtype, which is then the default
-    # precision of the methods under test.
-    dtype: DType = (
-        "float32"
-        if batch.dtype == np.float32
-        else ("float16" if batch.dtype == np.float16 else "float64")
-    )
-    if (node := value("dtype")) is not None:
-        text = _string(ctx, node, field("dtype"))
-        if text not in DTYPES:
-            raise ctx.error(
-                node, field("dtype"), f"expected one of {' | '.join(DTYPES)}, found {text!r}"
-            )
-        dtype = text
-        _check_dtype_range(ctx, logits_node or layer_node, field("logits"), batch, dtype)
-        if dtype == "float64":
-            batch = batch.astype(np.float64)
-
+    if (node := case.value("finite_difference")) is not None:
+        fd_scheme, fd_step = _fd_settings(ctx, node, case.field("finite_difference"))
+    dtype, batch = _dtype(case, batch, logits_node)
     tolerance = ToleranceOverride()
     per_method: dict[str, ToleranceOverride] = {}
-    if (node := value("tolerance")) is not None:
-        tolerance, per_method = _tolerance(ctx, node, field("tolerance"))
-
+    if (node := case.value("tolerance")) is not None:
+        tolerance, per_method = _tolerance(ctx, node, case.field("tolerance"))
     expect = None
-    if (node := value("expect")) is not None:
-        loss_shape = (n,) if not sigmoid else logits.shape
-        expect = _expect(ctx, node, field("expect"), logits.shape, loss_shape, reduction)
-
+    if (node := case.value("expect")) is not None:
+        loss_shape = logits.shape if loss == SIGMOID else (batch.shape[0],)
+        expect = _expect(ctx, node, case.field("expect"), logits.shape, loss_shape, reduction)
     return Spec(
-        name=name,
+        name=default_name if name is None else name,
         file=ctx.file,
         logits=np.ascontiguousarray(batch),
         single=single,
@@ -910,12 +777,6 @@ def _build_spec(
         targets=targets,
         reduction=reduction,
         loss=loss,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=smoothing,
-        softcap=softcap,
-        z_loss=z_loss,
-        pos_weight=pos_weight,
         layer=layer,
         classes=classes,
         description=description,
@@ -926,7 +787,200 @@ def _build_spec(
         tolerance=tolerance,
         method_tolerances=per_method,
         expect=expect,
+        **options,
     )
+
+
+def _reject_foreign_options(case: _Case, loss: LossKind) -> None:
+    """An option another loss family owns is an error (with a hint when ``loss`` is the
+    default, so the user may have meant the other family)."""
+    for option in OPTIONS:
+        if loss in option.kinds or (node := case.value(option.name)) is None:
+            continue
+        hint = "" if "loss" in case.entries else f"; set loss: {option.families[0]} to use it"
+        raise case.ctx.error(
+            node, case.field(option.name), f"{option.name} does not apply to loss {loss}{hint}"
+        )
+
+
+def _logits(case: _Case, loss: LossKind) -> tuple[Layer | None, np.ndarray, Node]:
+    """The layer (if any), the logits as given ((K,) or (N, K)) and the node they came from."""
+    logits_node, layer_node = case.value("logits"), case.value("layer")
+    if logits_node is not None and layer_node is not None:
+        raise case.ctx.error(
+            layer_node, case.field("layer"), "give either 'logits' or 'layer', not both"
+        )
+    if layer_node is not None:
+        layer, logits = _layer(case.ctx, layer_node, case.field("layer"))
+        return layer, logits, layer_node
+    if logits_node is None:
+        raise case.ctx.error(
+            case.node,
+            case.field("logits"),
+            "missing required key: K numbers, or N lists of K numbers (or a 'layer')",
+        )
+    field = case.field("logits")
+    what = "K numbers, or N lists of K numbers"
+    logits = _float_array(case.ctx, logits_node, field, what, keep_dtype=True)
+    _check_logits(case.ctx, logits_node, field, logits, allow_minus_inf=loss == SOFTMAX)
+    return None, logits, logits_node
+
+
+def _classes_and_count(case: _Case, k: int) -> tuple[str, ...] | None:
+    """``classes`` (K unique names) and the check of ``num_classes`` against K."""
+    classes = None
+    if (node := case.value("classes")) is not None:
+        classes = _classes(case.ctx, node, case.field("classes"), k)
+    if (node := case.value("num_classes")) is not None:
+        declared = _integer(case.ctx, node, case.field("num_classes"))
+        if declared != k:
+            raise case.ctx.error(
+                node,
+                case.field("num_classes"),
+                f"num_classes is {declared} but the logits have {k} classes",
+            )
+    return classes
+
+
+def _loss_options(
+    case: _Case, loss: LossKind, shape: tuple[int, ...], wanted: Callable[[str], bool]
+) -> dict[str, Any]:
+    """The ``wanted`` options of family ``loss`` the case sets, validated by their kind in the
+    option table; ``shape`` is the logits' shape as given."""
+    out: dict[str, Any] = {}
+    for option in options_of(loss):
+        if wanted(option.name) and (node := case.value(option.name)) is not None:
+            read = _OPTION_READERS[option.kinds[loss]]
+            out[option.name] = read(case.ctx, node, case.field(option.name), option, shape)
+    return out
+
+
+def _unit_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> float:
+    x = _number(ctx, node, field)
+    if not 0.0 <= x <= 1.0:
+        raise ctx.error(node, field, f"expected a number in [0, 1], found {node.value}")
+    return x
+
+
+def _positive_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> float:
+    x = _number(ctx, node, field)
+    if not (math.isfinite(x) and x > 0):
+        raise ctx.error(node, field, f"expected a finite number > 0, found {node.value}")
+    return x
+
+
+def _nonnegative_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> float:
+    return _nonnegative(ctx, node, field)
+
+
+def _int64_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> int:
+    value = _integer(ctx, node, field)
+    if not -(2**63) <= value < 2**63:
+        raise ctx.error(
+            node, field, f"expected an integer that fits in 64 bits, found {_clip(node.value)}"
+        )
+    return value
+
+
+def _class_array_option(
+    ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
+) -> np.ndarray:
+    k = shape[-1]
+    return _nonnegative_array(ctx, node, field, (k,), f"{k} {option.what}")
+
+
+def _broadcast_option(
+    ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
+) -> np.ndarray:
+    weight = _broadcast_weight(ctx, node, field, shape)
+    return weight[None, :] if len(shape) == 1 else weight
+
+
+#: How each kind of the option table is read and checked.
+_OPTION_READERS: dict[Kind, Callable[[_Ctx, Node, str, Option, tuple[int, ...]], Any]] = {
+    "unit": _unit_option,
+    "positive": _positive_option,
+    "nonnegative": _nonnegative_option,
+    "int64": _int64_option,
+    "class_array": _class_array_option,
+    "broadcast_array": _broadcast_option,
+}
+
+
+def _labels_or_targets(
+    case: _Case,
+    loss: LossKind,
+    logits: np.ndarray,
+    classes: tuple[str, ...] | None,
+    ignore_index: int | None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Exactly one of ``label`` (softmax only) and ``target``: (labels (N,), None) or
+    (None, targets (N, K))."""
+    label_node, target_node = case.value("label"), case.value("target")
+    if label_node is not None and target_node is not None:
+        raise case.ctx.error(
+            target_node, case.field("target"), "give either 'label' or 'target', not both"
+        )
+    if label_node is not None:
+        if loss == SIGMOID:
+            raise case.ctx.error(
+                label_node,
+                case.field("label"),
+                "loss sigmoid_cross_entropy takes 'target' (values in [0, 1] shaped like the "
+                "logits), not 'label'",
+            )
+        single = logits.ndim == 1
+        n, k = (1, logits.shape[0]) if single else logits.shape
+        field = case.field("label")
+        return _labels(case.ctx, label_node, field, single, n, k, classes, ignore_index), None
+    if target_node is not None:
+        return None, _targets(case, loss, target_node, logits, ignore_index)
+    if loss == SIGMOID:
+        raise case.ctx.error(
+            case.node,
+            case.field("target"),
+            "missing required key: values in [0, 1] shaped like the logits",
+        )
+    raise case.ctx.error(
+        case.node,
+        case.field("label"),
+        "missing required key: give 'label' (class index or name) or 'target'",
+    )
+
+
+def _targets(
+    case: _Case, loss: LossKind, node: Node, logits: np.ndarray, ignore_index: int | None
+) -> np.ndarray:
+    """``target`` as (N, K): probabilities (softmax: each row a distribution)."""
+    if ignore_index is not None:
+        raise case.ctx.error(
+            case.entries["ignore_index"][1],
+            case.field("ignore_index"),
+            "ignore_index applies to index labels ('label'), not to 'target'",
+        )
+    field = case.field("target")
+    t = _shaped(case.ctx, node, field, logits.shape, "values shaped like the logits")
+    _finite(case.ctx, node, field, t)
+    _check_targets(case.ctx, node, field, t, distributions=loss == SOFTMAX)
+    return t[None, :] if logits.ndim == 1 else t
+
+
+def _dtype(case: _Case, batch: np.ndarray, logits_node: Node) -> tuple[DType, np.ndarray]:
+    """The precision of the methods under test, and the logits (widened for float64).
+
+    Logits read from a float32 or float16 file stay in that dtype, which is then the default.
+    """
+    dtype: DType = (
+        "float32"
+        if batch.dtype == np.float32
+        else ("float16" if batch.dtype == np.float16 else "float64")
+    )
+    text = case.choice("dtype", DTYPES)
+    if text is None:
+        return dtype, batch
+    dtype = cast(DType, text)
+    _check_dtype_range(case.ctx, logits_node, case.field("logits"), batch, dtype)
+    return dtype, batch.astype(np.float64) if dtype == "float64" else batch
 
 
 def _labels(

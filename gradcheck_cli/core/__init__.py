@@ -5,16 +5,30 @@ Functions accept arbitrary leading dimensions where they say so (``(..., K)``), 
 finite-difference method evaluates many perturbed copies of a batch at once.
 
 Two loss families share the gradient methods: softmax cross-entropy
-(:class:`CrossEntropyProblem`, :mod:`.loss`) and binary cross-entropy with logits
-(:class:`SigmoidProblem`, :mod:`.sigmoid`). :func:`contributions` and :func:`reduce_any` dispatch
-between them.
+(:class:`CrossEntropyProblem`, :mod:`.softmax_ce`) and binary cross-entropy with logits
+(:class:`SigmoidProblem`, :mod:`.sigmoid_ce`). Each family's module owns its problem, forward
+pass, reduction scales, building from a spec's options, casting and slicing; the options
+themselves are one table, :mod:`.options`. The functions here dispatch between the families.
 """
 
 from __future__ import annotations
 
-from gradcheck_cli.core import loss as _softmax_ce
-from gradcheck_cli.core import sigmoid as _sigmoid_ce
-from gradcheck_cli.core.loss import (
+from collections.abc import Mapping
+from typing import Any
+
+from gradcheck_cli.core import sigmoid_ce as _sigmoid_ce
+from gradcheck_cli.core import softmax_ce as _softmax_ce
+from gradcheck_cli.core.options import SIGMOID, LossKind
+from gradcheck_cli.core.sigmoid_ce import SigmoidProblem
+from gradcheck_cli.core.softmax import (
+    cross_entropy_terms,
+    log_softmax,
+    logsumexp,
+    one_minus,
+    softmax,
+    softmax_jacobian,
+)
+from gradcheck_cli.core.softmax_ce import (
     REDUCTIONS,
     CrossEntropyProblem,
     Reduction,
@@ -24,15 +38,6 @@ from gradcheck_cli.core.loss import (
     reduce_loss,
     reduction_scales,
     weighted_targets,
-)
-from gradcheck_cli.core.sigmoid import SigmoidProblem
-from gradcheck_cli.core.softmax import (
-    cross_entropy_terms,
-    log_softmax,
-    logsumexp,
-    one_minus,
-    softmax,
-    softmax_jacobian,
 )
 
 Problem = CrossEntropyProblem | SigmoidProblem
@@ -47,6 +52,48 @@ def contributions(
     return _softmax_ce.contributions(problem, logits)
 
 
+def build_problem(
+    loss: LossKind,
+    logits: _softmax_ce.FloatArray,
+    labels: _softmax_ce.IntArray | None,
+    targets: _softmax_ce.FloatArray | None,
+    reduction: Reduction,
+    options: Mapping[str, Any],
+) -> Problem:
+    """The problem of family ``loss`` (``options``: that family's options, by name)."""
+    if loss == SIGMOID:
+        assert labels is None
+        return _sigmoid_ce.build(logits, None, targets, reduction, options)
+    return _softmax_ce.build(logits, labels, targets, reduction, options)
+
+
+def cast_problem(problem: Problem, dtype: str) -> Problem:
+    """The same problem with its floating-point arrays rounded to ``dtype``."""
+    if isinstance(problem, SigmoidProblem):
+        return _sigmoid_ce.cast(problem, dtype)
+    return _softmax_ce.cast(problem, dtype)
+
+
+BatchScales = tuple[_softmax_ce.FloatArray, _softmax_ce.FloatArray] | float
+
+
+def batch_scales(problem: Problem) -> BatchScales:
+    """The whole batch's reduction scales, in float64, for :func:`rows_of`."""
+    if isinstance(problem, SigmoidProblem):
+        return _sigmoid_ce.batch_scale(problem)
+    return _softmax_ce.float64_scales(problem)
+
+
+def rows_of(problem: Problem, rows: slice, scales: BatchScales, dtype: str) -> Problem:
+    """Rows ``rows`` of ``problem`` as a problem of their own, in ``dtype``, carrying the whole
+    batch's reduction ``scales`` (:func:`batch_scales`)."""
+    if isinstance(problem, SigmoidProblem):
+        assert isinstance(scales, float)
+        return _sigmoid_ce.rows_of(problem, rows, scales, dtype)
+    assert isinstance(scales, tuple)
+    return _softmax_ce.rows_of(problem, rows, scales, dtype)
+
+
 def reduce_any(problem: Problem) -> float | _softmax_ce.FloatArray:
     """The reduced loss of either loss family."""
     if isinstance(problem, SigmoidProblem):
@@ -56,10 +103,14 @@ def reduce_any(problem: Problem) -> float | _softmax_ce.FloatArray:
 
 __all__ = [
     "REDUCTIONS",
+    "BatchScales",
     "CrossEntropyProblem",
     "Problem",
     "Reduction",
     "SigmoidProblem",
+    "batch_scales",
+    "build_problem",
+    "cast_problem",
     "class_weights",
     "contributions",
     "cross_entropy_terms",
@@ -71,6 +122,7 @@ __all__ = [
     "reduce_any",
     "reduce_loss",
     "reduction_scales",
+    "rows_of",
     "softmax",
     "softmax_jacobian",
     "weighted_targets",

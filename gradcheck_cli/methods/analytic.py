@@ -1,6 +1,6 @@
 """Closed-form gradients.
 
-Softmax cross-entropy, for one sample with weighted target ``q`` (see :mod:`..core.loss`):
+Softmax cross-entropy, for one sample with weighted target ``q`` (see :mod:`..core.softmax_ce`):
 
     dce/dz'_c = p_c sum(q) - q_c = p_c sum_{j != c} q_j - q_c sum_{j != c} p_j
 
@@ -12,7 +12,7 @@ sum of the other probabilities. For logits (40, 0, 0) and label 0, ``p_0 - 1`` r
 the true value is -2 e^-40 / (1 + 2 e^-40) = -8.4967e-18; the sum of the other probabilities keeps
 every digit, so every component carries a small *relative* error, tiny ones included.
 
-Binary cross-entropy with logits: see :mod:`..core.sigmoid`.
+Binary cross-entropy with logits: see :mod:`..core.sigmoid_ce`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem
-from gradcheck_cli.core import sigmoid as sig
-from gradcheck_cli.core.loss import (
+from gradcheck_cli.core import sigmoid_ce as sig
+from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax
+from gradcheck_cli.core.softmax_ce import (
     CrossEntropyProblem,
     capped,
+    label_columns,
     label_weights,
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax
 from gradcheck_cli.methods._base import DEFAULT_SETTINGS, GradientOutput, MethodSettings
 
 FloatArray = NDArray[np.float64]
@@ -57,11 +58,11 @@ def analytic_gradient(
     z = capped(problem, problem.logits)
     p = softmax(z)
     alpha, beta = reduction_scales(problem)
-    if problem.labels is not None and problem.label_smoothing == 0.0:
+    if problem.one_hot:
         # One-hot weighted targets: w_y (p - onehot(y)), the label component as -sum of the
         # other probabilities (the same formula, without forming q).
         rows = np.arange(problem.shape[0])
-        labels = np.where(problem.valid, problem.labels, 0)
+        labels = label_columns(problem)
         g = p.copy()
         g[rows, labels] = 0.0
         g[rows, labels] = -np.sum(g, axis=-1)

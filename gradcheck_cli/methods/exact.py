@@ -19,7 +19,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem, SigmoidProblem
-from gradcheck_cli.core.loss import CrossEntropyProblem, class_weights, mean_normalizers
+from gradcheck_cli.core.sigmoid_ce import mean_divisor
+from gradcheck_cli.core.softmax_ce import (
+    CrossEntropyProblem,
+    class_weights,
+    exact_weighted_target,
+    mean_normalizers,
+)
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -56,7 +62,6 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
     mpf = ctx.mpf
     n, k = problem.shape
     w = [mpf(float(v)) for v in class_weights(problem)]
-    a = mpf(problem.label_smoothing)
     valid = problem.valid
     ce_norm, z_norm = mean_normalizers(problem)  # sums of float64 weights: recompute exactly
     if problem.reduction == "mean" and problem.labels is not None:
@@ -80,13 +85,7 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
         total = ctx.fsum(e)
         p = [x / total for x in e]
         lse = m + ctx.log(total)
-        if problem.labels is not None:
-            y = int(problem.labels[i])
-            q = [a / k * w[c] for c in range(k)]
-            q[y] += (1 - a) * w[y]
-        else:
-            assert problem.targets is not None
-            q = [w[c] * ((1 - a) * mpf(float(t)) + a / k) for c, t in enumerate(problem.targets[i])]
+        q = exact_weighted_target(problem, i, w, mpf)
         if problem.reduction == "mean":
             alpha = 1 / ce_norm_mp if ce_norm_mp != 0 else mpf(0)
             beta = 1 / mpf(z_norm) if z_norm != 0 and ce_norm_mp != 0 else mpf(0)
@@ -108,7 +107,7 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
 def _sigmoid(ctx: Any, problem: SigmoidProblem) -> FloatArray:
     mpf = ctx.mpf
     n, k = problem.shape
-    scale = mpf(1) / (n * k) if problem.reduction == "mean" else mpf(1)
+    scale = mpf(1) / mean_divisor(problem) if problem.reduction == "mean" else mpf(1)
     out = np.empty((n, k))
     for i in range(n):
         for c in range(k):

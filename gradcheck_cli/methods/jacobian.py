@@ -25,9 +25,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.core import Problem
-from gradcheck_cli.core import sigmoid as sig
-from gradcheck_cli.core.loss import capped, label_weights, reduction_scales, weighted_targets
+from gradcheck_cli.core import sigmoid_ce as sig
 from gradcheck_cli.core.softmax import logsumexp, one_minus, softmax, softmax_jacobian
+from gradcheck_cli.core.softmax_ce import (
+    capped,
+    label_columns,
+    label_weights,
+    reduction_scales,
+    weighted_targets,
+)
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -97,10 +103,10 @@ def jacobian_gradient(
             f"Jacobian would hold {k * k:,} values (materialized up to K = "
             f"{min(MATERIALIZE_MAX_K, int(JACOBIAN_CHUNK_ELEMENTS**0.5))})"
         )
-    if structured and problem.labels is not None and problem.label_smoothing == 0.0:
+    if structured and problem.one_hot:
         # One-hot weighted targets: dL/dp has one entry per row, -alpha w_y / p_y.
         rows = np.arange(n)
-        labels = np.where(problem.valid, problem.labels, 0)
+        labels = label_columns(problem)
         scale = alpha * label_weights(problem)
         p_y = p[rows, labels]
         tiny = float(np.finfo(p.dtype).tiny)

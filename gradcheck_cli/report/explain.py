@@ -30,9 +30,7 @@ def markdown(w: Walkthrough) -> str:
     names = list(w.classes)
     k = len(names)
     y = w.label
-    plain_label = (
-        y is not None and not w.options.get("label_smoothing") and "weight" not in w.options
-    )
+    plain_label = w.plain_label
     lines: list[str] = []
     which = f" (sample {w.sample} of {w.n})" if w.n > 1 else ""
     lines += [f"# Why d(loss)/d(logits) = p − y: {w.name}{which}", ""]

@@ -30,7 +30,8 @@ there, from 0 * -inf).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -120,6 +121,60 @@ class CrossEntropyProblem:
         """True when no option changes the textbook loss (weights and smoothing aside)."""
         return self.softcap is None and self.z_loss == 0.0
 
+    @property
+    def one_hot(self) -> bool:
+        """True when every weighted target is ``w_y onehot(y)`` (index labels, no smoothing), so
+        methods may gather at the label instead of forming ``q``."""
+        return self.labels is not None and self.label_smoothing == 0.0
+
+
+def build(
+    logits: FloatArray,
+    labels: IntArray | None,
+    targets: FloatArray | None,
+    reduction: Reduction,
+    options: Mapping[str, Any],
+) -> CrossEntropyProblem:
+    """The problem of a spec's arrays and its options (by the option table's names: this
+    family's rows of ``core.options.OPTIONS`` are the problem's option fields)."""
+    return CrossEntropyProblem(
+        logits, labels=labels, targets=targets, reduction=reduction, **options
+    )
+
+
+def _cast(a: FloatArray | None, dtype: str) -> FloatArray | None:
+    return None if a is None else a.astype(dtype)
+
+
+def cast(problem: CrossEntropyProblem, dtype: str) -> CrossEntropyProblem:
+    """The same problem with its floating-point arrays (logits, targets, class weights) rounded
+    to ``dtype``; labels stay int64."""
+    return replace(
+        problem,
+        logits=problem.logits.astype(dtype),
+        targets=_cast(problem.targets, dtype),
+        weight=_cast(problem.weight, dtype),
+    )
+
+
+def rows_of(
+    problem: CrossEntropyProblem,
+    rows: slice,
+    scales: tuple[FloatArray, FloatArray],
+    dtype: str,
+) -> CrossEntropyProblem:
+    """Rows ``rows`` as a problem of their own in ``dtype``, carrying the whole batch's
+    reduction ``scales`` (:func:`float64_scales` of the batch)."""
+    alpha, beta = scales
+    return replace(
+        problem,
+        logits=problem.logits[rows].astype(dtype),
+        labels=None if problem.labels is None else problem.labels[rows],
+        targets=_cast(None if problem.targets is None else problem.targets[rows], dtype),
+        weight=_cast(problem.weight, dtype),
+        row_scales=(alpha[rows].astype(dtype), beta[rows].astype(dtype)),
+    )
+
 
 def class_weights(problem: CrossEntropyProblem) -> FloatArray:
     """The class weights, shape (K,) (all 1 when the problem has none)."""
@@ -143,6 +198,23 @@ def weighted_targets(problem: CrossEntropyProblem) -> FloatArray:
         q[rows] = (a / k) * w
     q[rows, problem.labels[rows]] += (1.0 - a) * w[problem.labels[rows]]
     return q
+
+
+def exact_weighted_target(
+    problem: CrossEntropyProblem, i: int, w: list[Any], number: Callable[[float], Any]
+) -> list[Any]:
+    """Row ``i``'s weighted target ``q`` (K,) without rounding: the formula of
+    :func:`weighted_targets` in the arithmetic of ``number`` (the ``exact`` method passes
+    mpmath's ``mpf``), with the class weights ``w`` already converted."""
+    _, k = problem.shape
+    a = number(problem.label_smoothing)
+    if problem.labels is not None:
+        y = int(problem.labels[i])
+        q = [a / k * w[c] for c in range(k)]
+        q[y] += (1 - a) * w[y]
+        return q
+    assert problem.targets is not None
+    return [w[c] * ((1 - a) * number(float(t)) + a / k) for c, t in enumerate(problem.targets[i])]
 
 
 def dense_targets(problem: CrossEntropyProblem) -> FloatArray:
@@ -231,7 +303,7 @@ def sample_terms(
     """
     z = capped(problem, problem.logits if logits is None else logits)
     shifted, m, log_norm = softmax_terms(z)  # -log p = log_norm - shifted, both parts >= 0
-    if problem.labels is not None and problem.label_smoothing == 0.0:
+    if problem.one_hot:
         # q is w_y at the label and 0 elsewhere: gather instead of a dot product.
         ce = _label_terms(problem, shifted, log_norm[..., 0])
         if problem.z_loss == 0.0:
@@ -269,10 +341,17 @@ def label_weights(problem: CrossEntropyProblem) -> FloatArray:
     return out
 
 
+def label_columns(problem: CrossEntropyProblem) -> IntArray:
+    """Each row's label, shape (N,), with 0 for ignored rows (their weight is 0): the columns
+    one-hot methods gather at (index labels only)."""
+    assert problem.labels is not None
+    out: IntArray = np.where(problem.valid, problem.labels, 0)
+    return out
+
+
 def _label_terms(problem: CrossEntropyProblem, shifted: AnyArray, log_norm: AnyArray) -> AnyArray:
     """``w_y (log_norm - shifted_y)`` per sample without forming the one-hot targets."""
-    assert problem.labels is not None
-    labels = np.where(problem.valid, problem.labels, 0)
+    labels = label_columns(problem)
     idx = np.broadcast_to(labels[:, None], (*shifted.shape[:-1], 1))
     picked = np.take_along_axis(shifted, idx, axis=-1)[..., 0]
     w = label_weights(problem)

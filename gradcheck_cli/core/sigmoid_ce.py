@@ -17,13 +17,14 @@ no term loses accuracy to cancellation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core.loss import REDUCTIONS, Reduction
+from gradcheck_cli.core.softmax_ce import REDUCTIONS, Reduction
 
 FloatArray = NDArray[np.float64]
 #: Real or complex (the complex-step method passes complex logits through the forward pass).
@@ -61,6 +62,61 @@ class SigmoidProblem:
     def shape(self) -> tuple[int, int]:
         n, k = self.logits.shape
         return n, k
+
+
+def build(
+    logits: FloatArray,
+    labels: None,
+    targets: FloatArray | None,
+    reduction: Reduction,
+    options: Mapping[str, Any],
+) -> SigmoidProblem:
+    """The problem of a spec's arrays and its options (this family's rows of
+    ``core.options.OPTIONS``); element weights are broadcast to the logits' shape here."""
+    assert labels is None and targets is not None
+    weight = options.get("weight")
+    if weight is not None:
+        weight = np.broadcast_to(weight, logits.shape).copy()
+    return SigmoidProblem(logits, targets, reduction, **{**options, "weight": weight})
+
+
+def _cast(a: FloatArray | None, dtype: str) -> FloatArray | None:
+    return None if a is None else a.astype(dtype)
+
+
+def cast(problem: SigmoidProblem, dtype: str) -> SigmoidProblem:
+    """The same problem with every array (logits, targets, weights) rounded to ``dtype``."""
+    return replace(
+        problem,
+        logits=problem.logits.astype(dtype),
+        targets=problem.targets.astype(dtype),
+        weight=_cast(problem.weight, dtype),
+        pos_weight=_cast(problem.pos_weight, dtype),
+    )
+
+
+def rows_of(problem: SigmoidProblem, rows: slice, scale: float, dtype: str) -> SigmoidProblem:
+    """Rows ``rows`` as a problem of their own in ``dtype``, carrying the whole batch's
+    reduction ``scale`` (:func:`batch_scale`)."""
+    return replace(
+        problem,
+        logits=problem.logits[rows].astype(dtype),
+        targets=problem.targets[rows].astype(dtype),
+        weight=_cast(None if problem.weight is None else problem.weight[rows], dtype),
+        pos_weight=_cast(problem.pos_weight, dtype),
+        scale=scale,
+    )
+
+
+def mean_divisor(problem: SigmoidProblem) -> int:
+    """What ``mean`` divides the summed element losses by: the number of elements, N K."""
+    n, k = problem.shape
+    return n * k
+
+
+def batch_scale(problem: SigmoidProblem) -> float:
+    """Every element's factor in this whole problem's reduced loss: 1/(N K) for mean, else 1."""
+    return 1.0 / mean_divisor(problem) if problem.reduction == "mean" else 1.0
 
 
 def softplus(x: FloatArray) -> FloatArray:
@@ -105,11 +161,9 @@ def element_losses(problem: SigmoidProblem, logits: AnyArray | None = None) -> F
 
 
 def reduction_scale(problem: SigmoidProblem) -> float:
-    """Factor of every element in the reduced loss: 1/(N K) for mean, else 1."""
-    if problem.scale is not None:
-        return problem.scale
-    n, k = problem.shape
-    return 1.0 / (n * k) if problem.reduction == "mean" else 1.0
+    """Factor of every element in the reduced loss: the batch's when this problem is a slice of
+    it, else :func:`batch_scale`."""
+    return batch_scale(problem) if problem.scale is None else problem.scale
 
 
 def contributions(problem: SigmoidProblem, logits: AnyArray | None = None) -> FloatArray:
@@ -128,4 +182,4 @@ def reduce_loss(problem: SigmoidProblem) -> float | FloatArray:
     if problem.reduction == "none":
         return losses
     total = float(np.sum(losses))
-    return total / losses.size if problem.reduction == "mean" else total
+    return total / mean_divisor(problem) if problem.reduction == "mean" else total

@@ -6,8 +6,9 @@ Pure computation: takes a :class:`~gradcheck_cli.model.Spec`, returns a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -116,29 +117,141 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     n, k = problem.shape
     if options.fast or (not options.full and fastmode.needs_fast(n, k)):
         return _run_fast(spec, options, problem, dtype)
-    under_test = problem
+    problem, under_test = _in_dtype(problem, dtype)
+    shaped = _shaper(spec)
+    forward = _forward(spec, problem)
+    run = _gradients(spec, options, problem, under_test, dtype)
+    reference = run.reference()
+    predicted = {
+        name: predicted_error(name, under_test, reference, scheme=spec.fd_scheme, step=spec.fd_step)
+        for name, grad in run.gradients.items()
+        if grad is not None and name not in (run.reference_name, EXACT_METHOD, FLOAT64_REFERENCE)
+    }
+    _drop_unresolvable(spec, dtype, run.gradients, predicted, reference, run.not_computable)
+    comparisons = _compare_all(
+        spec, options, "logits", run.gradients, run.reference_name, shaped, predicted, dtype
+    )
+    parameter_gradients: dict[str, dict[str, np.ndarray | None]] = {}
+    if spec.layer is not None:
+        parameter_gradients = _layer_part(spec, problem, run, dtype)
+        for quantity, by_method in parameter_gradients.items():
+            comparisons += _compare_all(
+                spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
+            )
+    if options.impl is not None:
+        comparisons += _impl_comparisons(
+            spec, options, options.impl, under_test, dtype, forward.loss, reference, shaped,
+            run.notes, run.not_computable,
+        )  # fmt: skip
+    found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
     if dtype != "float64":
-        overflow = dtype_overflow(problem.logits, dtype)
-        if overflow is not None:
-            raise XentcheckError(f"cannot run in {dtype}: {overflow}")
-        under_test = cast_problem(problem, dtype)
-        problem = cast_problem(under_test, "float64")
+        found.append(_dtype_loss_check(under_test, forward.loss, dtype))
+    if spec.expect is not None:
+        found.extend(_expectations(spec, dtype, forward, reference, shaped))
+    return _result(
+        spec,
+        comparisons,
+        found,
+        message=forward.note,
+        logits=shaped(problem.logits),
+        targets=shaped(_display_targets(problem)),
+        labels=spec.labels,
+        loss=forward.loss,
+        loss_note=forward.note,
+        probs=shaped(forward.probs),
+        gradients={m: (None if g is None else shaped(g)) for m, g in run.gradients.items()},
+        not_computable=run.not_computable,
+        method_notes=run.notes,
+        parameter_gradients=parameter_gradients,
+        reference=run.reference_name,
+    )
+
+
+def _result(
+    spec: Spec, comparisons: Sequence[Comparison], found: Sequence[Check], **fields: Any
+) -> SpecResult:
+    """The result of a spec that ran: pass iff every comparison and check passed; the spec's
+    own description (name, file, shape, options) plus ``fields``."""
+    passed = all(c.passed for c in comparisons) and all(c.passed for c in found)
+    return SpecResult(
+        name=spec.name,
+        file=spec.file,
+        status="pass" if passed else "fail",
+        shape=spec.logits[0].shape if spec.single else spec.logits.shape,
+        classes=spec.classes,
+        reduction=spec.reduction,
+        loss_kind=spec.loss,
+        options=set_options(spec),
+        comparisons=tuple(comparisons),
+        checks=tuple(found),
+        **fields,
+    )
+
+
+def _shaper(spec: Spec) -> Callable[[np.ndarray], np.ndarray]:
+    """Arrays back in the spec's own shape: (K,) for a single sample, (N, K) for a batch."""
 
     def shaped(a: np.ndarray) -> np.ndarray:
         return a[0] if spec.single else a
 
+    return shaped
+
+
+def _in_dtype(problem: Problem, dtype: str) -> tuple[Problem, Problem]:
+    """(the problem in float64, the problem the methods under test get): below float64 both
+    hold the logits rounded to ``dtype``, the first widened back (the reference's inputs)."""
+    if dtype == "float64":
+        return problem, problem
+    overflow = dtype_overflow(problem.logits, dtype)
+    if overflow is not None:
+        raise XentcheckError(f"cannot run in {dtype}: {overflow}")
+    under_test = cast_problem(problem, dtype)
+    return cast_problem(under_test, "float64"), under_test
+
+
+@dataclass(frozen=True, eq=False)
+class Forward:
+    """The forward pass of a spec's problem: the loss in the spec's shape, the probabilities
+    (softmax, or sigmoid per element) (N, K), and why the loss is not finite (or None)."""
+
+    loss: float | np.ndarray
+    probs: np.ndarray
+    note: str | None
+
+
+def _forward(spec: Spec, problem: Problem) -> Forward:
     loss = reduce_any(problem)
     if isinstance(problem, SigmoidProblem):
         probs = sigmoid(problem.logits)
         note = None if np.all(np.isfinite(np.asarray(loss))) else "the loss is not finite"
         if spec.single and isinstance(loss, np.ndarray):
             loss = loss[0]
-    else:
-        probs = softmax(capped(problem, problem.logits))
-        note = loss_note(problem, loss)
+        return Forward(loss, probs, note)
+    return Forward(loss, softmax(capped(problem, problem.logits)), loss_note(problem, loss))
 
+
+@dataclass(eq=False)
+class _Gradients:
+    """Every method's gradient of one run (None: not computable), why not, and how."""
+
+    gradients: dict[str, np.ndarray | None]
+    not_computable: dict[str, str]
+    notes: dict[str, str]
+    reference_name: str
+    settings: MethodSettings
+
+    def reference(self) -> np.ndarray:
+        grad = self.gradients[self.reference_name]
+        assert grad is not None  # the closed form is always computable
+        return grad
+
+
+def _gradients(
+    spec: Spec, options: RunOptions, problem: Problem, under_test: Problem, dtype: str
+) -> _Gradients:
+    """Run every requested method (the closed form always: it is the reference when ``exact``
+    is not; below float64 the float64 closed form is, under :data:`FLOAT64_REFERENCE`)."""
     requested = options.methods or spec.methods or tuple(METHODS)
-    # The closed form is always computed: it is the reference when `exact` is not.
     names = [REFERENCE_METHOD] + [m for m in requested if m != REFERENCE_METHOD]
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
     gradients: dict[str, np.ndarray | None] = {}
@@ -158,91 +271,32 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     if dtype != "float64" and gradients.get(EXACT_METHOD) is None:
         gradients[FLOAT64_REFERENCE] = METHODS[REFERENCE_METHOD](problem, settings).grad
         notes[FLOAT64_REFERENCE] = "the closed form in float64: the reference of this run"
-
     reference_name = reference_of(gradients)
     if dtype != "float64" and reference_name == REFERENCE_METHOD:
         reference_name = FLOAT64_REFERENCE
-    reference = gradients[reference_name]
-    assert reference is not None  # the closed form is always computable
-    predicted = {
-        name: predicted_error(name, under_test, reference, scheme=spec.fd_scheme, step=spec.fd_step)
-        for name, grad in gradients.items()
-        if grad is not None and name not in (reference_name, EXACT_METHOD, FLOAT64_REFERENCE)
-    }
-    _drop_unresolvable(spec, dtype, gradients, predicted, reference, not_computable)
-    comparisons = _compare_all(
-        spec, options, "logits", gradients, reference_name, shaped, predicted, dtype
-    )
+    return _Gradients(gradients, not_computable, notes, reference_name, settings)
 
-    parameter_gradients: dict[str, dict[str, np.ndarray | None]] = {}
-    if spec.layer is not None:
-        layer_problem, layer_grads = problem, gradients
-        if dtype != "float64":  # the layer's parameters are checked in float64
-            layer_problem = build_problem(spec)
-            layer_grads = {
-                m: METHODS[m](layer_problem, settings).grad
-                for m in layer_methods.LAYER_METHODS
-                if m in gradients and m != "finite_difference"
-            }
-            layer_grads["finite_difference"] = None
-            notes["layer"] = "the layer's parameters are checked in float64"
-        parameter_gradients = _layer_gradients(
-            spec.layer, layer_problem, layer_grads, not_computable
-        )
-        if spec.single:  # the inputs were one vector (D,)
-            parameter_gradients["inputs"] = {
-                m: (None if g is None else g[0]) for m, g in parameter_gradients["inputs"].items()
-            }
-        for quantity, by_method in parameter_gradients.items():
-            comparisons += _compare_all(
-                spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
-            )
 
-    if options.impl is not None:
-        comparisons += _impl_comparisons(
-            spec,
-            options,
-            options.impl,
-            under_test,
-            dtype,
-            loss,
-            reference,
-            shaped,
-            notes,
-            not_computable,
-        )
-
-    found = _checks(spec, problem, probs, loss, reference, note)
+def _layer_part(
+    spec: Spec, problem: Problem, run: _Gradients, dtype: str
+) -> dict[str, dict[str, np.ndarray | None]]:
+    """The layer's parameter gradients by method (always in float64: below it, the closed
+    forms are recomputed at the spec's own inputs and finite differences are skipped)."""
+    assert spec.layer is not None
+    layer_problem, layer_grads = problem, run.gradients
     if dtype != "float64":
-        found.append(_dtype_loss_check(under_test, loss, dtype))
-    if spec.expect is not None:
-        found.extend(_expectations(spec, dtype, loss, probs, reference, shaped))
-
-    passed = all(c.passed for c in comparisons) and all(c.passed for c in found)
-    return SpecResult(
-        name=spec.name,
-        file=spec.file,
-        status="pass" if passed else "fail",
-        message=note,
-        shape=spec.logits[0].shape if spec.single else spec.logits.shape,
-        classes=spec.classes,
-        reduction=spec.reduction,
-        loss_kind=spec.loss,
-        options=set_options(spec),
-        logits=shaped(problem.logits),
-        targets=shaped(_display_targets(problem)),
-        labels=spec.labels,
-        loss=loss,
-        loss_note=note,
-        probs=shaped(probs),
-        gradients={m: (None if g is None else shaped(g)) for m, g in gradients.items()},
-        not_computable=not_computable,
-        method_notes=notes,
-        parameter_gradients=parameter_gradients,
-        reference=reference_name,
-        comparisons=tuple(comparisons),
-        checks=tuple(found),
-    )
+        layer_problem = build_problem(spec)
+        layer_grads = {
+            m: METHODS[m](layer_problem, run.settings).grad
+            for m in layer_methods.LAYER_METHODS
+            if m in run.gradients and m != "finite_difference"
+        }
+        layer_grads["finite_difference"] = None
+        run.notes["layer"] = "the layer's parameters are checked in float64"
+    out = _layer_gradients(spec.layer, layer_problem, layer_grads, run.not_computable)
+    if spec.single:  # the inputs were one vector (D,)
+        out["inputs"] = {m: (None if g is None else g[0]) for m, g in out["inputs"].items()}
+    return out
 
 
 def _display_targets(problem: Problem) -> np.ndarray:
@@ -353,24 +407,15 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         found.append(Check("loss_is_finite", expected, "the loss is not finite"))
     if spec.expect is not None:
         found.extend(checks.expectations(spec.expect, loss, np.zeros(0), None))
-    comparisons = tuple(outcome.comparisons)
-    passed = all(c.passed for c in comparisons) and all(c.passed for c in found)
-    return SpecResult(
-        name=spec.name,
-        file=spec.file,
-        status="pass" if passed else "fail",
-        shape=spec.logits[0].shape if spec.single else spec.logits.shape,
-        classes=spec.classes,
-        reduction=spec.reduction,
-        loss_kind=spec.loss,
-        options=set_options(spec),
+    return _result(
+        spec,
+        outcome.comparisons,
+        found,
         loss=loss,
         gradients={},
         not_computable=outcome.not_computable,
         method_notes=outcome.notes,
-        reference="analytic_float64",
-        comparisons=comparisons,
-        checks=tuple(found),
+        reference=FLOAT64_REFERENCE,
     )
 
 
@@ -450,8 +495,7 @@ def _impl_comparisons(
 def _expectations(
     spec: Spec,
     dtype: str,
-    loss: float | np.ndarray,
-    probs: np.ndarray,
+    forward: Forward,
     reference: np.ndarray,
     shaped: Callable[[np.ndarray], np.ndarray],
 ) -> list[Check]:
@@ -460,15 +504,11 @@ def _expectations(
     assert spec.expect is not None
     if dtype != "float64":
         original = build_problem(spec)
-        loss = reduce_any(original)
-        if isinstance(original, SigmoidProblem):
-            probs = sigmoid(original.logits)
-            if spec.single and isinstance(loss, np.ndarray):
-                loss = loss[0]
-        else:
-            probs = softmax(capped(original, original.logits))
+        forward = _forward(spec, original)
         reference = METHODS[REFERENCE_METHOD](original, DEFAULT_SETTINGS).grad
-    return checks.expectations(spec.expect, loss, shaped(probs), shaped(reference))
+    return checks.expectations(
+        spec.expect, forward.loss, shaped(forward.probs), shaped(reference)
+    )
 
 
 def _drop_unresolvable(

@@ -238,70 +238,74 @@ def run(
 
     With several specs the table shows one line per spec and the full report of each that
     failed; -v shows every report."""
+    # (long only by its option declarations: Typer reads the options from this signature)
     from gradcheck_cli.engine import RunOptions
     from gradcheck_cli.report import renderer
 
     try:
         renderer("run", format)  # an unsupported format fails before any spec runs
+        if fast and full:
+            raise UsageError("--fast and --full exclude each other")
+        options = RunOptions(
+            methods=tuple(m.value for m in method) if method else None,
+            rtol=rtol,
+            atol=atol,
+            dtype=dtype.value if dtype else None,
+            impl=_load_impl(impl),
+            fast=fast,
+            full=full,
+            directions=directions,
+        )
     except XentcheckError as exc:
         _fail(str(exc))
-    implementation = None
-    if impl is not None:
-        from gradcheck_cli.impl import load
+    limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
+    report = _run_report(paths, options, limits, quiet=quiet, debug=_state(ctx).debug)
+    try:
+        _emit("run", format, report.results, output, verbose=verbose)
+        if format is not Format.table and not quiet:
+            from gradcheck_cli.report.table import summary_line
 
-        try:
-            implementation = load(impl)
-        except XentcheckError as exc:
-            _fail(str(exc))
+            _stderr().print(summary_line(report.results), markup=False)
+    except XentcheckError as exc:
+        _fail(str(exc))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _load_impl(target: str | None) -> Any:
+    """The ``--impl`` implementation, or None; ImplError (a XentcheckError) if it won't load."""
+    if target is None:
+        return None
+    from gradcheck_cli.impl import load
+
+    return load(target)
+
+
+def _run_report(
+    paths: list[str] | None, options: Any, limits: dict[str, int], *, quiet: bool, debug: bool
+) -> Any:
+    """Run the specs (the bundled ones without paths) with a progress bar on a terminal, and
+    print each invalid spec's message once, on stderr."""
+    from gradcheck_cli.api import Report, run_paths
+
     err = _stderr()
     if not paths:
-        bundled = bundled_specs_dir()
-        paths = [str(bundled)]
+        paths = [str(bundled_specs_dir())]
         if not quiet:
             err.print(
                 "No paths given: running the bundled example specs (specs/ of the installed "
                 "package; xentcheck run DIR or FILE checks your own)",
                 markup=False,
             )
-    options = RunOptions(
-        methods=tuple(m.value for m in method) if method else None,
-        rtol=rtol,
-        atol=atol,
-        dtype=dtype.value if dtype else None,
-        impl=implementation,
-        fast=fast,
-        full=full,
-        directions=directions,
-    )
-    if fast and full:
-        _fail("--fast and --full exclude each other")
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
     try:
-        from gradcheck_cli.api import Report, run_paths
-
-        limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
-        report = Report(
-            tuple(
-                run_paths(
-                    paths, options, limits=limits, progress=progress.update, debug=_state(ctx).debug
-                )
-            )
-        )
+        found = run_paths(paths, options, limits=limits, progress=progress.update, debug=debug)
     finally:
         progress.close()
-    for r in report.results:
+    for r in found:
         if r.status == "error" and r.message:
             err.print(f"error: {r.message}", markup=False)
-    try:
-        _emit("run", format, report.results, output, verbose=verbose)
-        if format is not Format.table and not quiet:
-            from gradcheck_cli.report.table import summary_line
-
-            err.print(summary_line(report.results), markup=False)
-    except XentcheckError as exc:
-        _fail(str(exc))
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+    return Report(tuple(found))
 
 
 def _emit(

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gradcheck_cli.engine import RunOptions, run_spec
-from gradcheck_cli.errors import SpecError, XentcheckError
+from gradcheck_cli.errors import NotRepresentable, SpecError, XentcheckError
 from gradcheck_cli.impl import Implementation, wrap
 from gradcheck_cli.impl import load as load_impl
-from gradcheck_cli.model import DType, Spec, SpecResult, error_result
+from gradcheck_cli.model import DType, Spec, SpecResult, error_result, skipped_result
 
 __all__ = ["Report", "assert_passes", "check", "load", "run_paths"]
 
@@ -53,8 +53,10 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True iff every spec passed (an empty report does not pass)."""
-        return bool(self.results) and all(r.status == "pass" for r in self.results)
+        """True iff no spec failed or was invalid and at least one passed (skipped specs,
+        whose inputs do not fit the dtype, neither pass nor fail)."""
+        statuses = {r.status for r in self.results}
+        return "pass" in statuses and statuses <= {"pass", "skip"}
 
     @property
     def exit_code(self) -> int:
@@ -231,6 +233,8 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
     started = time.perf_counter()
     try:
         result = run_spec(spec, options)
+    except NotRepresentable as exc:
+        return skipped_result(spec.name, display, str(exc))
     except XentcheckError as exc:
         return error_result(spec.name, display, f"{display}: {exc}")
     except Exception as exc:  # one spec must not take the run down

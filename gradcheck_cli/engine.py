@@ -29,7 +29,7 @@ from gradcheck_cli.core.softmax_ce import (
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.errors import NotRepresentable, XentcheckError
 from gradcheck_cli.impl import Implementation
 from gradcheck_cli.methods import (
     DEFAULT_SETTINGS,
@@ -204,7 +204,7 @@ def _in_dtype(problem: Problem, dtype: str) -> tuple[Problem, Problem]:
         return problem, problem
     overflow = dtype_overflow(problem.logits, dtype)
     if overflow is not None:
-        raise XentcheckError(f"cannot run in {dtype}: {overflow}")
+        raise NotRepresentable(f"cannot run in {dtype}: {overflow}")
     under_test = cast_problem(problem, dtype)
     return cast_problem(under_test, "float64"), under_test
 
@@ -378,7 +378,7 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     """A spec too large for the element-wise check (see ``fastmode``)."""
     overflow = dtype_overflow(problem.logits, dtype) if dtype != "float64" else None
     if overflow is not None:
-        raise XentcheckError(f"cannot run in {dtype}: {overflow}")
+        raise NotRepresentable(f"cannot run in {dtype}: {overflow}")
     if options.impl is not None:
         raise XentcheckError("--impl is not supported in fast mode yet; run with --full")
     if spec.layer is not None:

@@ -7,6 +7,11 @@ class XentcheckError(Exception):
     """Base of every error whose message is meant for the user as it stands."""
 
 
+class NotRepresentable(XentcheckError):
+    """The spec's inputs cannot be expressed in the requested dtype (a finite logit overflows
+    it): the spec is *skipped* with this reason, not invalid."""
+
+
 class UsageError(XentcheckError):
     """The command line asks for something impossible (exit code 2)."""
 

@@ -20,7 +20,7 @@ from gradcheck_cli.methods._base import Scheme
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
-Status = Literal["pass", "fail", "error"]
+Status = Literal["pass", "fail", "error", "skip"]
 DType = Literal["float64", "float32", "float16"]
 DTYPES: tuple[DType, ...] = ("float64", "float32", "float16")
 
@@ -150,6 +150,12 @@ class SpecResult:
 def error_result(name: str, file: str, message: str) -> SpecResult:
     """A result for a spec that could not be run."""
     return SpecResult(name=name, file=file, status="error", message=message)
+
+
+def skipped_result(name: str, file: str, reason: str) -> SpecResult:
+    """A result for a valid spec that this run cannot check (its inputs do not fit the
+    requested dtype): neither a pass nor a failure."""
+    return SpecResult(name=name, file=file, status="skip", message=reason)
 
 
 @dataclass(frozen=True, eq=False)

@@ -351,3 +351,18 @@ def test_table_shows_options_and_weights_layout(specs_dir: Path) -> None:
     assert out.splitlines()[1] == "weight [0.5, 2, 1]  ignore_index -100  z_loss 0.01"
     out = runner.invoke(app, ["run", str(specs_dir / "softmax_layer.yaml")]).stdout
     assert "dL/dW (analytic), shape (D, K) = (3, 5): row d = input d, column k = class k" in out
+
+
+def test_readme_dtype_example_skips_what_does_not_fit(specs_dir: Path) -> None:
+    """`xentcheck run specs/ --dtype float32` (a README example): huge_logits.yaml (1e300)
+    cannot be rounded to float32, so it is skipped with the reason, and the run exits 0."""
+    result = runner.invoke(app, ["run", str(specs_dir), "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    assert "SKIP" in result.stdout
+    assert "cannot run in float32: logit 1e+300 at [0, 0] overflows float32" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(", 1 skipped")
+    huge = str(specs_dir / "huge_logits.yaml")
+    report = runner.invoke(app, ["run", huge, "-f", "json", "--dtype", "float16"])
+    assert report.exit_code == 0
+    doc = strict_json(report.stdout)
+    assert doc["summary"]["skipped"] == 1 and doc["results"][0]["status"] == "skip"

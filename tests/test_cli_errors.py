@@ -101,6 +101,7 @@ def test_good_spec_still_reported_among_bad_ones() -> None:
         "passed": 2,
         "failed": 0,
         "errors": 2,
+        "skipped": 0,
         "inconclusive": 0,
     }
     assert result.stderr.splitlines() == [

@@ -96,6 +96,7 @@ def summary(results: Sequence[SpecResult]) -> dict[str, int]:
         "passed": sum(r.status == "pass" for r in results),
         "failed": sum(r.status == "fail" for r in results),
         "errors": sum(r.status == "error" for r in results),
+        "skipped": sum(r.status == "skip" for r in results),
         "inconclusive": sum(
             r.status == "pass" and any(c.inconclusive is not None for c in r.comparisons)
             for r in results

@@ -59,7 +59,7 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
         tests=str(len(results)),
         failures=str(failures),
         errors=str(errors),
-        skipped="0",
+        skipped=str(sum(r.status == "skip" for r in results)),
         time=f"{total_time:.3f}",
     )
     for r in results:
@@ -69,6 +69,9 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
         if r.status == "error":
             error = ET.SubElement(case, "error", message=r.message or "invalid spec")
             error.text = r.message
+            continue
+        if r.status == "skip":
+            ET.SubElement(case, "skipped", message=r.message or "skipped")
             continue
         lines = [comparison_line(c) for c in r.comparisons]
         lines += [f"{c.name}: {'pass' if c.passed else 'FAIL'}; {c.detail}" for c in r.checks]

@@ -40,7 +40,9 @@ def counts(results: Sequence[SpecResult]) -> str:
     passed = sum(r.status == "pass" for r in results)
     failed = sum(r.status == "fail" for r in results)
     errors = sum(r.status == "error" for r in results)
-    return f"{passed} passed, {failed} failed, {errors} error{'' if errors == 1 else 's'}"
+    skipped = sum(r.status == "skip" for r in results)
+    line = f"{passed} passed, {failed} failed, {errors} error{'' if errors == 1 else 's'}"
+    return line + (f", {skipped} skipped" if skipped else "")
 
 
 def failure_summary(results: Sequence[SpecResult]) -> str:

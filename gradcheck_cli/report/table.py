@@ -19,7 +19,12 @@ from gradcheck_cli.report.short import counts
 #: A single sample gets one row per class up to this many classes.
 MAX_CLASS_ROWS = 30
 
-_STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold red"}
+_STATUS_STYLE = {
+    "pass": "bold green",
+    "fail": "bold red",
+    "error": "bold red",
+    "skip": "bold yellow",
+}
 
 
 def num(x: float) -> str:
@@ -51,7 +56,7 @@ def header(r: SpecResult) -> RenderableType:
     so a label never ends a line without its value."""
     status = Text(r.status.upper(), style=_STATUS_STYLE[r.status])
     parts = [status, Text(r.name, style="bold"), Text(r.file)]
-    if r.status != "error":
+    if r.status not in ("error", "skip"):
         parts += [
             Text(f"shape {_shape(r.shape)}"),
             Text(f"reduction {r.reduction}"),
@@ -260,6 +265,8 @@ def spec_block(r: SpecResult) -> RenderableType:
     parts: list[RenderableType] = [header(r)]
     if r.status == "error":  # its message is printed once, on stderr
         return Group(*parts)
+    if r.status == "skip":
+        return Group(*parts, Text(f"skipped: {r.message}", style="yellow"))
     options = options_line(r)
     if options is not None:
         parts.append(options)
@@ -310,7 +317,11 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> RenderableTy
         for r in results:
             parts += [spec_block(r), Text("")]
     else:
-        parts += [overview(results), Text("")]
+        parts.append(overview(results))
+        for r in results:
+            if r.status == "skip":
+                parts.append(Text(f"skipped {r.name}: {r.message}", style="yellow"))
+        parts.append(Text(""))
         for r in results:
             if r.status == "fail":
                 parts += [spec_block(r), Text("")]
@@ -332,7 +343,7 @@ def overview(results: Sequence[SpecResult]) -> Fitted:
     rows: list[list[Cell]] = []
     for r in results:
         status = Text(r.status.upper(), style=_STATUS_STYLE[r.status])
-        loss = "" if r.status == "error" else _short_loss(r.loss)
+        loss = "" if r.status in ("error", "skip") else _short_loss(r.loss)
         rows.append([status, r.name, r.file, loss, _worst(r)])
     return Fitted(columns, rows)
 

@@ -183,17 +183,19 @@ def run_paths(
     limits: Mapping[str, int] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     debug: bool = False,
+    exclude: Iterable[str] = (),
 ) -> list[SpecResult]:
     """Load and run every spec named by ``paths`` (files, directories, globs), in order.
 
     Every failure becomes an error result for its spec, and the run goes on. ``progress`` is
     called with (done, total, label) as specs and fast-mode row chunks finish; ``debug``
-    re-raises internal errors instead of reporting them.
+    re-raises internal errors instead of reporting them; ``exclude`` globs leave files out of
+    directory searches (see ``spec.discover``).
     """
     from gradcheck_cli.spec import discover, load_file
 
     results: list[SpecResult] = []
-    for found in discover(paths):
+    for found in discover(paths, exclude):
         if isinstance(found, SpecError):
             results.append(error_result(found.file, found.file, str(found)))
             continue

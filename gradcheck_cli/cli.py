@@ -227,6 +227,14 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Leave files matching this glob out of directory searches (repeatable; hidden "
+            "directories and virtual environments are always skipped).",
+        ),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -246,6 +254,10 @@ def run(
         renderer("run", format)  # an unsupported format fails before any spec runs
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
+        if output is not None and not output.resolve().parent.is_dir():
+            raise UsageError(
+                f"--output {output}: the directory {output.resolve().parent} does not exist"
+            )
         options = RunOptions(
             methods=tuple(m.value for m in method) if method else None,
             rtol=rtol,
@@ -259,7 +271,9 @@ def run(
     except XentcheckError as exc:
         _fail(str(exc))
     limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
-    report = _run_report(paths, options, limits, quiet=quiet, debug=_state(ctx).debug)
+    report = _run_report(
+        paths, options, limits, quiet=quiet, debug=_state(ctx).debug, exclude=exclude or []
+    )
     try:
         _emit("run", format, report.results, output, verbose=verbose)
         if format is not Format.table and not quiet:
@@ -282,7 +296,13 @@ def _load_impl(target: str | None) -> Any:
 
 
 def _run_report(
-    paths: list[str] | None, options: Any, limits: dict[str, int], *, quiet: bool, debug: bool
+    paths: list[str] | None,
+    options: Any,
+    limits: dict[str, int],
+    *,
+    quiet: bool,
+    debug: bool,
+    exclude: list[str],
 ) -> Any:
     """Run the specs (the bundled ones without paths) with a progress bar on a terminal, and
     print each invalid spec's message once, on stderr."""
@@ -299,7 +319,9 @@ def _run_report(
             )
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
     try:
-        found = run_paths(paths, options, limits=limits, progress=progress.update, debug=debug)
+        found = run_paths(
+            paths, options, limits=limits, progress=progress.update, debug=debug, exclude=exclude
+        )
     finally:
         progress.close()
     for r in found:

@@ -1390,18 +1390,32 @@ def _expect(
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
-def discover(paths: Iterable[str]) -> Iterator[tuple[Path, str] | SpecError]:
+#: Directories a directory search never enters (besides hidden ones and virtual environments).
+SKIPPED_DIRS = frozenset({"site-packages", "node_modules", "__pycache__"})
+
+
+def discover(
+    paths: Iterable[str], exclude: Iterable[str] = ()
+) -> Iterator[tuple[Path, str] | SpecError]:
     """Spec files named by ``paths`` (files, directories searched recursively, globs), in order.
 
-    Yields ``(path, display name)`` for each file, de-duplicated, or a :class:`SpecError` for a
-    path that matches nothing.
+    A directory search skips hidden directories (``.venv``, ``.git``), virtual environments
+    (a ``pyvenv.cfg`` inside), ``site-packages``, ``node_modules`` and ``__pycache__``, and any
+    file matching an ``exclude`` glob (against its path as shown, its name, or the name of a
+    directory on the way). Yields ``(path, display name)`` for each file, de-duplicated, or a
+    :class:`SpecError` for a path that matches nothing.
     """
+    patterns = tuple(exclude)
     seen: set[Path] = set()
     for raw in paths:
         candidates: list[Path]
         p = Path(raw)
         if p.is_dir():
-            candidates = sorted(f for f in _walk(p) if f.suffix in SPEC_SUFFIXES and f.is_file())
+            candidates = sorted(
+                f
+                for f in _walk(p)
+                if f.suffix in SPEC_SUFFIXES and f.is_file() and not _excluded(f, p, patterns)
+            )
             if not candidates:
                 yield SpecError(raw, "directory contains no *.yaml or *.yml files")
                 continue
@@ -1428,7 +1442,8 @@ def discover(paths: Iterable[str]) -> Iterator[tuple[Path, str] | SpecError]:
 
 
 def _walk(root: Path) -> Iterator[Path]:
-    """Every file under ``root``, not following symbolic links to directories (no loops)."""
+    """Every file under ``root``, not following symbolic links to directories (no loops), nor
+    entering the directories :func:`discover` skips."""
     stack = [root]
     while stack:
         d = stack.pop()
@@ -1438,9 +1453,24 @@ def _walk(root: Path) -> Iterator[Path]:
             continue
         for child in children:
             if child.is_dir() and not child.is_symlink():
-                stack.append(child)
+                if not _skipped_dir(child):
+                    stack.append(child)
             else:
                 yield child
+
+
+def _skipped_dir(d: Path) -> bool:
+    return d.name.startswith(".") or d.name in SKIPPED_DIRS or (d / "pyvenv.cfg").is_file()
+
+
+def _excluded(f: Path, root: Path, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    if not patterns:
+        return False
+    names = [part for part in f.relative_to(root).parts[:-1]]
+    candidates = [f.as_posix(), f.name, *names]
+    return any(fnmatch.fnmatch(c, pat) for c in candidates for pat in patterns)
 
 
 def _glob(pattern: str) -> list[Path]:

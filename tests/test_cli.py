@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +168,18 @@ def test_unwritable_output_is_exit_2(tmp_path: Path, specs_dir: Path) -> None:
         app, ["run", str(specs_dir / "three_class.yaml"), "-f", "json", "-o", str(out)]
     )
     assert result.exit_code == 2
-    assert "cannot write --output" in result.stderr
+    assert "does not exist" in result.stderr  # checked before the run
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        target = str(tmp_path / "ro" / "r.json")
+        denied = runner.invoke(
+            app, ["run", str(specs_dir / "three_class.yaml"), "-f", "json", "-o", target]
+        )
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    if os.geteuid() != 0:  # root writes anywhere
+        assert denied.exit_code == 2 and "cannot write --output" in denied.stderr
     assert "Traceback" not in result.output
 
 
@@ -366,3 +378,40 @@ def test_readme_dtype_example_skips_what_does_not_fit(specs_dir: Path) -> None:
     assert report.exit_code == 0
     doc = strict_json(report.stdout)
     assert doc["summary"]["skipped"] == 1 and doc["results"][0]["status"] == "skip"
+
+
+def test_discovery_skips_hidden_dirs_venvs_and_site_packages(tmp_path: Path) -> None:
+    good = "logits: [1.0, 2.0]\nlabel: 0\n"
+    for rel in (
+        ".venv/a.yaml",
+        "env/b.yaml",
+        "lib/site-packages/c.yaml",
+        "ok/d.yaml",
+        "tests/data/bad/e.yaml",
+        ".hidden/f.yaml",
+        "ok/node_modules/g.yaml",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(good if rel != "tests/data/bad/e.yaml" else "logits: [1]\n")
+    (tmp_path / "env" / "pyvenv.cfg").write_text("home = /usr\n")
+    result = runner.invoke(app, ["run", str(tmp_path), "-f", "json", "-q"])
+    names = [r["file"] for r in strict_json(result.stdout)["results"]]
+    assert sorted(Path(n).relative_to(tmp_path).as_posix() for n in names) == [
+        "ok/d.yaml",
+        "tests/data/bad/e.yaml",
+    ]
+    assert result.exit_code == 2  # e.yaml is invalid
+    excluded = runner.invoke(app, ["run", str(tmp_path), "--exclude", "bad", "-q"])
+    assert excluded.exit_code == 0, excluded.output
+    also = runner.invoke(app, ["run", str(tmp_path), "--exclude", "*/tests/data/*", "-q"])
+    assert also.exit_code == 0, also.output
+
+
+def test_output_into_a_missing_directory_fails_before_the_run(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "report.json"
+    result = runner.invoke(app, ["run", "-f", "json", "--output", str(target)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --output {target}: the directory {tmp_path / 'nope'} does not exist\n"
+    )
+    assert "No paths given" not in result.stderr  # nothing ran

@@ -110,3 +110,23 @@ def test_rounding_note_follows_the_expectations_not_the_name() -> None:
     assert "The expected values round p_1 to 0.63" in markdown(walkthrough(renamed))
     exact = markdown(walkthrough(bundled("three_class.yaml")))
     assert "The expected values round" not in exact
+
+
+def test_terminal_explain_has_no_raw_latex() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gradcheck_cli.report.explain import render_terminal, unicode_math
+
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(render_terminal(walkthrough(bundled("cat_dog_bird.yaml"))))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "$$" not in text and "\\frac" not in text and "\\partial" not in text
+    assert "∂p_i/∂z_i = p_i (1 − p_i),      ∂p_i/∂z_j = −p_i p_j    (i ≠ j)" in text
+    assert unicode_math(r"\frac{\partial L}{\partial p_c} = -\frac{q_c}{p_c}") == (
+        "∂L/∂p_c = −q_c/p_c"
+    )
+    assert unicode_math(r"-z_y + \log \sum_j e^{z_j}") == "−z_y + log Σ_j e^(z_j)"
+    # the Markdown for course notes keeps its LaTeX
+    assert "\\frac{\\partial p_i}" in markdown(walkthrough(bundled("cat_dog_bird.yaml")))

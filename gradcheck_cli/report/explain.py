@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from gradcheck_cli.explain import Walkthrough
@@ -191,7 +192,45 @@ def markdown(w: Walkthrough) -> str:
 
 
 def render_terminal(w: Walkthrough) -> RenderableType:
-    """The walkthrough for a terminal: the Markdown rendered by Rich."""
+    """The walkthrough for a terminal: the Markdown rendered by Rich, its LaTeX formulas
+    written as Unicode text (a terminal shows ``$$\\frac{...}$$`` raw)."""
     from rich.markdown import Markdown
 
-    return Markdown(markdown(w))
+    text = re.sub(r"\$\$(.+?)\$\$", lambda m: f"`{unicode_math(m.group(1))}`", markdown(w))
+    return Markdown(text)
+
+
+_SYMBOLS = {
+    r"\partial": "∂",
+    r"\qquad": "    ",
+    r"\quad": "  ",
+    r"\ne": "≠",
+    r"\log": "log",
+    r"\sum": "Σ",
+    r"\cdot": "·",
+    r"\times": "×",
+}
+
+
+def unicode_math(latex: str) -> str:
+    """The few LaTeX constructs the walkthrough uses, as plain Unicode: ``\\frac{a}{b}`` ->
+    ``a/b`` (parenthesised when a part has spaces), ``x_{ab}`` -> ``x_ab``, ``e^{z_j}`` ->
+    ``e^(z_j)``, ``\\partial`` -> ∂, ``\\sum`` -> Σ, ``\\ne`` -> ≠, ``-`` -> −."""
+
+    def part(x: str) -> str:
+        return f"({x})" if " " in x.strip() else x.strip()
+
+    out = latex
+    for command, symbol in sorted(_SYMBOLS.items(), key=lambda kv: -len(kv[0])):
+        out = re.sub(re.escape(command) + r"(?![A-Za-z])", symbol, out)
+    out = out.replace("∂ ", "∂")
+    while True:
+        new = re.sub(
+            r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: f"{part(m[1])}/{part(m[2])}", out
+        )
+        new = re.sub(r"_\{([^{}]*)\}", r"_\1", new)
+        new = re.sub(r"\^\{([^{}]*)\}", r"^(\1)", new)
+        if new == out:
+            break
+        out = new
+    return re.sub(r"(?<![\w.])-", "−", out).strip()

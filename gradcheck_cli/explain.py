@@ -25,7 +25,7 @@ from gradcheck_cli.core.softmax import softmax, softmax_jacobian
 from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
-from gradcheck_cli.methods.finite_difference import CENTRAL_STEP
+from gradcheck_cli.methods.differences import step_factor
 from gradcheck_cli.model import Spec
 
 FloatArray = NDArray[np.float64]
@@ -118,7 +118,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     loss_via_lse = float(np.sum(q[finite] * (lse - z[finite]))) if np.all(np.isfinite(q)) else loss
     # Finite-difference confirmation of the largest-magnitude component.
     fd_class = int(np.argmax(np.abs(closed)))
-    h = CENTRAL_STEP * max(1.0, abs(float(z[fd_class])))
+    h = step_factor("central") * max(1.0, abs(float(z[fd_class])))
     up, down = one.logits.copy(), one.logits.copy()
     up[0, fd_class] += h
     down[0, fd_class] -= h

@@ -38,7 +38,7 @@ from gradcheck_cli.core.loss import (
 )
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
-from gradcheck_cli.methods.finite_difference import parallel_blocks, step_factor
+from gradcheck_cli.methods.differences import parallel_blocks, step_factor
 from gradcheck_cli.model import Check
 
 FloatArray = NDArray[np.float64]

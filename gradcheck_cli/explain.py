@@ -25,7 +25,12 @@ from gradcheck_cli.core.softmax_ce import (
 from gradcheck_cli.engine import build_problem
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
-from gradcheck_cli.methods.finite_difference import CENTRAL_STEP
+from gradcheck_cli.methods.differences import (
+    coordinate_quotient,
+    points,
+    relative_steps,
+    step_factor,
+)
 from gradcheck_cli.model import Spec
 
 FloatArray = NDArray[np.float64]
@@ -118,15 +123,8 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
     loss = float(per_sample_loss(one)[0])
     lse = m + math.log(total)
     loss_via_lse = float(np.sum(q[finite] * (lse - z[finite]))) if np.all(np.isfinite(q)) else loss
-    # Finite-difference confirmation of the largest-magnitude component.
     fd_class = int(np.argmax(np.abs(closed)))
-    h = CENTRAL_STEP * max(1.0, abs(float(z[fd_class])))
-    up, down = one.logits.copy(), one.logits.copy()
-    up[0, fd_class] += h
-    down[0, fd_class] -= h
-    plus = float(contributions(one, up)[0])
-    minus = float(contributions(one, down)[0])
-    quotient = (plus - minus) / (up[0, fd_class] - down[0, fd_class])
+    fd_step, plus, minus, quotient = _confirmation(one, fd_class)
     classes = spec.classes or tuple(str(i) for i in range(k))
     rounded = _rounded_figure(spec, label, sample, loss)
     scale, scale_text = _scale(batch, float(alpha[sample]), n)
@@ -156,7 +154,7 @@ def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
         scale=scale,
         scale_text=scale_text,
         fd_class=fd_class,
-        fd_step=float(up[0, fd_class] - z[fd_class]),
+        fd_step=fd_step,
         fd_plus=plus,
         fd_minus=minus,
         fd_quotient=quotient,
@@ -170,6 +168,21 @@ def _require_explained(spec: Spec) -> None:
     if any(o.name in set_options(spec) for o in missing):
         names = " or ".join(o.name.replace("_", "-") for o in missing)
         raise XentcheckError(f"explain does not cover {names} yet (see docs/losses.md)")
+
+
+def _confirmation(one: CrossEntropyProblem, c: int) -> tuple[float, float, float, float]:
+    """Central differences of the one-row problem's loss in logit ``c``, the largest-magnitude
+    gradient component: the step taken ``fl(z + h) - z`` with ``h = eps^(1/3) max(1, |z_c|)``,
+    the losses at ``z +- h``, and their quotient over the step actually taken."""
+    column = one.logits[:, c]  # shape (1,)
+    moved = points("central", column, relative_steps(column, step_factor("central")))
+    values = []
+    for m in moved:
+        logits = one.logits.copy()
+        logits[0, c] = m[0]
+        values.append(float(contributions(one, logits)[0]))
+    quotient = coordinate_quotient("central", values, [m[0] for m in moved])
+    return float(moved[0][0] - column[0]), values[0], values[1], float(quotient)
 
 
 def _scale(batch: CrossEntropyProblem, alpha: float, n: int) -> tuple[float, str]:

@@ -11,8 +11,9 @@ hopeless. When N K^2 exceeds :data:`FAST_BUDGET` (or with ``--fast``), a spec ru
   the spec's dtype, streaming the error statistics;
 * ``finite_difference`` and ``complex_step`` become *directional* checks: along R seeded random
   directions d (drawn per chunk, reproducibly), the derivative of each row's loss share along d
-  is measured (central differences with the step actually taken, or a complex step) and compared
-  with g.d per row and for the whole batch.
+  is measured (differences by the spec's ``finite_difference.scheme``, from
+  :mod:`gradcheck_cli.methods.differences`, or a complex step) and compared with the reference
+  gradient times the step actually taken, per row and for the whole batch.
 
 Nothing here holds an (N, K) float64 array: gradients are not kept in the result, and the report
 says so.
@@ -39,7 +40,14 @@ from gradcheck_cli.core import (
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.core.softmax_ce import label_weights, reduction_scales, weighted_targets
 from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
-from gradcheck_cli.methods.finite_difference import parallel_blocks, step_factor
+from gradcheck_cli.methods.differences import (
+    directional_quotient,
+    pair_differences,
+    parallel_blocks,
+    points,
+    step_factor,
+    steps_taken,
+)
 from gradcheck_cli.model import Check
 
 FloatArray = NDArray[np.float64]
@@ -312,10 +320,12 @@ def run_fast(
                     "every row of the float64 reference within its rounding bound",
                 )
             )
+    # Central is the default and goes unnamed (the notes of such runs read as they always did).
+    scheme = "finite" if settings.fd_scheme == "central" else settings.fd_scheme
     notes = {
         "mode": (
             f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
-            f"check; rows in chunks of {rows_per}, finite differences and complex step along "
+            f"check; rows in chunks of {rows_per}, {scheme} differences and complex step along "
             f"{directions} seeded random directions per row and for the whole batch; "
             "gradients are not kept in the report"
         )
@@ -332,13 +342,14 @@ def _directional(
     settings: MethodSettings,
 ) -> tuple[FloatArray, FloatArray]:
     """Per-row directional derivatives of the chunk's loss shares (R, rows), measured by
-    ``method`` on ``low``, and the reference gradient's g.d (R, rows)."""
+    ``method`` on ``low``, and the reference gradient's prediction g.d (R, rows)."""
     z = low.logits
     finite = np.isfinite(z)
     rng = np.random.default_rng([DIRECTION_SEED, start])
     measured = np.empty((directions, z.shape[0]))
     predicted = np.empty((directions, z.shape[0]))
     zf = np.where(finite, z, 0)
+    along = _complex_direction if method == "complex_step" else _difference_direction
     for r in range(directions):
         # Uniform in [-1, 1), drawn in float32 (several times cheaper than normals in float64)
         # and then exact in the logits' dtype, so h * d is not rounded to float32.
@@ -346,29 +357,53 @@ def _directional(
             np.promote_types(z.dtype, np.float32)
         )
         d[~finite] = 0.0
-        if method == "complex_step":
-            moved = zf.astype(np.result_type(z.dtype, np.complex64)) + 1j * COMPLEX_STEP * d
-            moved = np.where(finite, moved, z)
-            with np.errstate(invalid="ignore"):
-                measured[r] = contributions(low, moved).imag / COMPLEX_STEP
-            predicted[r] = np.sum(ref * d, axis=-1)
-            continue
-        factor = settings.fd_step or step_factor("central", z.dtype)
-        h = factor * max(1.0, float(np.max(np.abs(zf))))
-        step = (h * d).astype(z.dtype)
-        up = zf + step
-        down = zf - step
-        if not np.all(finite):
-            up = np.where(finite, up, z)
-            down = np.where(finite, down, z)
-        # The steps actually taken: the rounded points' difference, not 2 h d.
-        taken = up.astype(np.float64)
-        taken -= down
-        if not np.all(finite):
-            taken[~finite] = 0.0
-        diff = contributions(low, up).astype(np.float64) - contributions(low, down).astype(
-            np.float64
-        )
-        measured[r] = diff / (2 * h)
-        predicted[r] = np.einsum("nk,nk->n", ref, taken) / (2 * h)
+        measured[r], predicted[r] = along(low, ref, zf, finite, d, settings)
     return measured, predicted
+
+
+def _complex_direction(
+    low: Problem,
+    ref: FloatArray,
+    zf: FloatArray,
+    finite: NDArray[np.bool_],
+    d: FloatArray,
+    settings: MethodSettings,
+) -> tuple[FloatArray, FloatArray]:
+    """``Im s(z + i h d) / h`` per row (rows,), and ``g . d``."""
+    del settings  # the imaginary step is fixed
+    z = low.logits
+    moved = zf.astype(np.result_type(z.dtype, np.complex64)) + 1j * COMPLEX_STEP * d
+    moved = np.where(finite, moved, z)
+    with np.errstate(invalid="ignore"):
+        measured = contributions(low, moved).imag / COMPLEX_STEP
+    return measured, np.sum(ref * d, axis=-1)
+
+
+def _difference_direction(
+    low: Problem,
+    ref: FloatArray,
+    zf: FloatArray,
+    finite: NDArray[np.bool_],
+    d: FloatArray,
+    settings: MethodSettings,
+) -> tuple[FloatArray, FloatArray]:
+    """The spec's difference quotient of the rows' shares along ``d`` (rows,), and the
+    reference's ``g . (step taken)`` combined the same way (both with the nominal step ``h =
+    factor * max(1, max|z|)``, the scheme's automatic factor unless the spec gives one)."""
+    z = low.logits
+    scheme = settings.fd_scheme
+    factor = settings.fd_step or step_factor(scheme, z.dtype)
+    h = factor * max(1.0, float(np.max(np.abs(zf))))
+    at = points(scheme, zf, (h * d).astype(z.dtype))
+    if not np.all(finite):
+        at = [np.where(finite, p, z) for p in at]
+    shares = [contributions(low, p).astype(np.float64) for p in at]
+    base = contributions(low).astype(np.float64) if scheme == "forward" else None
+    measured = directional_quotient(scheme, pair_differences(scheme, shares, base), h)
+    # The steps actually taken: the rounded points' differences, not 2 h d.
+    taken = steps_taken(scheme, at, zf)
+    if not np.all(finite):
+        for t in taken:
+            t[~finite] = 0.0
+    linear = [np.einsum("nk,nk->n", ref, t) for t in taken]
+    return measured, directional_quotient(scheme, linear, h)

@@ -47,6 +47,13 @@ from gradcheck_cli.core.options import set_options
 from gradcheck_cli.core.sigmoid_ce import batch_scale
 from gradcheck_cli.core.softmax_ce import capped, float64_scales, weighted_targets
 from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.methods.differences import (
+    balanced_step,
+    difference_error,
+    directional_quotient,
+    pair_differences,
+    points,
+)
 from gradcheck_cli.model import Spec
 from gradcheck_cli.precision import derivative_scale
 
@@ -460,39 +467,38 @@ def _richardson(
     ``R = (4 D(h/2) - D(h)) / 3`` with ``D(t) = (L(z + t d) - L(z - t d)) / 2t``. Its error is the
     truncation ``h^4 |L^(5)| / 480`` plus the forward's rounding ``3 c eps F / h`` (``F`` the
     forward scale, ``c`` :func:`_forward_roundings`); the step minimises their sum,
-    ``h = (360 c eps F / |L^(5)|)^(1/5)`` (at most 1), so it grows with the logits' magnitude.
+    ``h = (360 c eps F / |L^(5)|)^(1/5)`` (at most 1), so it grows with the logits' magnitude
+    (``differences.balanced_step`` and ``difference_error``, scheme ``richardson``).
     The perturbed logits are rounded to the dtype, so each evaluation point moves by
     ``Δ = fl(z + t d) - z`` rather than ``t d``: the caller combines ``g · Δ`` (exact in float64)
     the same way (:func:`_combine`), and the remaining second-order mismatch, at most
     ``ulp(max|z|) sqrt(N K) |grad|``, is part of the predicted error.
 
     Returns the measured derivatives and their predicted errors (each shape (DIRECTIONS,)), the
-    step ``h``, and per direction the four moves ``Δ`` (N, K) at ``h/2, -h/2, h, -h``.
+    step ``h``, and per direction the four moves ``Δ`` (N, K) at ``h, -h, h/2, -h/2``
+    (``differences.OFFSETS``).
     """
     eps = float(np.finfo(z.dtype).eps)
     zf = np.where(finite, z, 0).astype(z.dtype)
     roundings = _forward_roundings(z.shape[-1])
-    h = min(1.0, (360.0 * roundings * eps * natural.forward / natural.curvature) ** 0.2)
+    model = (natural.curvature, roundings, eps, natural.forward)
+    h = min(1.0, balanced_step("richardson", *model))
     top = float(np.max(np.abs(zf.astype(np.float64))))
     mismatch = float(np.spacing(np.asarray(top, dtype=z.dtype))) * np.sqrt(z.size) * natural.grad
-    error = h**4 * natural.curvature / 480.0 + 3.0 * roundings * eps * natural.forward / h
+    error = difference_error("richardson", h, *model)
     measured, moves = [], []
     for d in dirs:
-        values, row = [], []
-        for t in (h / 2, -h / 2, h, -h):
-            point = np.where(finite, (zf + t * d).astype(z.dtype), z)
-            values.append(float(np.real(total(point))))
-            row.append(np.where(finite, point.astype(np.float64) - zf, 0.0))
-        measured.append(_combine(values, h))
-        moves.append(row)
+        at = [np.where(finite, p, z) for p in points("richardson", zf, h * d)]
+        measured.append(_combine([float(np.real(total(p))) for p in at], h))
+        moves.append([np.where(finite, p.astype(np.float64) - zf, 0.0) for p in at])
     return np.array(measured), np.full(len(dirs), error + mismatch), h, moves
 
 
 def _combine(values: Sequence[float], h: float) -> float:
-    """Richardson's combination of the four values ``a, b, c, d`` at ``h/2, -h/2, h, -h``:
-    ``(4 D(h/2) - D(h)) / 3`` with ``D(h/2) = (a - b) / h`` and ``D(h) = (c - d) / 2h``."""
-    a, b, c, d = values
-    return (4 * (a - b) - (c - d) / 2) / (3 * h)
+    """Richardson's combination of the four values at ``h, -h, h/2, -h/2``:
+    ``(4 D(h/2) - D(h)) / 3`` (``differences.directional_quotient``)."""
+    diffs = pair_differences("richardson", values)
+    return float(directional_quotient("richardson", diffs, h))
 
 
 def _complex_step(

@@ -30,7 +30,7 @@ from gradcheck_cli.core import Problem, SigmoidProblem, contributions
 from gradcheck_cli.core.sigmoid_ce import batch_scale
 from gradcheck_cli.core.softmax_ce import reduction_scales, weighted_targets
 from gradcheck_cli.methods._base import Scheme
-from gradcheck_cli.methods.finite_difference import step_factor
+from gradcheck_cli.methods.differences import step_factor
 
 FloatArray = NDArray[np.float64]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,30 @@ def test_fast_mode_agrees_with_the_full_path(options: dict[str, object]) -> None
     assert "finite_difference (directional)" in methods
     assert "complex_step (directional, whole batch)" in methods
     assert fast.gradients == {} and "fast mode" in fast.method_notes["mode"]
+
+
+def test_fast_mode_runs_the_requested_scheme() -> None:
+    # Forward differences are O(h) with h = eps^(1/2) max(1, max|z|), central ones O(h^2): a
+    # forward spec must report forward differences with errors of that size, not central ones
+    # judged at the forward tolerance. Along d with |d_k| < 1 the forward truncation is at most
+    # h/2 |d^T H d| <= h alpha / 2 (H = alpha (diag p - p p^T), alpha = 1/N for the mean).
+    s = spec()
+    errors, notes = {}, {}
+    for scheme in ("forward", "central", "richardson"):
+        result = run_spec(
+            replace(s, fd_scheme=scheme),
+            RunOptions(fast=True, methods=("analytic", "finite_difference")),
+        )
+        assert result.status == "pass"
+        (fd,) = [c for c in result.comparisons if c.method == "finite_difference (directional)"]
+        errors[scheme] = fd.max_abs_error
+        notes[scheme] = result.method_notes["mode"]
+    assert "forward differences" in notes["forward"]
+    assert "richardson differences" in notes["richardson"]
+    assert "finite differences" in notes["central"]  # the default reads as it always did
+    h = np.finfo(np.float64).eps ** 0.5 * float(np.max(np.abs(s.logits)))
+    assert 100 * errors["central"] < errors["forward"] <= 1.5 * h / (2 * s.logits.shape[0])
+    assert errors["richardson"] < errors["central"]
 
 
 def test_streamed_statistics_equal_the_one_shot_comparison() -> None:

@@ -10,6 +10,7 @@ from gradcheck_cli.methods import (
     METHODS,
     NotComputable,
     analytic_gradient,
+    differences,
     finite_difference_gradient,
     jacobian_gradient,
 )
@@ -122,10 +123,10 @@ def test_finite_difference_chunking_gives_identical_results(
 def test_finite_difference_divides_by_step_taken() -> None:
     # A linear loss in z_k makes the quotient exact only if it divides by (z + h) - (z - h).
     z = np.array([[0.1, 0.7, -0.3]])
-    steps = fd_module.central_steps(z)
+    steps = differences.relative_steps(z, differences.step_factor("central"))
     taken = (z + steps) - (z - steps)
     assert not np.array_equal(taken, 2 * steps)  # 0.1 + h is rounded
-    assert pytest.approx(6.0554544523933395e-06, rel=1e-15) == fd_module.CENTRAL_STEP
+    assert pytest.approx(6.0554544523933395e-06, rel=1e-15) == differences.step_factor("central")
 
 
 def test_jacobian_not_computable_when_target_probability_underflows() -> None:

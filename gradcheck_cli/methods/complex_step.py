@@ -27,7 +27,7 @@ from gradcheck_cli.methods._base import (
     MethodSettings,
     NotComputable,
 )
-from gradcheck_cli.methods.finite_difference import FD_CHUNK_ELEMENTS, parallel_blocks
+from gradcheck_cli.methods.differences import FD_CHUNK_ELEMENTS, parallel_blocks
 
 FloatArray = NDArray[np.float64]
 #: Imaginary step (absolute).

@@ -13,7 +13,8 @@ richardson     ``(4 D(h/2) - D(h)) / 3``, D the central one     ``O(h^4)``      
 =============  ==============================================  ==============  ==================
 
 Each quotient divides by the step the machine actually took (``(z + h) - (z - h)`` etc.), not by
-the nominal ``2h``, since ``z + h`` is itself rounded.
+the nominal ``2h``, since ``z + h`` is itself rounded. The stencils, step rules and quotients are
+those of :mod:`gradcheck_cli.methods.differences`; this module supplies the black box.
 
 The black box is each row's share of the reduced loss (``core.contributions``: options, softcap,
 z-loss and reduction included). A row's share depends only on its own logits, so the perturbation
@@ -23,10 +24,6 @@ processed in blocks under a fixed memory budget; there is no Python loop per ele
 """
 
 from __future__ import annotations
-
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,33 +36,15 @@ from gradcheck_cli.methods._base import (
     NotComputable,
     Scheme,
 )
+from gradcheck_cli.methods.differences import (
+    FD_CHUNK_ELEMENTS,
+    coordinatewise,
+    points,
+    relative_steps,
+    step_factor,
+)
 
 FloatArray = NDArray[np.float64]
-EPS = float(np.finfo(np.float64).eps)
-#: Central-difference step factor in float64, eps^(1/3).
-CENTRAL_STEP = EPS ** (1.0 / 3.0)
-#: Exponent of eps in each scheme's automatic step factor.
-STEP_EXPONENT: dict[Scheme, float] = {"forward": 1 / 2, "central": 1 / 3, "richardson": 1 / 5}
-#: Upper bound on the values in one block of perturbed logits: 2^20 (8 MiB in float64), which
-#: measured fastest on 32 x 1000 (two threads in flight: 0.24 s against 0.33 s at 2^21 and
-#: 0.39 s at 2^19).
-FD_CHUNK_ELEMENTS = 1 << 20
-#: Element operations below which blocks run in one thread.
-PARALLEL_MIN_WORK = 1 << 22
-#: Most threads used for blocks.
-MAX_WORKERS = 8
-
-
-def step_factor(scheme: Scheme, dtype: np.dtype[np.floating] | type = np.float64) -> float:
-    """The automatic relative step of ``scheme`` for logits of ``dtype``."""
-    eps = float(np.finfo(dtype).eps)
-    return float(eps ** STEP_EXPONENT[scheme])
-
-
-def central_steps(z: FloatArray, factor: float = CENTRAL_STEP) -> FloatArray:
-    """The step of every element: ``factor * max(1, |z|)``, same shape as ``z``."""
-    out: FloatArray = factor * np.maximum(1.0, np.abs(z))
-    return out.astype(z.dtype, copy=False)
 
 
 def finite_difference_gradient(
@@ -101,56 +80,22 @@ def fd_gradient(problem: Problem, scheme: Scheme, factor: float) -> FloatArray:
     n, k = z.shape
     finite = np.isfinite(z)
     zf = np.where(finite, z, 0.0).astype(z.dtype)
-    h = central_steps(zf, factor)
-    # Offsets per scheme: (multiple of h for the evaluation points) and how to combine them.
-    offsets = {"forward": (1.0,), "central": (1.0, -1.0), "richardson": (1.0, -1.0, 0.5, -0.5)}[
-        scheme
-    ]
-    moved = [zf + c * h for c in offsets]  # the perturbed values (finite stand-ins at -inf)
+    moved = points(scheme, zf, relative_steps(zf, factor))  # finite stand-ins at -inf
     if np.any(moved[-1] == zf):
         raise NotComputable(
             f"the step {factor:g}·max(1, |z|) is below the spacing of {z.dtype} at some logit, "
             "so z + h == z"
         )
-    points = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
-    grad = np.empty_like(zf)
-    block = max(1, FD_CHUNK_ELEMENTS // (len(points) * n * k))
+    inputs = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
 
-    def one_block(start: int) -> None:
-        cols = np.arange(start, min(k, start + block))
-        shares = _shares(problem, [pt[:, cols] for pt in points], cols)  # (P, B, N)
-        at = [m[:, cols].T for m in moved]  # (B, N) each: where each quotient's points sit
-        zc = zf[:, cols].T
-        if scheme == "forward":
-            g = (shares[0] - base) / (at[0] - zc)
-        elif scheme == "central":
-            g = (shares[0] - shares[1]) / (at[0] - at[1])
-        else:
-            wide = (shares[0] - shares[1]) / (at[0] - at[1])
-            narrow = (shares[2] - shares[3]) / (at[2] - at[3])
-            g = (4.0 * narrow - wide) / 3.0
-        grad[:, cols] = g.T  # blocks write disjoint columns: safe from several threads
+    def evaluate(cols: NDArray[np.intp]) -> FloatArray:
+        return _shares(problem, [pt[:, cols] for pt in inputs], cols)  # (P, B, N)
 
-    parallel_blocks(one_block, range(0, k, block), work=len(points) * n * k * k)
+    block = max(1, FD_CHUNK_ELEMENTS // (len(moved) * n * k))
+    work = len(moved) * n * k * k
+    grad = coordinatewise(scheme, zf, moved, evaluate, base, block, work)
     grad[~finite] = 0.0
     return grad
-
-
-def parallel_blocks(fn: Callable[[int], None], starts: range, work: int) -> None:
-    """Run ``fn`` on every block start, on the machine's cores when the work pays for it.
-
-    NumPy's ufuncs release the GIL, so threads run the blocks' array arithmetic in parallel;
-    below :data:`PARALLEL_MIN_WORK` element operations the thread start-up costs more than it
-    saves and the blocks run in order.
-    """
-    workers = min(len(starts), os.cpu_count() or 1, MAX_WORKERS)
-    if workers <= 1 or work < PARALLEL_MIN_WORK:
-        for start in starts:
-            fn(start)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(fn, starts):
-            pass
 
 
 def _shares(problem: Problem, values: list[FloatArray], cols: NDArray[np.intp]) -> FloatArray:

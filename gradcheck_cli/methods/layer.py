@@ -11,7 +11,8 @@ the parameter gradients are then those of the sum of the per-sample losses.
   ``dz_nk / dW_dj = X_nd [k == j]``. Refused above a size limit.
 * ``finite_difference``: every parameter perturbed by a central step, the logits recomputed from
   the perturbed parameters and the whole loss re-evaluated (the layer and the loss are one black
-  box); perturbations are evaluated in vectorized blocks.
+  box); perturbations are evaluated in vectorized blocks by the shared routine
+  (:func:`gradcheck_cli.methods.differences.coordinatewise`, the parameters as one row).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from numpy.typing import NDArray
 from gradcheck_cli.core import Problem, contributions
 from gradcheck_cli.core.layer import Layer
 from gradcheck_cli.methods._base import NotComputable
-from gradcheck_cli.methods.finite_difference import FD_CHUNK_ELEMENTS, central_steps
+from gradcheck_cli.methods.differences import (
+    FD_CHUNK_ELEMENTS,
+    coordinatewise,
+    points,
+    relative_steps,
+    step_factor,
+)
 
 FloatArray = NDArray[np.float64]
 PARAMETERS = ("weights", "bias", "inputs")
@@ -77,25 +84,28 @@ def finite_differences(layer: Layer, problem: Problem) -> dict[str, FloatArray]:
 
 
 def _fd_one(layer: Layer, problem: Problem, name: str, theta: FloatArray) -> FloatArray:
-    flat = theta.reshape(-1)
-    h = central_steps(flat)
-    plus, minus = flat + h, flat - h
-    taken = plus - minus
+    """Central differences of the total loss in every entry of ``theta`` (shape of ``theta``).
+
+    The entries are one row of coordinates, (1, M), for :func:`coordinatewise`: the step is
+    ``eps^(1/3) max(1, |theta|)`` and each quotient divides by the step actually taken."""
+    flat = theta.reshape(1, -1)
+    moved = points("central", flat, relative_steps(flat, step_factor("central", flat.dtype)))
     n, k = problem.shape
     per_copy = max(n * k + theta.size, 1)
-    block = max(1, FD_CHUNK_ELEMENTS // (2 * per_copy))
-    grad = np.empty_like(flat)
-    for start in range(0, flat.size, block):
-        idx = np.arange(start, min(flat.size, start + block))
+
+    def evaluate(idx: NDArray[np.intp]) -> FloatArray:
         b = idx.size
-        batch = np.broadcast_to(flat, (2, b, flat.size)).copy()
+        batch = np.broadcast_to(flat[0], (len(moved), b, flat.size)).copy()
         sel = np.arange(b)
-        batch[0, sel, idx] = plus[idx]
-        batch[1, sel, idx] = minus[idx]
-        values = batch.reshape(2, b, *theta.shape)
-        logits = _logits_with(layer, name, values)  # (2, B, N, K)
-        total = np.sum(contributions(problem, logits), axis=-1)
-        grad[idx] = (total[0] - total[1]) / taken[idx]
+        for p, m in enumerate(moved):
+            batch[p, sel, idx] = m[0, idx]
+        logits = _logits_with(layer, name, batch.reshape(len(moved), b, *theta.shape))
+        total = np.sum(contributions(problem, logits), axis=-1)  # (P, B)
+        out: FloatArray = total[..., None]  # (P, B, 1): one row
+        return out
+
+    block = max(1, FD_CHUNK_ELEMENTS // (len(moved) * per_copy))
+    grad = coordinatewise("central", flat, moved, evaluate, None, block, work=0)
     return grad.reshape(theta.shape)
 
 

@@ -40,7 +40,9 @@ from gradcheck_cli.core import (
 from gradcheck_cli.core.softmax import softmax
 from gradcheck_cli.core.softmax_ce import label_weights, reduction_scales, weighted_targets
 from gradcheck_cli.methods import METHODS, MethodSettings, NotComputable
+from gradcheck_cli.methods.complex_step import COMPLEX_STEP
 from gradcheck_cli.methods.differences import (
+    DIRECTION_SEED,
     directional_quotient,
     pair_differences,
     parallel_blocks,
@@ -63,9 +65,7 @@ DEFAULT_DIRECTIONS = 2
 FAST_DEFAULT_METHODS = ("analytic", "jacobian", "finite_difference", "exact")
 #: Values per row chunk (2^22: 32 MiB in float64).
 ROW_CHUNK_ELEMENTS = 1 << 22
-DIRECTION_SEED = 20261122
 #: Imaginary step of the directional complex step.
-COMPLEX_STEP = 1e-20
 
 ProgressCallback = Callable[[int, int], None]
 

@@ -47,7 +47,10 @@ from gradcheck_cli.core.options import set_options
 from gradcheck_cli.core.sigmoid_ce import batch_scale
 from gradcheck_cli.core.softmax_ce import capped, float64_scales, weighted_targets
 from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.methods.complex_step import COMPLEX_STEP
 from gradcheck_cli.methods.differences import (
+    PROBE_SEED,
+    SELF_CHECK_SEED,
     balanced_step,
     difference_error,
     directional_quotient,
@@ -64,7 +67,6 @@ SOFTMAX = "softmax_cross_entropy"
 
 #: Seeded random directions of the self-consistency check.
 DIRECTIONS = 4
-DIRECTION_SEED = 1234
 
 #: Default tolerances of implementation checks in float64 and float32: (rtol, atol factor) per
 #: check. The absolute part is the factor times the computation's natural scale (:class:`Scales`):
@@ -415,15 +417,11 @@ def self_consistency(
 #: within this many ulps of the reference (see ``compare.vacuity``).
 VACUITY_ULPS = 4.0
 
-#: Complex step of the self-consistency check (imaginary part of the perturbation).
-COMPLEX_STEP = 1e-20
-#: Seed of the complex-step probe's logits and direction.
-PROBE_SEED = 4321
 
 
 def _directions(problem: Problem, finite: np.ndarray) -> FloatArray:
     """Seeded random unit directions, shape (DIRECTIONS, N, K)."""
-    rng = np.random.default_rng(DIRECTION_SEED)
+    rng = np.random.default_rng(SELF_CHECK_SEED)
     dirs = rng.normal(size=(DIRECTIONS, *problem.shape))
     dirs[:, ~finite] = 0.0
     shift_invariant = isinstance(problem, CrossEntropyProblem) and problem.plain

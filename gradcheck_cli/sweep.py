@@ -26,6 +26,7 @@ from gradcheck_cli.core import Problem, contributions
 from gradcheck_cli.methods import EXACT_METHOD, METHODS, REFERENCE_METHOD, SCHEMES, NotComputable
 from gradcheck_cli.methods._base import DEFAULT_SETTINGS
 from gradcheck_cli.methods.complex_step import complex_step
+from gradcheck_cli.methods.differences import DIRECTION_SEED
 from gradcheck_cli.methods.finite_difference import fd_gradient
 
 FloatArray = NDArray[np.float64]
@@ -35,7 +36,7 @@ STEPS: tuple[float, ...] = tuple(10.0**-e for e in range(1, 17))
 TAYLOR_STEPS: tuple[float, ...] = tuple(np.logspace(-1, -4, 12))
 SWEPT = (*SCHEMES, "complex_step")
 #: Seed of the Taylor direction (a failure reproduces).
-TAYLOR_SEED = 20261122
+TAYLOR_SEED = DIRECTION_SEED
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Taylor:
     slope: float | None
     """Least-squares slope of log r against log h over the usable points (None: too few)."""
     verdict: str
+    seed: int = TAYLOR_SEED
+    """Seed of the test direction."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def taylor_test(problem: Problem, grad: FloatArray, seed: int = TAYLOR_SEED) -> 
             None,
             "inconclusive: the remainder is at rounding level (the loss is locally linear "
             "along the test direction)",
+            seed,
         )
     # The asymptotic order shows at the small steps: fit the smallest half (at least 3).
     usable = usable[-max(3, len(usable) // 2) :]
@@ -155,4 +159,4 @@ def taylor_test(problem: Problem, grad: FloatArray, seed: int = TAYLOR_SEED) -> 
         verdict = "gradient WRONG: the remainder shrinks like h, so g.d is not the derivative"
     else:
         verdict = "unclear: the slope is between 1 and 2"
-    return Taylor(TAYLOR_STEPS, tuple(remainders), slope, verdict)
+    return Taylor(TAYLOR_STEPS, tuple(remainders), slope, verdict, seed)

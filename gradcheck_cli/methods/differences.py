@@ -69,6 +69,14 @@ ERROR_MODEL: dict[Scheme, tuple[int, float, float]] = {
 #: Upper bound on the values in one block of perturbed logits: 2^20 (8 MiB in float64), which
 #: measured fastest on 32 x 1000 (two threads in flight: 0.24 s against 0.33 s at 2^21 and
 #: 0.39 s at 2^19).
+#: Seed of every seeded random direction: fast mode's directional checks and the sweep's
+#: Taylor test (the --impl self-consistency check has its own, so its directions differ from
+#: the ones an implementation may have been tuned on).
+DIRECTION_SEED = 20261122
+#: Seed of the --impl self-consistency directions, and of its complex-step probe.
+SELF_CHECK_SEED = 1234
+PROBE_SEED = 4321
+
 FD_CHUNK_ELEMENTS = 1 << 20
 #: Element operations below which blocks run in one thread.
 PARALLEL_MIN_WORK = 1 << 22

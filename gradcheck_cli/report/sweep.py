@@ -87,7 +87,7 @@ def to_dict(r: SweepResult) -> dict[str, Any]:
         "errors": {m: list(e) for m, e in r.errors.items()},
         "best_step": dict(r.best_step),
         "taylor": {
-            "direction_seed": 20261122,
+            "direction_seed": r.taylor.seed,
             "steps": list(r.taylor.steps),
             "remainders": list(r.taylor.remainders),
             "slope": r.taylor.slope,

@@ -190,6 +190,10 @@ class FastOutcome:
     not_computable: dict[str, str]
 
 
+#: The reference of fast mode's element-wise comparisons: the closed form in float64.
+FAST_REFERENCE = "analytic_float64"
+
+
 def run_fast(
     problem: Problem,
     methods: tuple[str, ...],
@@ -199,138 +203,202 @@ def run_fast(
     directions: int = DEFAULT_DIRECTIONS,
     progress: ProgressCallback | None = None,
 ) -> FastOutcome:
-    """Check ``problem`` (logits in their own dtype) chunk by chunk.
+    """Check ``problem`` (logits in their own dtype) chunk by chunk, on all cores.
 
     ``tolerance(method, dtype)`` gives each comparison's tolerance; ``methods`` are the
     requested methods (``exact`` is declined: the problem is too large for it).
     """
-    n, k = problem.shape
-    rows_per = max(1, ROW_CHUNK_ELEMENTS // k)
-    starts = range(0, n, rows_per)
-    scales = batch_scales(problem)
-    reference = "analytic_float64"
-    elementwise: list[str] = [m for m in ("analytic", "jacobian") if m in methods]
-    directional: list[str] = [m for m in ("finite_difference", "complex_step") if m in methods]
-    streams = {m: Stream(m, reference, tolerance(m, dtype), "logits", dtype) for m in elementwise}
-    dir_streams = {
-        m: Stream(f"{m} (directional)", "g·d", tolerance(m, dtype), "directions", dtype)
-        for m in directional
-    }
-    batch_measured = {m: np.zeros(directions) for m in directional}
-    batch_predicted = {m: np.zeros(directions) for m in directional}
-    losses: list[tuple[int, FloatArray]] = []
-    prob_dev = [0.0]
-    row_sum_excess = [-np.inf]
-    not_computable: dict[str, str] = {}
-    if "exact" in methods:
-        not_computable["exact"] = (
-            f"{n * k:,} elements: far above the 50-digit reference's limit (fast mode)"
-        )
-    if dtype == "float16" and "complex_step" in directional:
-        directional.remove("complex_step")
-        del dir_streams["complex_step"]
-        not_computable["complex_step"] = "NumPy has no float16 complex type"
-    lock = threading.Lock()
-    done = [0]
+    run = _FastRun(problem, methods, dtype, settings, tolerance, directions, progress)
+    parallel_blocks(run.chunk, run.starts, work=problem.shape[0] * problem.shape[1] * 64)
+    return run.outcome()
 
-    def one_chunk(start: int) -> None:
-        rows = slice(start, min(n, start + rows_per))
-        wide = rows_of(problem, rows, scales, "float64")
-        low = rows_of(problem, rows, scales, dtype)
-        ref = METHODS["analytic"](wide, settings).grad
-        shares = contributions(wide)
-        found: dict[str, FloatArray] = {}
+
+@dataclass(eq=False)
+class _Chunk:
+    """What one row chunk found (computed without the lock; merged under it)."""
+
+    start: int
+    shares: FloatArray
+    stats: dict[str, ChunkStats]
+    failures: dict[str, str]
+    directional: dict[str, tuple[FloatArray, FloatArray]]
+    dir_stats: dict[str, ChunkStats]
+    deviation: float | None
+    rows_ok: bool
+
+
+class _FastRun:
+    """The state of one fast-mode run: its configuration, the streams that accumulate the
+    chunks' statistics, and the assembly of the outcome."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        methods: tuple[str, ...],
+        dtype: str,
+        settings: MethodSettings,
+        tolerance: Callable[[str, str], Tolerance],
+        directions: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        n, k = problem.shape
+        self.problem, self.dtype, self.settings = problem, dtype, settings
+        self.tolerance, self.directions, self.progress = tolerance, directions, progress
+        self.rows_per = max(1, ROW_CHUNK_ELEMENTS // k)
+        self.starts = range(0, n, self.rows_per)
+        self.scales = batch_scales(problem)
+        self.elementwise: list[str] = [m for m in ("analytic", "jacobian") if m in methods]
+        self.directional: list[str] = [
+            m for m in ("finite_difference", "complex_step") if m in methods
+        ]
+        self.not_computable: dict[str, str] = {}
+        if "exact" in methods:
+            self.not_computable["exact"] = (
+                f"{n * k:,} elements: far above the 50-digit reference's limit (fast mode)"
+            )
+        if dtype == "float16" and "complex_step" in self.directional:
+            self.directional.remove("complex_step")
+            self.not_computable["complex_step"] = "NumPy has no float16 complex type"
+        self.streams = {
+            m: Stream(m, FAST_REFERENCE, tolerance(m, dtype), "logits", dtype)
+            for m in self.elementwise
+        }
+        self.dir_streams = {
+            m: Stream(f"{m} (directional)", "g·d", tolerance(m, dtype), "directions", dtype)
+            for m in self.directional
+        }
+        self.batch_measured = {m: np.zeros(directions) for m in self.directional}
+        self.batch_predicted = {m: np.zeros(directions) for m in self.directional}
+        self.losses: list[tuple[int, FloatArray]] = []
+        self.prob_dev = 0.0
+        self.rows_ok = True
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def chunk(self, start: int) -> None:
+        """Check the rows from ``start`` and merge what they give (a worker's task)."""
+        found = self._compute(start)
+        with self.lock:  # only merging happens under the lock
+            self._merge(found)
+
+    def _compute(self, start: int) -> _Chunk:
+        rows = slice(start, min(self.problem.shape[0], start + self.rows_per))
+        wide = rows_of(self.problem, rows, self.scales, "float64")
+        low = rows_of(self.problem, rows, self.scales, self.dtype)
+        ref = METHODS["analytic"](wide, self.settings).grad
+        grads: dict[str, FloatArray] = {}
         failures: dict[str, str] = {}
-        for m in elementwise:
+        for m in self.elementwise:
             try:
-                found[m] = METHODS[m](low, settings).grad  # widened inside chunk_stats
+                grads[m] = METHODS[m](low, self.settings).grad  # widened inside chunk_stats
             except NotComputable as exc:
                 failures[m] = exc.reason
-        stats = {m: chunk_stats(g, ref, streams[m].tolerance, start) for m, g in found.items()}
-        dir_found = {m: _directional(m, low, ref, start, directions, settings) for m in directional}
-        dir_stats = {
-            m: chunk_stats(measured.T, predicted.T, dir_streams[m].tolerance, start)
-            for m, (measured, predicted) in dir_found.items()
+        stats = {m: chunk_stats(g, ref, self.streams[m].tolerance, start) for m, g in grads.items()}
+        directional = {
+            m: _directional(m, low, ref, start, self.directions, self.settings)
+            for m in self.directional
         }
-        deviation = None
-        rows_ok = True
-        if isinstance(wide, CrossEntropyProblem):
-            p = softmax(wide.logits)
-            deviation = float(np.max(np.abs(p.sum(axis=-1) - 1.0)))
-            if wide.plain:
-                mass = (
-                    label_weights(wide)
-                    if wide.one_hot
-                    else np.sum(weighted_targets(wide), axis=-1)
-                )
-                rows_ok = checks.grad_rows_sum_to_zero(ref, mass, reduction_scales(wide)[0]).passed
-        with lock:  # only merging happens under the lock
-            losses.append((start, shares))
-            for m, st in stats.items():
-                streams[m].merge(st)
-            for m, reason in failures.items():
-                not_computable.setdefault(m, reason)
-            for m, (measured, predicted) in dir_found.items():
-                dir_streams[m].merge(dir_stats[m])
-                batch_measured[m] += measured.sum(axis=1)
-                batch_predicted[m] += predicted.sum(axis=1)
-            if deviation is not None:
-                prob_dev[0] = max(prob_dev[0], deviation)
-                row_sum_excess[0] = max(row_sum_excess[0], 0.0 if rows_ok else 1.0)
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], len(starts))
+        dir_stats = {
+            m: chunk_stats(measured.T, predicted.T, self.dir_streams[m].tolerance, start)
+            for m, (measured, predicted) in directional.items()
+        }
+        deviation, rows_ok = _row_checks(wide, ref)
+        shares = contributions(wide)
+        return _Chunk(start, shares, stats, failures, directional, dir_stats, deviation, rows_ok)
 
-    parallel_blocks(one_chunk, starts, work=n * k * 64)
+    def _merge(self, c: _Chunk) -> None:
+        self.losses.append((c.start, c.shares))
+        for m, st in c.stats.items():
+            self.streams[m].merge(st)
+        for m, reason in c.failures.items():
+            self.not_computable.setdefault(m, reason)
+        for m, (measured, predicted) in c.directional.items():
+            self.dir_streams[m].merge(c.dir_stats[m])
+            self.batch_measured[m] += measured.sum(axis=1)
+            self.batch_predicted[m] += predicted.sum(axis=1)
+        if c.deviation is not None:
+            self.prob_dev = max(self.prob_dev, c.deviation)
+            self.rows_ok = self.rows_ok and c.rows_ok
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.starts))
 
-    losses.sort(key=lambda item: item[0])
-    per_row = np.concatenate([s for _, s in losses])
-    loss: float | FloatArray
-    if problem.reduction == "none":
-        loss = per_row
-    else:
-        loss = float(np.sum(per_row))
-        if isinstance(problem, CrossEntropyProblem) and problem.reduction == "mean":
-            alpha, _ = scales  # type: ignore[misc]
-            if not np.any(alpha):
-                loss = float("nan")
-    comparisons = [s.comparison() for s in streams.values()]
-    comparisons += [s.comparison() for s in dir_streams.values()]
-    for m in directional:
-        whole = Stream(
-            f"{m} (directional, whole batch)", "g·d", tolerance(m, dtype), "directions", dtype
+    def outcome(self) -> FastOutcome:
+        comparisons = [s.comparison() for s in self.streams.values()]
+        comparisons += [s.comparison() for s in self.dir_streams.values()]
+        for m in self.directional:
+            whole = Stream(
+                f"{m} (directional, whole batch)",
+                "g·d",
+                self.tolerance(m, self.dtype),
+                "directions",
+                self.dtype,
+            )
+            whole.add(self.batch_measured[m][None, :], self.batch_predicted[m][None, :], 0)
+            comparisons.append(whole.comparison())
+        return FastOutcome(
+            self._loss(), comparisons, self._checks(), self._notes(), self.not_computable
         )
-        whole.add(batch_measured[m][None, :], batch_predicted[m][None, :], 0)
-        comparisons.append(whole.comparison())
-    found_checks: list[Check] = []
-    if isinstance(problem, CrossEntropyProblem):
-        bound = 2 * (k + 1) * float(np.finfo(np.float64).eps)
-        found_checks.append(
+
+    def _loss(self) -> float | FloatArray:
+        self.losses.sort(key=lambda item: item[0])
+        per_row = np.concatenate([s for _, s in self.losses])
+        if self.problem.reduction == "none":
+            return per_row
+        problem = self.problem
+        if isinstance(problem, CrossEntropyProblem) and problem.reduction == "mean":
+            alpha, _ = self.scales  # type: ignore[misc]
+            if not np.any(alpha):
+                return float("nan")
+        return float(np.sum(per_row))
+
+    def _checks(self) -> list[Check]:
+        problem = self.problem
+        if not isinstance(problem, CrossEntropyProblem):
+            return []
+        bound = 2 * (problem.shape[1] + 1) * float(np.finfo(np.float64).eps)
+        found = [
             Check(
                 "probs_sum_to_one",
-                prob_dev[0] <= bound,
-                f"max |sum(p) - 1| = {prob_dev[0]:.3g} (bound {bound:.3g})",
+                self.prob_dev <= bound,
+                f"max |sum(p) - 1| = {self.prob_dev:.3g} (bound {bound:.3g})",
             )
-        )
+        ]
         if problem.plain:
-            found_checks.append(
+            found.append(
                 Check(
                     "grad_rows_sum_to_zero",
-                    row_sum_excess[0] <= 0.0,
+                    self.rows_ok,
                     "every row of the float64 reference within its rounding bound",
                 )
             )
-    # Central is the default and goes unnamed (the notes of such runs read as they always did).
-    scheme = "finite" if settings.fd_scheme == "central" else settings.fd_scheme
-    notes = {
-        "mode": (
-            f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
-            f"check; rows in chunks of {rows_per}, {scheme} differences and complex step along "
-            f"{directions} seeded random directions per row and for the whole batch; "
-            "gradients are not kept in the report"
-        )
-    }
-    return FastOutcome(loss, comparisons, found_checks, notes, not_computable)
+        return found
+
+    def _notes(self) -> dict[str, str]:
+        n, k = self.problem.shape
+        # Central is the default and goes unnamed (the notes of such runs read as they always did).
+        scheme = "finite" if self.settings.fd_scheme == "central" else self.settings.fd_scheme
+        return {
+            "mode": (
+                f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
+                f"check; rows in chunks of {self.rows_per}, {scheme} differences and complex step "
+                f"along {self.directions} seeded random directions per row and for the whole "
+                "batch; gradients are not kept in the report"
+            )
+        }
+
+
+def _row_checks(wide: Problem, ref: FloatArray) -> tuple[float | None, bool]:
+    """A chunk's max ``|sum(p) - 1|`` and whether every row of the float64 reference gradient
+    sums to 0 within its rounding bound ((None, True) for sigmoid)."""
+    if not isinstance(wide, CrossEntropyProblem):
+        return None, True
+    p = softmax(wide.logits)
+    deviation = float(np.max(np.abs(p.sum(axis=-1) - 1.0)))
+    if not wide.plain:
+        return deviation, True
+    mass = label_weights(wide) if wide.one_hot else np.sum(weighted_targets(wide), axis=-1)
+    return deviation, checks.grad_rows_sum_to_zero(ref, mass, reduction_scales(wide)[0]).passed
 
 
 def _directional(

@@ -21,7 +21,6 @@ from gradcheck_cli.core import softmax_ce as _softmax_ce
 from gradcheck_cli.core.options import SIGMOID, LossKind
 from gradcheck_cli.core.sigmoid_ce import SigmoidProblem
 from gradcheck_cli.core.softmax import (
-    cross_entropy_terms,
     log_softmax,
     logsumexp,
     one_minus,
@@ -113,7 +112,6 @@ __all__ = [
     "cast_problem",
     "class_weights",
     "contributions",
-    "cross_entropy_terms",
     "dense_targets",
     "log_softmax",
     "logsumexp",

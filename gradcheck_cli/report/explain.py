@@ -28,14 +28,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown(w: Walkthrough) -> str:
     """The whole walkthrough as Markdown (headings, tables, LaTeX-style formulas)."""
-    names = list(w.classes)
-    k = len(names)
-    y = w.label
-    plain_label = w.plain_label
+    sections = (
+        _title,
+        _forward_section,
+        _loss_section,
+        _jacobian_section,
+        _dl_dp_section,
+        _chain_section,
+        _difference_section,
+        _graph_section,
+    )
+    return "\n".join(line for section in sections for line in section(w))
+
+
+def _title(w: Walkthrough) -> list[str]:
+    """The heading."""
     lines: list[str] = []
     which = f" (sample {w.sample} of {w.n})" if w.n > 1 else ""
     lines += [f"# Why d(loss)/d(logits) = p − y: {w.name}{which}", ""]
+    return lines
 
+
+def _forward_section(w: Walkthrough) -> list[str]:
+    """1. The forward pass: the max-shift, the exponentials, p."""
+    names = list(w.classes)
+    k = len(names)
+    lines: list[str] = []
     lines += ["## 1. Forward pass: logits → softmax", ""]
     lines += [
         f"The largest logit is m = {f(w.shift)}. Subtracting it from every logit changes nothing "
@@ -54,7 +72,16 @@ def markdown(w: Walkthrough) -> str:
         f"Σ e^(z − m) = {f(w.total)}; the probabilities sum to {f(float(w.probs.sum()))}.",
         "",
     ]
+    return lines
 
+
+def _loss_section(w: Walkthrough) -> list[str]:
+    """2. The loss, both ways (and the expectations' rounding)."""
+    names = list(w.classes)
+    k = len(names)
+    y = w.label
+    plain_label = w.plain_label
+    lines: list[str] = []
     lines += ["## 2. The loss", ""]
     if plain_label and y is not None:
         lines += [
@@ -93,7 +120,14 @@ def markdown(w: Walkthrough) -> str:
         )
         opts = ", ".join(f"{key} = {val}" for key, val in w.options.items()) or "none"
         lines += ["", f"Options: {opts}.", ""]
+    return lines
 
+
+def _jacobian_section(w: Walkthrough) -> list[str]:
+    """3. The softmax Jacobian and its two cases."""
+    names = list(w.classes)
+    k = len(names)
+    lines: list[str] = []
     lines += ["## 3. The softmax Jacobian", ""]
     lines += [
         "Each probability depends on every logit. By the quotient rule:",
@@ -112,7 +146,15 @@ def markdown(w: Walkthrough) -> str:
         lines.append("")
     else:
         lines += [f"(K = {k}: the {k} × {k} matrix is not printed.)", ""]
+    return lines
 
+
+def _dl_dp_section(w: Walkthrough) -> list[str]:
+    """4. dL/dp."""
+    names = list(w.classes)
+    k = len(names)
+    plain_label = w.plain_label
+    lines: list[str] = []
     lines += ["## 4. The loss's gradient with respect to the probabilities", ""]
     lines += [
         "$$\\frac{\\partial L}{\\partial p_c} = -\\frac{q_c}{p_c}$$",
@@ -127,7 +169,16 @@ def markdown(w: Walkthrough) -> str:
         ["class", "q", "dL/dp"], [[names[i], f(w.q[i]), f(w.dl_dp[i])] for i in range(k)]
     )
     lines.append("")
+    return lines
 
+
+def _chain_section(w: Walkthrough) -> list[str]:
+    """5. The chain rule collapsing to p - y, component by component."""
+    names = list(w.classes)
+    k = len(names)
+    y = w.label
+    plain_label = w.plain_label
+    lines: list[str] = []
     lines += ["## 5. The chain rule: dL/dz = Jᵀ · dL/dp", ""]
     if plain_label and y is not None:
         lines += [
@@ -163,7 +214,13 @@ def markdown(w: Walkthrough) -> str:
     )
     scale = w.scale_text[:1].upper() + w.scale_text[1:]
     lines += ["", f"Gradient: {vec(w.closed_form)}. {scale}.", ""]
+    return lines
 
+
+def _difference_section(w: Walkthrough) -> list[str]:
+    """6. A finite-difference confirmation of the largest component."""
+    names = list(w.classes)
+    lines: list[str] = []
     c = w.fd_class
     err = abs(w.fd_quotient - float(w.closed_form[c]))
     lines += ["## 6. A finite-difference check", ""]
@@ -177,7 +234,12 @@ def markdown(w: Walkthrough) -> str:
         f"* closed form p − y = {f(float(w.closed_form[c]), 12)}; difference {err:.2e}",
         "",
     ]
+    return lines
 
+
+def _graph_section(w: Walkthrough) -> list[str]:
+    """The computation graph with forward values and backward gradients."""
+    lines: list[str] = []
     forward = [
         f"L = {f(w.loss, 6)}",
         f"└── p = softmax(z) = {vec(w.probs)}",
@@ -188,8 +250,7 @@ def markdown(w: Walkthrough) -> str:
     lines += ["## Computation graph (forward values, backward gradients)", "", "```text"]
     lines += [a.ljust(width) + b for a, b in zip(forward, backward, strict=True)]
     lines += ["```", ""]
-    return "\n".join(lines)
-
+    return lines
 
 def render_terminal(w: Walkthrough) -> RenderableType:
     """The walkthrough for a terminal: the Markdown rendered by Rich, its LaTeX formulas

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from gradcheck_cli import __version__, limits
+from gradcheck_cli import limits
+from gradcheck_cli._version import __version__
 from gradcheck_cli.errors import SpecError, UsageError, XentcheckError
 from gradcheck_cli.report import Format
 

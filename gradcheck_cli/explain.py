@@ -8,7 +8,7 @@ checks use, so the explanation and the verification cannot disagree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,51 +31,9 @@ from gradcheck_cli.methods.differences import (
     relative_steps,
     step_factor,
 )
-from gradcheck_cli.model import Spec
+from gradcheck_cli.model import Spec, Walkthrough
 
 FloatArray = NDArray[np.float64]
-
-
-@dataclass(frozen=True, eq=False)
-class Walkthrough:
-    """Every number of the derivation for one sample (arrays of shape (K,), J of (K, K))."""
-
-    name: str
-    classes: tuple[str, ...]
-    sample: int
-    n: int
-    reduction: str
-    logits: FloatArray
-    shift: float
-    shifted: FloatArray
-    exps: FloatArray
-    total: float
-    probs: FloatArray
-    label: int | None
-    targets: FloatArray
-    """The plain target distribution (one-hot for a label)."""
-    q: FloatArray
-    """The weighted target the loss uses (= targets without weights or smoothing)."""
-    options: dict[str, object]
-    plain_label: bool
-    """A label whose weighted target is exactly onehot(y) (no smoothing, no class weights)."""
-    loss: float
-    loss_via_lse: float
-    jacobian: FloatArray
-    dl_dp: FloatArray
-    chain: FloatArray
-    closed_form: FloatArray
-    scale: float
-    """The reduction's factor for this sample in the batch gradient."""
-    scale_text: str
-    fd_class: int
-    fd_step: float
-    fd_plus: float
-    fd_minus: float
-    fd_quotient: float
-    rounded_figure: tuple[float, float] | None
-    """When the spec's expected loss is ``-log`` of its own *rounded* expected ``p_y`` (the
-    cat/dog/bird article's 0.462 = -log 0.63) rather than the exact loss: that p_y and loss."""
 
 
 def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:

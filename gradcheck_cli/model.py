@@ -199,3 +199,73 @@ class JacobianView:
     @property
     def rows_sum_to_zero(self) -> bool:
         return bool(np.all(self.row_sums <= self.row_sum_bounds))
+
+
+@dataclass(frozen=True, eq=False)
+class Walkthrough:
+    """Every number of the derivation for one sample (arrays of shape (K,), J of (K, K))."""
+
+    name: str
+    classes: tuple[str, ...]
+    sample: int
+    n: int
+    reduction: str
+    logits: FloatArray
+    shift: float
+    shifted: FloatArray
+    exps: FloatArray
+    total: float
+    probs: FloatArray
+    label: int | None
+    targets: FloatArray
+    """The plain target distribution (one-hot for a label)."""
+    q: FloatArray
+    """The weighted target the loss uses (= targets without weights or smoothing)."""
+    options: dict[str, object]
+    plain_label: bool
+    """A label whose weighted target is exactly onehot(y) (no smoothing, no class weights)."""
+    loss: float
+    loss_via_lse: float
+    jacobian: FloatArray
+    dl_dp: FloatArray
+    chain: FloatArray
+    closed_form: FloatArray
+    scale: float
+    """The reduction's factor for this sample in the batch gradient."""
+    scale_text: str
+    fd_class: int
+    fd_step: float
+    fd_plus: float
+    fd_minus: float
+    fd_quotient: float
+    rounded_figure: tuple[float, float] | None
+    """When the spec's expected loss is ``-log`` of its own *rounded* expected ``p_y`` (the
+    cat/dog/bird article's 0.462 = -log 0.63) rather than the exact loss: that p_y and loss."""
+
+
+@dataclass(frozen=True)
+class Taylor:
+    """The Taylor remainder test along one direction."""
+
+    steps: tuple[float, ...]
+    remainders: tuple[float, ...]
+    slope: float | None
+    """Least-squares slope of log r against log h over the usable points (None: too few)."""
+    verdict: str
+    seed: int
+    """Seed of the test direction."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Errors of each differencing method at each step, against ``reference``."""
+
+    name: str
+    file: str
+    reference: str
+    steps: tuple[float, ...]
+    errors: dict[str, tuple[float | None, ...]]
+    """Method -> max absolute error at each step (None where not computable)."""
+    best_step: dict[str, float | None]
+    taylor: Taylor
+    notes: dict[str, str] = field(default_factory=dict)

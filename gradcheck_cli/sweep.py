@@ -17,8 +17,6 @@ regime: at large steps an error's linear term can hide under the quadratic one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -28,6 +26,7 @@ from gradcheck_cli.methods._base import DEFAULT_SETTINGS
 from gradcheck_cli.methods.complex_step import complex_step
 from gradcheck_cli.methods.differences import DIRECTION_SEED
 from gradcheck_cli.methods.finite_difference import fd_gradient
+from gradcheck_cli.model import SweepResult, Taylor
 
 FloatArray = NDArray[np.float64]
 #: The swept steps, 1e-1 down to 1e-16.
@@ -37,34 +36,6 @@ TAYLOR_STEPS: tuple[float, ...] = tuple(np.logspace(-1, -4, 12))
 SWEPT = (*SCHEMES, "complex_step")
 #: Seed of the Taylor direction (a failure reproduces).
 TAYLOR_SEED = DIRECTION_SEED
-
-
-@dataclass(frozen=True)
-class Taylor:
-    """The Taylor remainder test along one direction."""
-
-    steps: tuple[float, ...]
-    remainders: tuple[float, ...]
-    slope: float | None
-    """Least-squares slope of log r against log h over the usable points (None: too few)."""
-    verdict: str
-    seed: int = TAYLOR_SEED
-    """Seed of the test direction."""
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """Errors of each differencing method at each step, against ``reference``."""
-
-    name: str
-    file: str
-    reference: str
-    steps: tuple[float, ...]
-    errors: dict[str, tuple[float | None, ...]]
-    """Method -> max absolute error at each step (None where not computable)."""
-    best_step: dict[str, float | None]
-    taylor: Taylor
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 def sweep(problem: Problem, name: str, file: str) -> SweepResult:

@@ -41,5 +41,5 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_version_matches_pyproject() -> None:
-    text = (ROOT / "gradcheck_cli" / "__init__.py").read_text(encoding="utf-8")
+    text = (ROOT / "gradcheck_cli" / "_version.py").read_text(encoding="utf-8")
     assert f'__version__ = "{gradcheck_cli.__version__}"' in text

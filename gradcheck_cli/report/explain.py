@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from gradcheck_cli.explain import Walkthrough
+from gradcheck_cli.model import Walkthrough
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import __version__
+from gradcheck_cli._version import __version__
 from gradcheck_cli.compare import Comparison
 from gradcheck_cli.model import Check, SpecResult
 

@@ -9,9 +9,9 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from gradcheck_cli.model import SweepResult
 from gradcheck_cli.report._lines import Lines
 from gradcheck_cli.report.table import err
-from gradcheck_cli.sweep import SweepResult
 
 MARKERS = {"forward": "f", "central": "c", "richardson": "r", "complex_step": "x"}
 #: Error decades shown by the chart, 1e0 down to 1e-18.

@@ -238,6 +238,12 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
     except NotRepresentable as exc:
         return skipped_result(spec.name, display, str(exc))
     except XentcheckError as exc:
+        original = getattr(exc, "original", None)
+        if debug and original is not None:  # the implementation's own traceback
+            import traceback
+
+            trace = "".join(traceback.format_exception(original)).rstrip()
+            return error_result(spec.name, display, f"{display}: {exc}\n{trace}")
         return error_result(spec.name, display, f"{display}: {exc}")
     except Exception as exc:  # one spec must not take the run down
         if debug:

@@ -100,6 +100,9 @@ class Comparison:
     inconclusive: str | None = None
     """Why a comparison with no failed element proves nothing (see :func:`vacuity`), or None.
     An inconclusive comparison does not fail its spec, and is never reported as a pass."""
+    diagnosis: str | None = None
+    """For a failed implementation check: the common bug the numbers fit exactly, if one does
+    (``gradcheck_cli.diagnose``)."""
 
     @property
     def passed(self) -> bool:

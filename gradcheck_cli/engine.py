@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import checks, fastmode
+from gradcheck_cli import checks, diagnose, fastmode
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import Problem, SigmoidProblem, cast_problem, reduce_any
@@ -138,12 +139,14 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
             comparisons += _compare_all(
                 spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
             )
-    if options.impl is not None:
-        comparisons += _impl_comparisons(
-            spec, options, options.impl, under_test, dtype, forward.loss, reference, shaped,
-            run.notes, run.not_computable,
-        )  # fmt: skip
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
+    if options.impl is not None:
+        impl_rows, impl_checks = _impl_part(
+            spec, options, options.impl, (problem, under_test), dtype, forward.loss, reference,
+            run,
+        )  # fmt: skip
+        comparisons += impl_rows
+        found += impl_checks
     if dtype != "float64":
         found.append(_dtype_loss_check(under_test, forward.loss, dtype))
     if spec.expect is not None:
@@ -419,34 +422,31 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     )
 
 
-def _impl_comparisons(
+def _impl_part(
     spec: Spec,
     options: RunOptions,
     impl: Implementation,
-    under_test: Problem,
+    problems: tuple[Problem, Problem],
     dtype: str,
     loss: float | np.ndarray,
     reference: np.ndarray,
-    shaped: Callable[[np.ndarray], np.ndarray],
-    notes: dict[str, str],
-    not_computable: dict[str, str],
-) -> list[Comparison]:
-    """The implementation's loss and gradient against the reference, and its gradient against
-    its own forward pass (how it was differentiated goes into ``notes``; a self-consistency
-    check that cannot decide, into ``not_computable``). Raises ImplError (an error result for
-    this spec) when it fails."""
+    run: _Gradients,
+) -> tuple[list[Comparison], list[Check]]:
+    """The implementation's loss and gradient against the reference (with a diagnosis when
+    one fails and the evidence is clear), its gradient against its own forward pass, and a
+    failed check for any nan or inf it returned where the reference is finite. Its gradient
+    joins ``run.gradients`` as ``impl``; how the self-consistency check differentiated goes
+    into the notes (or, when it cannot decide, into ``not_computable``). Raises ImplError (an
+    error result for this spec) when the implementation cannot be called."""
+    problem, under_test = problems
     n, k = under_test.shape
-    if spec.reduction != "none":
-        loss_shape: tuple[int, ...] = ()
-    else:
-        loss_shape = (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
-    ref_loss = np.asarray(loss, dtype=np.float64).reshape(loss_shape)
+    shape: tuple[int, ...] = () if spec.reduction != "none" else (n,)
+    if spec.reduction == "none" and spec.loss == "sigmoid_cross_entropy":
+        shape = (n, k)
+    ref_loss = np.asarray(loss, dtype=np.float64).reshape(shape)
     kwargs = impl_module.options_for(spec, dtype)
-    logits = under_test.logits
-    got_loss, got_grad = impl_module.checked_outputs(
-        impl, logits, kwargs, loss_shape, finite_loss=bool(np.all(np.isfinite(ref_loss)))
-    )
-
+    got_loss, got_grad = impl_module.checked_outputs(impl, under_test.logits, kwargs, shape)
+    run.gradients["impl"] = got_grad
     natural = impl_module.scales(under_test)
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
@@ -456,40 +456,43 @@ def _impl_comparisons(
             atol=default.atol if options.atol is None else options.atol,
         )
 
-    name = f"impl {impl.name}"
-    ulps = impl_module.VACUITY_ULPS
-    out = [
-        compare(
-            name,
-            got_loss,
-            "reference loss",
-            ref_loss,
-            tol("loss", ref_loss),
-            "loss",
-            dtype=dtype,
-            ulps=ulps,
-        ),
-        compare(
-            name,
-            shaped(got_grad),
-            "reference",
-            shaped(reference),
-            tol("grad", reference),
-            "logits",
-            dtype=dtype,
-            ulps=ulps,
-        ),
-    ]
-    if np.all(np.isfinite(got_loss)):  # a nan or inf loss has no derivative to compare
+    shaped = _shaper(spec)
+    name, ulps = f"impl {impl.name}", impl_module.VACUITY_ULPS
+    loss_row = compare(
+        name, got_loss, "reference loss", ref_loss, tol("loss", ref_loss), "loss", dtype=dtype,
+        ulps=ulps,
+    )  # fmt: skip
+    grad_row = compare(
+        name, shaped(got_grad), "reference", shaped(reference), tol("grad", reference),
+        "logits", dtype=dtype, ulps=ulps,
+    )  # fmt: skip
+    if not loss_row.passed:
+        why = diagnose.loss(got_loss, ref_loss, problem, dtype)
+        loss_row = dataclass_replace(loss_row, diagnosis=why)
+    if not grad_row.passed:
+        failed = _failed_mask(got_grad, reference, Tolerance(grad_row.rtol, grad_row.atol))
+        why = diagnose.gradient(got_grad, reference, failed, problem, dtype, spec.classes)
+        grad_row = dataclass_replace(grad_row, diagnosis=why)
+    out = [loss_row, grad_row]
+    finite = impl_module.finiteness(impl, got_loss, got_grad, ref_loss, reference)
+    if np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad)):
         check, how = impl_module.self_consistency(
             impl, under_test, kwargs, got_grad, tol("self"), dtype
         )
-        notes["impl self-consistency"] = how
+        run.notes["impl self-consistency"] = how
         if check.inconclusive is None:
             out.append(check)
         else:  # the forward's rounding swamps the derivatives (half precision): say so
-            not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
-    return out
+            run.not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
+    return out, finite
+
+
+def _failed_mask(got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> np.ndarray:
+    """Which elements break ``|a - b| <= atol + rtol |b|`` (nan counts as broken)."""
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(got - ref) <= tol.atol + tol.rtol * np.abs(ref)
+    failed: np.ndarray = ~ok
+    return failed
 
 
 def _expectations(

@@ -57,7 +57,7 @@ from gradcheck_cli.methods.differences import (
     pair_differences,
     points,
 )
-from gradcheck_cli.model import Spec
+from gradcheck_cli.model import Check, Spec
 from gradcheck_cli.precision import derivative_scale
 
 FloatArray = NDArray[np.float64]
@@ -98,6 +98,31 @@ HALF_FLOOR_ULPS = 2.0
 class ImplError(XentcheckError):
     """The implementation could not be loaded or called, or returned something unusable."""
 
+    original: BaseException | None = None
+    """The implementation's own exception, when it raised one (``--debug`` shows its
+    traceback)."""
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file.py:12 in f: `the line`)`` for the innermost frame of the traceback that is
+    not xentcheck's, NumPy's or the standard library's: the user's own line."""
+    import traceback
+    from pathlib import Path
+
+    ours = str(Path(__file__).resolve().parent)
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(ours)
+        and "site-packages" not in f.filename
+        and not f.filename.startswith(sys.base_prefix)
+    ]
+    if not frames:
+        return ""
+    f = frames[-1]
+    code = f" `{f.line.strip()}`" if f.line else ""
+    return f" (at {f.filename}:{f.lineno} in {f.name}:{code})"
+
 
 @dataclass(frozen=True)
 class Implementation:
@@ -134,6 +159,9 @@ def load(target: str) -> Implementation:
             raise ImplError(f"--impl {target!r}: cannot import {where}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
+        folder = str(path.resolve().parent)  # the file may import modules that sit beside it
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
@@ -208,7 +236,11 @@ def call(impl: Implementation, logits: np.ndarray, options: dict[str, Any]) -> t
     try:
         out = impl.function(logits.copy(), **options)
     except Exception as exc:
-        raise ImplError(f"implementation {impl.name} raised {type(exc).__name__}: {exc}") from None
+        error = ImplError(
+            f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
+        )
+        error.original = exc
+        raise error from None
     if not isinstance(out, tuple) or len(out) != 2:
         raise ImplError(
             f"implementation {impl.name} returned {type(out).__name__}; expected a tuple "
@@ -225,8 +257,8 @@ def checked_outputs(
     finite_loss: bool = True,
 ) -> tuple[FloatArray, FloatArray]:
     """Call and validate: the loss has ``loss_shape`` (``()`` for a reduced loss), the gradient
-    has the logits' shape, both are real and numeric, the gradient is finite, and so is the
-    loss unless ``finite_loss`` is False (the reference loss itself is nan or inf)."""
+    has the logits' shape, and both are real numbers. Non-finite values are *results*, not
+    errors: :func:`finiteness` turns them into failed checks."""
     loss, grad = call(impl, logits, options)
     loss_arr = _as_array(impl, "loss", loss)
     grad_arr = _as_array(impl, "gradient", grad)
@@ -240,16 +272,37 @@ def checked_outputs(
             f"implementation {impl.name} returned a gradient of shape {grad_arr.shape}; "
             f"expected {logits.shape} like the logits"
         )
-    for what, arr in (("loss", loss_arr), ("gradient", grad_arr)):
-        if what == "loss" and not finite_loss:
-            continue
-        if not np.all(np.isfinite(arr)):
-            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0]) if arr.ndim else ()
-            raise ImplError(
-                f"implementation {impl.name} returned a non-finite {what} "
-                f"({arr[idx] if arr.ndim else arr}" + (f" at {list(idx)})" if idx else ")")
-            )
+    del finite_loss  # kept for callers; see finiteness()
     return loss_arr, grad_arr
+
+
+def finiteness(
+    impl: Implementation,
+    loss: FloatArray,
+    grad: FloatArray,
+    ref_loss: FloatArray,
+    ref_grad: FloatArray,
+) -> list[Check]:
+    """A failed ``impl_finite`` check for a nan or inf the implementation returned where the
+    reference is finite, naming the first such element (none when everything agrees)."""
+    out = []
+    for what, got, ref in (("loss", loss, ref_loss), ("gradient", grad, ref_grad)):
+        bad = ~np.isfinite(got) & np.isfinite(np.broadcast_to(ref, got.shape))
+        if not np.any(bad):
+            continue
+        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if got.ndim else ()
+        where = f" at {list(idx)}" if idx else ""
+        out.append(
+            Check(
+                "impl_finite",
+                False,
+                f"implementation {impl.name} returned {got[idx] if got.ndim else got} in the "
+                f"{what}{where} where the reference is finite "
+                f"({float(np.broadcast_to(ref, got.shape)[idx]):.10g}); "
+                f"{int(np.count_nonzero(bad))} such element(s)",
+            )
+        )
+    return out
 
 
 def _as_array(impl: Implementation, what: str, value: Any) -> FloatArray:

@@ -74,7 +74,6 @@ def test_forward_backward_inconsistency_is_caught() -> None:
         ("raises", "raised RuntimeError: kernel launch failed"),
         ("wrong_shape", "returned a gradient of shape (6,); expected (4, 6) like the logits"),
         ("not_a_tuple", "returned float; expected a tuple (loss, grad)"),
-        ("non_finite", "returned a non-finite gradient (nan at [0, 1])"),
         ("strings", "returned a loss of type str (dtype <U3); expected real numbers"),
     ],
 )
@@ -154,3 +153,48 @@ def test_torch_target_without_torch_is_a_clear_error() -> None:
     else:
         r = run_spec(spec(), RunOptions(impl=load("torch")))
         assert r.status == "pass"
+
+
+@pytest.mark.parametrize(
+    ("function", "quantity", "diagnosis"),
+    [
+        ("not_divided_by_n", "logits", "N = 4 times the reference: a mean not divided by N"),
+        ("labels_off_by_one", "loss", "every label shifted by +1"),
+        ("one_column_off", "logits", "only column 2 is off, in 4 rows"),
+        ("float32_arithmetic", "logits", "float32 arithmetic inside a float64 check"),
+    ],
+)
+def test_common_bug_shapes_are_diagnosed(function: str, quantity: str, diagnosis: str) -> None:
+    row = impl_rows(run_with(function))[quantity]
+    assert not row.passed  # type: ignore[attr-defined]
+    assert row.diagnosis is not None and diagnosis in row.diagnosis, row.diagnosis  # type: ignore[attr-defined]
+
+
+def test_no_diagnosis_without_evidence() -> None:
+    for function in ("planted_grad", "planted_loss"):
+        for row in impl_rows(run_with(function)).values():
+            assert row.diagnosis is None  # type: ignore[attr-defined]
+
+
+def test_nan_where_the_reference_is_finite_is_a_failure_not_an_error() -> None:
+    r = run_with("nan_gradient")
+    assert r.status == "fail"  # type: ignore[attr-defined]
+    (check,) = [c for c in r.checks if c.name == "impl_finite"]  # type: ignore[attr-defined]
+    assert not check.passed and "returned nan in the gradient at [1, 3]" in check.detail
+
+
+def test_user_file_imports_its_neighbours_and_errors_point_at_user_code() -> None:
+    kernel = IMPLS.parent / "sibling" / "kernel.py"
+    r = run_spec(spec(), RunOptions(impl=load(f"{kernel}:cross_entropy"), methods=("analytic",)))
+    assert r.status == "pass"
+    with pytest.raises(ImplError) as info:
+        run_spec(spec(), RunOptions(impl=load(f"{kernel}:broken"), methods=("analytic",)))
+    message = str(info.value)
+    assert "raised ValueError: bad tile size 7" in message
+    assert f"(at {kernel}:17 in _inner: `raise ValueError(\"bad tile size 7\")`)" in message
+
+
+def test_impl_gradient_is_reported() -> None:
+    r = run_with("correct")
+    assert "impl" in r.gradients  # type: ignore[attr-defined]
+    np.testing.assert_allclose(r.gradients["impl"], r.gradients["analytic"], atol=1e-15)  # type: ignore[attr-defined]

@@ -58,6 +58,7 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         "dtype": c.dtype,
         "predicted": c.predicted,
         "inconclusive": c.inconclusive,
+        "diagnosis": c.diagnosis,
     }
 
 

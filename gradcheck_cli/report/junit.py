@@ -32,10 +32,11 @@ def comparison_line(c: Comparison) -> str:
         if c.inconclusive is None
         else f"inconclusive ({c.inconclusive})"
     )
+    diagnosis = f"; diagnosis: {c.diagnosis}" if c.diagnosis else ""
     return (
         f"{quantity}{c.method} vs {c.reference}: {verdict}; worst {where}: {c.value:.17g} vs "
         f"{c.reference_value:.17g}, |Δ| = {c.max_abs_error:.3g}, rel {c.max_rel_error:.3g} "
-        f"(rtol {c.rtol:g}, atol {c.atol:g})"
+        f"(rtol {c.rtol:g}, atol {c.atol:g}){diagnosis}"
     )
 
 

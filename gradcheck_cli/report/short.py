@@ -30,7 +30,11 @@ def spec_failures(r: SpecResult) -> list[str]:
     if r.status != "fail":
         return []
     lines = [f"FAIL {r.name} ({r.file})"]
-    lines += [f"  {comparison_failure(c)}" for c in r.comparisons if not c.passed]
+    for c in r.comparisons:
+        if not c.passed:
+            lines.append(f"  {comparison_failure(c)}")
+            if c.diagnosis:
+                lines.append(f"    diagnosis: {c.diagnosis}")
     lines += [f"  {c.name}: {c.detail}" for c in r.checks if not c.passed]
     return lines
 

@@ -114,7 +114,8 @@ def class_table(r: SpecResult) -> Fitted | None:
     if k > MAX_CLASS_ROWS:
         return None
     methods = [m for m, g in r.gradients.items() if g is not None]
-    others = [m for m in methods if m != r.reference]
+    # the reference and an implementation under test stay; the other methods go first
+    others = [m for m in methods if m not in (r.reference, "impl")]
     columns = [
         Column("class", "left"),
         Column("logit", drop=len(others) + 2),
@@ -148,8 +149,9 @@ def class_table(r: SpecResult) -> Fitted | None:
 
 
 def _method_column(method: str, reference: str | None, others: list[str]) -> Column:
-    """A method's gradient column: the reference's is never dropped, the others right first."""
-    if method == reference:
+    """A method's gradient column: the reference's (and the implementation's) are never
+    dropped, the others right first."""
+    if method not in others:
         return Column(method)
     return Column(method, drop=len(others) - others.index(method))
 
@@ -277,6 +279,9 @@ def spec_block(r: SpecResult) -> RenderableType:
             parts.append(Text(""))
             parts.append(part)
     for c in r.comparisons:
+        if not c.passed and c.diagnosis:
+            line = f"{_method_label(c.method)} ({c.quantity}): {c.diagnosis}"
+            parts.append(Text(line, style="bold yellow"))
         if c.passed and c.inconclusive is not None:
             line = f"{c.method} ({c.quantity}): inconclusive: {c.inconclusive}"
             parts.append(Text(line, style="yellow"))

@@ -88,3 +88,35 @@ def strings(logits, **options):  # type: ignore[no-untyped-def]
 
 def no_options(logits, labels):  # type: ignore[no-untyped-def]
     return _softmax_ce(logits, labels, "mean")
+
+
+def not_divided_by_n(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """Bug: the gradient of the mean is not divided by N."""
+    value, grad = _softmax_ce(logits, labels, "sum")
+    if reduction == "mean":
+        return value / len(labels), grad
+    return _softmax_ce(logits, labels, reduction)
+
+
+def labels_off_by_one(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """Bug: labels read one position off (an offset view)."""
+    return _softmax_ce(logits, (labels + 1) % logits.shape[1], reduction)
+
+
+def one_column_off(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """Bug: class 2 is special-cased wrongly."""
+    value, grad = _softmax_ce(logits, labels, reduction)
+    grad[:, 2] *= 1.01
+    return value, grad
+
+
+def float32_arithmetic(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """Computes in float32 whatever it is given."""
+    value, grad = _softmax_ce(logits.astype(np.float32), labels, reduction)
+    return np.float64(value), grad.astype(np.float64)
+
+
+def nan_gradient(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    value, grad = _softmax_ce(logits, labels, reduction)
+    grad[1, 3] = np.nan
+    return value, grad

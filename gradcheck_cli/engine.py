@@ -386,11 +386,15 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         raise XentcheckError("--impl is not supported in fast mode yet; run with --full")
     if spec.layer is not None:
         raise XentcheckError("a layer spec is not supported in fast mode; run with --full")
-    if spec.expect is not None and (spec.expect.probs is not None or spec.expect.grad is not None):
-        raise XentcheckError(
-            "expect.probs and expect.grad are not checked in fast mode (the arrays are not kept);"
-            " run with --full or keep only expect.loss"
-        )
+    skipped = {}
+    expect = spec.expect
+    if expect is not None and (expect.probs is not None or expect.grad is not None):
+        for key in ("probs", "grad"):
+            if getattr(expect, key) is not None:
+                skipped[f"expect.{key}"] = (
+                    "skipped in fast mode: the arrays are not kept (--full checks it)"
+                )
+        expect = dataclass_replace(expect, probs=None, grad=None)
     requested = options.methods or spec.methods or fastmode.FAST_DEFAULT_METHODS
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
     outcome = fastmode.run_fast(
@@ -406,17 +410,17 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     loss = outcome.loss
     finite = bool(np.all(np.isfinite(np.asarray(loss))))
     if not finite:
-        expected = spec.expect is not None and spec.expect.loss is not None
+        expected = expect is not None and expect.loss is not None
         found.append(Check("loss_is_finite", expected, "the loss is not finite"))
-    if spec.expect is not None:
-        found.extend(checks.expectations(spec.expect, loss, np.zeros(0), None))
+    if expect is not None:
+        found.extend(checks.expectations(expect, loss, np.zeros(0), None))
     return _result(
         spec,
         outcome.comparisons,
         found,
         loss=loss,
         gradients={},
-        not_computable=outcome.not_computable,
+        not_computable={**outcome.not_computable, **skipped},
         method_notes=outcome.notes,
         reference=FLOAT64_REFERENCE,
     )

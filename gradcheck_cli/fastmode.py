@@ -147,12 +147,15 @@ class Stream:
     value: float = 0.0
     reference_value: float = 0.0
     failed: int = 0
+    chunks: int = 0
+    """How many chunks were merged (0: the method computed nothing, so no comparison)."""
 
     def add(self, got: FloatArray, ref: FloatArray, offset: int) -> None:
         """Fold in a chunk whose first row is row ``offset`` of the whole batch."""
         self.merge(chunk_stats(got, ref, self.tolerance, offset))
 
     def merge(self, stats: ChunkStats) -> None:
+        self.chunks += 1
         self.failed += stats.failed
         self.max_abs = max(self.max_abs, stats.max_abs)
         self.max_rel = max(self.max_rel, stats.max_rel)
@@ -225,6 +228,7 @@ class _Chunk:
     dir_stats: dict[str, ChunkStats]
     deviation: float | None
     rows_ok: bool
+    dead_rows: int
 
 
 class _FastRun:
@@ -256,6 +260,13 @@ class _FastRun:
             self.not_computable["exact"] = (
                 f"{n * k:,} elements: far above the 50-digit reference's limit (fast mode)"
             )
+        self.extra_notes: dict[str, str] = {}
+        if dtype == "float64" and "analytic" in self.elementwise:  # it would meet itself
+            self.elementwise.remove("analytic")
+            self.extra_notes["analytic"] = (
+                "the float64 closed form is this run's reference, so it is not compared with "
+                "itself; jacobian and the directional checks test it"
+            )
         if dtype == "float16" and "complex_step" in self.directional:
             self.directional.remove("complex_step")
             self.not_computable["complex_step"] = "NumPy has no float16 complex type"
@@ -272,6 +283,7 @@ class _FastRun:
         self.losses: list[tuple[int, FloatArray]] = []
         self.prob_dev = 0.0
         self.rows_ok = True
+        self.dead_rows = 0
         self.done = 0
         self.lock = threading.Lock()
 
@@ -294,8 +306,9 @@ class _FastRun:
             except NotComputable as exc:
                 failures[m] = exc.reason
         stats = {m: chunk_stats(g, ref, self.streams[m].tolerance, start) for m, g in grads.items()}
+        live = np.isfinite(contributions(low))  # a row with an infinite loss has no derivative
         directional = {
-            m: _directional(m, low, ref, start, self.directions, self.settings)
+            m: _directional(m, low, ref, start, self.directions, self.settings, live)
             for m in self.directional
         }
         dir_stats = {
@@ -304,7 +317,10 @@ class _FastRun:
         }
         deviation, rows_ok = _row_checks(wide, ref)
         shares = contributions(wide)
-        return _Chunk(start, shares, stats, failures, directional, dir_stats, deviation, rows_ok)
+        dead = int(np.count_nonzero(~live))
+        return _Chunk(
+            start, shares, stats, failures, directional, dir_stats, deviation, rows_ok, dead
+        )
 
     def _merge(self, c: _Chunk) -> None:
         self.losses.append((c.start, c.shares))
@@ -319,13 +335,26 @@ class _FastRun:
         if c.deviation is not None:
             self.prob_dev = max(self.prob_dev, c.deviation)
             self.rows_ok = self.rows_ok and c.rows_ok
+        self.dead_rows += c.dead_rows
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, len(self.starts))
 
     def outcome(self) -> FastOutcome:
-        comparisons = [s.comparison() for s in self.streams.values()]
-        comparisons += [s.comparison() for s in self.dir_streams.values()]
+        if self.directional and self.dead_rows == self.problem.shape[0]:
+            for m in self.directional:
+                self.not_computable[m] = (
+                    "the loss is infinite in every row, so it has no derivative to check "
+                    "along directions"
+                )
+            self.directional, self.dir_streams = [], {}
+        elif self.dead_rows:
+            self.extra_notes["directional"] = (
+                f"{self.dead_rows} row(s) with an infinite loss are left out of the "
+                "directional checks (no derivative there)"
+            )
+        comparisons = [s.comparison() for s in self.streams.values() if s.chunks]
+        comparisons += [s.comparison() for s in self.dir_streams.values() if s.chunks]
         for m in self.directional:
             whole = Stream(
                 f"{m} (directional, whole batch)",
@@ -379,12 +408,13 @@ class _FastRun:
         # Central is the default and goes unnamed (the notes of such runs read as they always did).
         scheme = "finite" if self.settings.fd_scheme == "central" else self.settings.fd_scheme
         return {
+            **self.extra_notes,
             "mode": (
                 f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
                 f"check; rows in chunks of {self.rows_per}, {scheme} differences and complex step "
                 f"along {self.directions} seeded random directions per row and for the whole "
                 "batch; gradients are not kept in the report"
-            )
+            ),
         }
 
 
@@ -408,9 +438,11 @@ def _directional(
     start: int,
     directions: int,
     settings: MethodSettings,
+    live: NDArray[np.bool_],
 ) -> tuple[FloatArray, FloatArray]:
     """Per-row directional derivatives of the chunk's loss shares (R, rows), measured by
-    ``method`` on ``low``, and the reference gradient's prediction g.d (R, rows)."""
+    ``method`` on ``low``, and the reference gradient's prediction g.d (R, rows); rows not
+    ``live`` (an infinite loss: no derivative) are 0 in both."""
     z = low.logits
     finite = np.isfinite(z)
     rng = np.random.default_rng([DIRECTION_SEED, start])
@@ -425,7 +457,10 @@ def _directional(
             np.promote_types(z.dtype, np.float32)
         )
         d[~finite] = 0.0
-        measured[r], predicted[r] = along(low, ref, zf, finite, d, settings)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in rows not live
+            measured[r], predicted[r] = along(low, ref, zf, finite, d, settings)
+    measured[:, ~live] = 0.0
+    predicted[:, ~live] = 0.0
     return measured, predicted
 
 

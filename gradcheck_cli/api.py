@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gradcheck_cli.engine import RunOptions, run_spec
-from gradcheck_cli.errors import NotRepresentable, SpecError, XentcheckError
+from gradcheck_cli.errors import CannotCheck, SpecError, XentcheckError
 from gradcheck_cli.impl import Implementation, wrap
 from gradcheck_cli.impl import load as load_impl
 from gradcheck_cli.model import DType, Spec, SpecResult, error_result, skipped_result
@@ -235,7 +235,7 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
     started = time.perf_counter()
     try:
         result = run_spec(spec, options)
-    except NotRepresentable as exc:
+    except CannotCheck as exc:
         return skipped_result(spec.name, display, str(exc))
     except XentcheckError as exc:
         original = getattr(exc, "original", None)

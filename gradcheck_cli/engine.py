@@ -30,7 +30,7 @@ from gradcheck_cli.core.softmax_ce import (
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.errors import NotRepresentable, XentcheckError
+from gradcheck_cli.errors import CannotCheck, XentcheckError
 from gradcheck_cli.impl import Implementation
 from gradcheck_cli.methods import (
     DEFAULT_SETTINGS,
@@ -207,7 +207,7 @@ def _in_dtype(problem: Problem, dtype: str) -> tuple[Problem, Problem]:
         return problem, problem
     overflow = dtype_overflow(problem.logits, dtype)
     if overflow is not None:
-        raise NotRepresentable(f"cannot run in {dtype}: {overflow}")
+        raise CannotCheck(f"cannot run in {dtype}: {overflow}")
     under_test = cast_problem(problem, dtype)
     return cast_problem(under_test, "float64"), under_test
 
@@ -381,11 +381,11 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     """A spec too large for the element-wise check (see ``fastmode``)."""
     overflow = dtype_overflow(problem.logits, dtype) if dtype != "float64" else None
     if overflow is not None:
-        raise NotRepresentable(f"cannot run in {dtype}: {overflow}")
+        raise CannotCheck(f"cannot run in {dtype}: {overflow}")
     if options.impl is not None:
         raise XentcheckError("--impl is not supported in fast mode yet; run with --full")
     if spec.layer is not None:
-        raise XentcheckError("a layer spec is not supported in fast mode; run with --full")
+        raise CannotCheck("a layer spec is not supported in fast mode; run with --full")
     skipped = {}
     expect = spec.expect
     if expect is not None and (expect.probs is not None or expect.grad is not None):

@@ -7,9 +7,9 @@ class XentcheckError(Exception):
     """Base of every error whose message is meant for the user as it stands."""
 
 
-class NotRepresentable(XentcheckError):
-    """The spec's inputs cannot be expressed in the requested dtype (a finite logit overflows
-    it): the spec is *skipped* with this reason, not invalid."""
+class CannotCheck(XentcheckError):
+    """A valid spec that this run cannot check (a finite logit overflows the requested dtype;
+    a layer spec in fast mode): it is *skipped* with this reason, not invalid."""
 
 
 class UsageError(XentcheckError):

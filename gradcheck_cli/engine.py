@@ -69,6 +69,9 @@ class RunOptions:
     """Random directions of fast mode's directional checks."""
     progress: fastmode.ProgressCallback | None = None
     """Called with (chunks done, chunks) while a fast-mode spec runs."""
+    announce: Callable[[str, float], None] | None = None
+    """Called with (spec name, element operations) before an element-wise check that ``full``
+    forces above the fast-mode budget (the command line says the estimated cost)."""
 
 
 def resolve_tolerance(
@@ -118,6 +121,8 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     n, k = problem.shape
     if options.fast or (not options.full and fastmode.needs_fast(n, k)):
         return _run_fast(spec, options, problem, dtype)
+    if options.announce is not None and fastmode.needs_fast(n, k):
+        options.announce(spec.name, float(n * k * k))
     problem, under_test = _in_dtype(problem, dtype)
     shaped = _shaper(spec)
     forward = _forward(spec, problem)

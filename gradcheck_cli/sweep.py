@@ -17,6 +17,8 @@ regime: at large steps an error's linear term can hide under the quadratic one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -24,7 +26,13 @@ from gradcheck_cli.core import Problem, contributions
 from gradcheck_cli.methods import EXACT_METHOD, METHODS, REFERENCE_METHOD, SCHEMES, NotComputable
 from gradcheck_cli.methods._base import DEFAULT_SETTINGS
 from gradcheck_cli.methods.complex_step import complex_step
-from gradcheck_cli.methods.differences import DIRECTION_SEED
+from gradcheck_cli.methods.differences import (
+    DIRECTION_SEED,
+    directional_quotient,
+    pair_differences,
+    points,
+    steps_taken,
+)
 from gradcheck_cli.methods.finite_difference import fd_gradient
 from gradcheck_cli.model import SweepResult, Taylor
 
@@ -38,8 +46,33 @@ SWEPT = (*SCHEMES, "complex_step")
 TAYLOR_SEED = DIRECTION_SEED
 
 
-def sweep(problem: Problem, name: str, file: str) -> SweepResult:
-    """Run the sweep and the Taylor test on one problem."""
+#: Above this many element operations the element-wise sweep (every step, every method, every
+#: element: about N K^2 each) gives way to the directional sweep, like ``run``'s fast mode.
+SWEEP_BUDGET = 5e8
+#: Seeded random directions of the directional sweep.
+SWEEP_DIRECTIONS = 2
+
+Progress = Callable[[int, int], None]
+
+
+def elementwise_cost(problem: Problem) -> float:
+    """Element operations of the element-wise sweep: ``|STEPS| |SWEPT| N K^2``."""
+    n, k = problem.shape
+    return float(len(STEPS) * len(SWEPT) * n * k * k)
+
+
+def sweep(
+    problem: Problem,
+    name: str,
+    file: str,
+    *,
+    directional: bool | None = None,
+    progress: Progress | None = None,
+) -> SweepResult:
+    """Run the sweep and the Taylor test on one problem: element by element, or (``directional``,
+    by default when :func:`elementwise_cost` exceeds :data:`SWEEP_BUDGET`) along
+    :data:`SWEEP_DIRECTIONS` seeded random unit directions, each derivative against ``g . d``.
+    ``progress(done, total)`` is called after each (method, step)."""
     notes: dict[str, str] = {}
     try:
         ref = METHODS[EXACT_METHOD](problem, DEFAULT_SETTINGS).grad
@@ -48,22 +81,29 @@ def sweep(problem: Problem, name: str, file: str) -> SweepResult:
         ref = METHODS[REFERENCE_METHOD](problem, DEFAULT_SETTINGS).grad
         reference = REFERENCE_METHOD
         notes[EXACT_METHOD] = exc.reason
+    if directional is None:
+        directional = elementwise_cost(problem) > SWEEP_BUDGET
+    measure = _directional_errors(problem, ref) if directional else _element_errors(problem, ref)
+    if directional:
+        notes["mode"] = (
+            f"directional sweep: the error of each derivative along {SWEEP_DIRECTIONS} seeded "
+            f"random unit directions against g·d (element-wise would cost "
+            f"{elementwise_cost(problem):.3g} element operations; --full forces it)"
+        )
     errors: dict[str, tuple[float | None, ...]] = {}
+    total, done = len(SWEPT) * len(STEPS), 0
     for method in SWEPT:
         row: list[float | None] = []
         for h in STEPS:
             try:
-                if method == "complex_step":
-                    g = complex_step(problem, h)
-                else:
-                    g = fd_gradient(problem, method, h)  # type: ignore[arg-type]
+                err = measure(method, h)
             except NotComputable as exc:
                 notes[method] = exc.reason
-                row.append(None)
-                continue
-            with np.errstate(invalid="ignore"):
-                err = float(np.max(np.abs(g - ref)))
-            row.append(err if np.isfinite(err) else None)
+                err = None
+            row.append(err if err is not None and np.isfinite(err) else None)
+            done += 1
+            if progress is not None:
+                progress(done, total)
         errors[method] = tuple(row)
     best = {m: _best(STEPS, errs) for m, errs in errors.items()}
     analytic = METHODS[REFERENCE_METHOD](problem, DEFAULT_SETTINGS).grad
@@ -77,6 +117,62 @@ def sweep(problem: Problem, name: str, file: str) -> SweepResult:
         taylor=taylor_test(problem, analytic),
         notes=notes,
     )
+
+
+def _element_errors(problem: Problem, ref: FloatArray) -> Callable[[str, float], float]:
+    """``(method, h) -> max |g - ref|`` over every element."""
+
+    def error(method: str, h: float) -> float:
+        if method == "complex_step":
+            g = complex_step(problem, h)
+        else:
+            g = fd_gradient(problem, method, h)  # type: ignore[arg-type]
+        with np.errstate(invalid="ignore"):
+            return float(np.max(np.abs(g - ref)))
+
+    return error
+
+
+def _directional_errors(problem: Problem, ref: FloatArray) -> Callable[[str, float], float]:
+    """``(method, h) -> max_d |D_d L - g . d|`` over seeded random unit directions ``d`` (zero
+    at -inf logits): the scheme's quotient along ``d`` with step ``h max(1, max|z|)`` (the
+    complex step with ``h``), its prediction from the steps actually taken."""
+    z = problem.logits
+    finite = np.isfinite(z)
+    zf = np.where(finite, z, 0.0)
+    rng = np.random.default_rng(DIRECTION_SEED)
+    dirs = []
+    for _ in range(SWEEP_DIRECTIONS):
+        d = np.where(finite, rng.normal(size=z.shape), 0.0)
+        dirs.append(d / max(float(np.linalg.norm(d)), np.finfo(np.float64).tiny))
+    scale = max(1.0, float(np.max(np.abs(zf))))
+
+    def at(points_: list[FloatArray]) -> list[float]:
+        return [total_loss(problem, np.where(finite, p, z)) for p in points_]
+
+    def error(method: str, h: float) -> float:
+        worst = 0.0
+        for d in dirs:
+            if method == "complex_step":
+                moved = np.where(finite, zf + 1j * h * d, z)
+                with np.errstate(all="ignore"):
+                    measured = float(np.sum(contributions(problem, moved)).imag) / h
+                predicted = float(np.sum(ref * d))
+            else:
+                scheme = method  # a finite-difference scheme
+                step = h * scale
+                moved_points = points(scheme, zf, step * d)  # type: ignore[arg-type]
+                base = total_loss(problem, z) if scheme == "forward" else None
+                with np.errstate(all="ignore"):
+                    diffs = pair_differences(scheme, at(moved_points), base)  # type: ignore[arg-type]
+                measured = float(directional_quotient(scheme, diffs, step))  # type: ignore[arg-type]
+                taken = steps_taken(scheme, moved_points, zf)  # type: ignore[arg-type]
+                linear = [float(np.sum(ref * np.where(finite, t, 0.0))) for t in taken]
+                predicted = float(directional_quotient(scheme, linear, step))  # type: ignore[arg-type]
+            worst = max(worst, abs(measured - predicted))
+        return worst
+
+    return error
 
 
 def _best(steps: tuple[float, ...], errs: tuple[float | None, ...]) -> float | None:

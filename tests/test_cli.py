@@ -415,3 +415,20 @@ def test_output_into_a_missing_directory_fails_before_the_run(tmp_path: Path) ->
         f"error: --output {target}: the directory {tmp_path / 'nope'} does not exist\n"
     )
     assert "No paths given" not in result.stderr  # nothing ran
+
+
+def test_long_runs_announce_their_cost(monkeypatch: pytest.MonkeyPatch, specs_dir: Path) -> None:
+    import gradcheck_cli.cli as cli_module
+    import gradcheck_cli.fastmode as fastmode
+
+    monkeypatch.setattr(fastmode, "FAST_BUDGET", 10)  # batch_mean (4 x 5: N K^2 = 100) is "large"
+    monkeypatch.setattr(cli_module, "ANNOUNCE_ABOVE", 10)
+    result = runner.invoke(app, ["run", str(specs_dir / "batch_mean.yaml"), "--full"])
+    assert result.exit_code == 0, result.output
+    assert "note: the element-wise check of batch-mean costs about 1e+02 element operations" in (
+        result.stderr
+    )
+    quiet = runner.invoke(app, ["run", str(specs_dir / "batch_mean.yaml"), "--full", "-q"])
+    assert "note:" not in quiet.stderr
+    swept = runner.invoke(app, ["sweep", str(specs_dir / "batch_mean.yaml"), "--full"])
+    assert swept.exit_code == 0 and "note: the element-wise sweep costs about" in swept.stderr

@@ -243,3 +243,27 @@ def test_sweep_command_table_and_errors(tmp_path: object) -> None:
     case = runner.invoke(app, ["sweep", "specs/reductions.yaml", "--case", "nope"])
     assert case.exit_code == 2
     assert "no case named 'nope'" in case.stderr and "reduction-mean" in case.stderr
+
+
+def test_sweep_goes_directional_above_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large spec is swept along seeded random directions (run's fast-mode budget), with the
+    same V of truncation against rounding, progress reported, and --full forcing elements."""
+    import gradcheck_cli.sweep as sweep_module
+    from gradcheck_cli.core import CrossEntropyProblem
+
+    rng = np.random.default_rng(5)
+    problem = CrossEntropyProblem(rng.normal(size=(6, 40)) * 2, labels=rng.integers(0, 40, 6))
+    calls: list[tuple[int, int]] = []
+    small = sweep(problem, "s", "s.yaml", progress=lambda d, t: calls.append((d, t)))
+    assert "mode" not in small.notes and calls[-1] == (len(STEPS) * 4, len(STEPS) * 4)
+    monkeypatch.setattr(sweep_module, "SWEEP_BUDGET", 10.0)
+    large = sweep(problem, "s", "s.yaml")
+    assert "directional sweep" in large.notes["mode"]
+    central = large.errors["central"]
+    best = STEPS.index(large.best_step["central"])
+    assert 2 <= best <= 7  # the bottom of the V between h = 1e-3 and 1e-8
+    assert central[best] is not None and central[best] < 1e-9
+    assert central[0] is not None and central[0] > 1e-6  # truncation at h = 0.1
+    assert large.errors["complex_step"][10] is not None and large.errors["complex_step"][10] < 1e-15
+    forced = sweep(problem, "s", "s.yaml", directional=False)
+    assert "mode" not in forced.notes

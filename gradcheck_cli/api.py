@@ -203,7 +203,8 @@ def run_paths(
         display = display_path(path, display)
         for item in load_file(path, display, **(limits or {})):
             if isinstance(item, SpecError):
-                results.append(error_result(_error_name(item, path), display, str(item)))
+                message = "\n".join(item.all_messages())
+                results.append(error_result(_error_name(item, path), display, message))
                 continue
             run_options = options
             if progress is not None:

@@ -333,7 +333,8 @@ def _run_report(
         progress.close()
     for r in found:
         if r.status == "error" and r.message:
-            err.print(f"error: {r.message}", markup=False)
+            for line in r.message.splitlines():
+                err.print(f"error: {line}", markup=False)
     return Report(tuple(found))
 
 

@@ -36,7 +36,14 @@ class SpecError(XentcheckError):
         self.column = column
         self.field = field
         self.message = message
+        self.others: tuple[SpecError, ...] = ()
+        """Further errors found in the same case (independent fields), in file order."""
         super().__init__(str(self))
+
+    def all_messages(self) -> list[str]:
+        """This error's message and those of :attr:`others`, in file order (line, column)."""
+        errors = sorted((self, *self.others), key=lambda e: (e.line or 0, e.column or 0))
+        return [str(e) for e in errors]
 
     def __str__(self) -> str:
         where = self.file

@@ -676,11 +676,46 @@ def _case(
     default_name: str,
     case_node: Node,
 ) -> Spec | SpecError:
-    """Build one case; return the error instead of raising it, so other cases still run."""
-    try:
-        return _build_spec(ctx, entries, prefix, default_name, case_node)
-    except SpecError as exc:
-        return exc
+    """Build one case; return the error instead of raising it, so other cases still run.
+
+    After an error in a field nothing else depends on (an option, a tolerance, an expectation),
+    the case is validated again without that field, so one run reports up to
+    :data:`MAX_ERRORS_PER_CASE` of its errors (as the first error's ``others``), not one."""
+    found: list[SpecError] = []
+    remaining = dict(entries)
+    while len(found) < MAX_ERRORS_PER_CASE:
+        try:
+            spec = _build_spec(ctx, remaining, prefix, default_name, case_node)
+        except SpecError as exc:
+            found.append(exc)
+            key = _top_key(exc.field, prefix)
+            if key is None or key in _FOUNDATIONS or key not in remaining:
+                break
+            del remaining[key]
+            continue
+        if not found:
+            return spec
+        break
+    first = found[0]
+    first.others = tuple(found[1:])
+    return first
+
+
+#: Most errors reported for one case.
+MAX_ERRORS_PER_CASE = 20
+#: Keys other fields are validated against: after an error in one of them, stop.
+_FOUNDATIONS = frozenset(
+    {"logits", "label", "target", "layer", "loss", "classes", "num_classes", "reduction"}
+)
+
+
+def _top_key(field: str | None, prefix: str | None) -> str | None:
+    """The spec key a located field belongs to (``cases[1].expect.loss`` -> ``expect``)."""
+    if not field:
+        return None
+    if prefix and field.startswith(prefix + "."):
+        field = field[len(prefix) + 1 :]
+    return field.split(".", 1)[0].split("[", 1)[0]
 
 
 @dataclass(frozen=True)

@@ -790,3 +790,25 @@ def test_c_loader_gives_the_same_messages(
     items = load_file(BAD / name, name)
     errors = [str(i) for i in items if isinstance(i, SpecError)]
     assert errors[0] == f"{name}:{expected}"
+
+
+def test_every_independent_error_of_a_case_is_reported(tmp_path: Path) -> None:
+    """Up to 20 errors per case, in file order; the first stays the one reported alone before."""
+    path = tmp_path / "multi.yaml"
+    path.write_text(
+        "logits: [1.0, 2.0, 0.5]\nlabel: 1\nweight: [1.0, -2.0, 1.0]\n"
+        "tolerance: {rtol: -1}\nlabel_smoothing: 2.0\nexpect: {loss: [1, 2]}\n"
+    )
+    (item,) = load_file(path, "m.yaml")
+    assert isinstance(item, SpecError)
+    assert str(item) == "m.yaml:3:15: weight[1]: expected a finite number >= 0, found -2.0"
+    assert item.all_messages() == [
+        "m.yaml:3:15: weight[1]: expected a finite number >= 0, found -2.0",
+        "m.yaml:4:19: tolerance.rtol: expected a finite number >= 0, found -1",
+        "m.yaml:5:18: label_smoothing: expected a number in [0, 1], found 2.0",
+        "m.yaml:6:16: expect.loss: expected a number, found a list",
+    ]
+    # an error in what other fields depend on stops the search (no cascade of follow-ups)
+    path.write_text("logits: [1.0, 2.0]\nlabel: 7\nweight: [1.0, -1.0]\n")
+    (item,) = load_file(path, "m.yaml")
+    assert isinstance(item, SpecError) and item.others == ()

@@ -432,3 +432,19 @@ def test_long_runs_announce_their_cost(monkeypatch: pytest.MonkeyPatch, specs_di
     assert "note:" not in quiet.stderr
     swept = runner.invoke(app, ["sweep", str(specs_dir / "batch_mean.yaml"), "--full"])
     assert swept.exit_code == 0 and "note: the element-wise sweep costs about" in swept.stderr
+
+
+def test_short_help_and_help_points_to_what_ships() -> None:
+    short = runner.invoke(app, ["run", "-h"])
+    assert short.exit_code == 0 and "--impl" in short.stdout
+    assert "docs/impl.md" not in short.stdout  # the wheel ships no docs/
+    assert "python -m pydoc gradcheck_cli.impl" in " ".join(short.stdout.split())
+
+
+def test_an_invalid_spec_is_reported_once_on_stderr(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logits: [1, 2]\nlabel: 7\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    message = "label: class index 7 out of range"
+    assert result.exit_code == 2
+    assert result.stderr.count(message) == 1 and message not in result.stdout

@@ -482,12 +482,7 @@ def load_file(
     (default :data:`MAX_ELEMENTS`), ``max_array_bytes`` arrays read from files (default
     :data:`MAX_ARRAY_BYTES`).
     """
-    ctx = _Ctx(
-        display or str(path),
-        path.parent,
-        MAX_ELEMENTS if max_elements is None else max_elements,
-        MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes,
-    )
+    ctx = _context(display or str(path), path.parent, max_elements, max_array_bytes)
     try:
         root = _compose(ctx, path)
     except SpecError as exc:
@@ -506,17 +501,25 @@ def load_text(
     """Like :func:`load_file` for a spec given as YAML text; ``display`` names it in messages
     and ``base`` is the folder that ``{file: ...}`` arrays are relative to (default: the working
     directory)."""
-    ctx = _Ctx(
-        display,
-        base or Path.cwd(),
-        MAX_ELEMENTS if max_elements is None else max_elements,
-        MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes,
-    )
+    ctx = _context(display, base or Path.cwd(), max_elements, max_array_bytes)
     try:
         root = _compose_text(ctx, text)
     except SpecError as exc:
         return [exc]
     return _load_root(ctx, root, Path(display).stem or "spec")
+
+
+def _context(
+    display: str, base: Path, max_elements: int | None, max_array_bytes: int | None
+) -> _Ctx:
+    """The loader's context, with this module's size caps where none are given (read at call
+    time: tests lower them)."""
+    return _Ctx(
+        display,
+        base,
+        MAX_ELEMENTS if max_elements is None else max_elements,
+        MAX_ARRAY_BYTES if max_array_bytes is None else max_array_bytes,
+    )
 
 
 def _load_root(ctx: _Ctx, root: Node, stem: str) -> list[Spec | SpecError]:

@@ -88,30 +88,35 @@ def confined(failed: NDArray[np.bool_], classes: tuple[str, ...] | None) -> str 
 def shifted_labels(
     problem: Problem, got_loss: FloatArray | None, got_grad: FloatArray | None
 ) -> str | None:
-    """The implementation matches the reference with every (non-ignored) label moved by +1 or
-    -1 (cyclically): it read its labels from an offset view."""
+    """The implementation matches the reference with its labels one off: every label value
+    moved by +-1 (cyclically), or every row given its neighbour's label (an offset view, as
+    ``labels[..., 1:]`` read one position early or late)."""
     if not isinstance(problem, CrossEntropyProblem) or problem.labels is None:
         return None
-    _, k = problem.shape
-    if k < 2:
-        return None
+    n, k = problem.shape
     valid = problem.valid
-    for shift in (1, -1):
-        labels = problem.labels.copy()
-        labels[valid] = (labels[valid] + shift) % k
-        moved = replace(problem, labels=labels, row_scales=None)
-        if got_loss is not None and _close(got_loss, np.asarray(reduce_any(moved))):
-            return (
-                f"the loss matches the reference with every label shifted by {shift:+d}: "
-                "labels read from an offset (a shifted view)?"
+    candidates: list[tuple[np.ndarray, str]] = []
+    if k >= 2:
+        for shift in (1, -1):
+            labels = problem.labels.copy()
+            labels[valid] = (labels[valid] + shift) % k
+            candidates.append((labels, f"every label value shifted by {shift:+d}"))
+    if n >= 2:
+        for shift in (1, -1):
+            candidates.append(
+                (np.roll(problem.labels, shift), f"row n given row n{-shift:+d}'s label")
             )
-        if got_grad is not None:
-            grad = METHODS["analytic"](moved, DEFAULT_SETTINGS).grad
-            if _close(got_grad, grad):
-                return (
-                    f"the gradient matches the reference with every label shifted by "
-                    f"{shift:+d}: labels read from an offset (a shifted view)?"
-                )
+    for labels, what in candidates:
+        try:
+            moved = replace(problem, labels=labels, row_scales=None)
+        except ValueError:  # a moved ignore_index label out of range
+            continue
+        if got_loss is not None and _close(got_loss, np.asarray(reduce_any(moved))):
+            return f"the loss matches the reference with {what}: labels read from an offset?"
+        if got_grad is not None and _close(
+            got_grad, METHODS["analytic"](moved, DEFAULT_SETTINGS).grad
+        ):
+            return f"the gradient matches the reference with {what}: labels read from an offset?"
     return None
 
 
@@ -165,3 +170,18 @@ def loss(got: FloatArray, ref: FloatArray, problem: Problem, dtype: str) -> str 
     else:
         factor = None
     return factor or shifted_labels(problem, got, None) or float32_inside(got, ref, dtype)
+
+
+def upstream(got: FloatArray, plain: FloatArray, grad_output: FloatArray) -> str | None:
+    """How a backward mishandles ``grad_output``: ``plain`` is the reference gradient of the
+    plain sum of the losses (N, K), ``grad_output`` what was back-propagated (a scalar, (N,)
+    or (N, K))."""
+    if _close(got, plain):
+        return "the backward ignores grad_output (it returns the gradient of the plain sum)"
+    flat = np.ravel(grad_output)
+    if flat.size > 1 and _close(got, plain * flat[0]):
+        return (
+            "every row is scaled by grad_output[0] instead of its own grad_output "
+            "(Liger-Kernel #1298)"
+        )
+    return None

@@ -454,15 +454,29 @@ def _impl_part(
         shape = (n, k)
     ref_loss = np.asarray(loss, dtype=np.float64).reshape(shape)
     kwargs = impl_module.options_for(spec, dtype)
-    got_loss, got_grad = impl_module.checked_outputs(impl, under_test.logits, kwargs, shape)
+    # A framework-native loss is back-propagated with a seeded grad_output (the reference
+    # gradient is scaled the same way); the NumPy protocol returns the plain gradient.
+    upstream = impl_module.upstream_gradient(shape) if impl.native is not None else None
+    factor = np.ones(1) if upstream is None else _per_row(upstream, spec)
+    call_kwargs = kwargs if upstream is None else {**kwargs, "grad_output": upstream}
+    got_loss, got_grad = impl_module.checked_outputs(impl, under_test.logits, call_kwargs, shape)
     run.gradients["impl"] = got_grad
     natural = impl_module.scales(under_test)
+    plain, reference = reference, reference * factor
+    if upstream is not None:
+        run.notes["impl grad_output"] = (
+            "back-propagated through the implementation's autograd with a seeded grad_output "
+            + (f"of {float(upstream):.6g}" if upstream.ndim == 0 else "uniform in [0.5, 2] per "
+               "sample")
+            + "; the reference gradient is scaled the same way"
+        )  # fmt: skip
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
         default = impl_module.tolerance(check, dtype, natural, values)
+        atol = default.atol * (float(np.max(np.abs(factor))) if check == "grad" else 1.0)
         return Tolerance(
             rtol=default.rtol if options.rtol is None else options.rtol,
-            atol=default.atol if options.atol is None else options.atol,
+            atol=atol if options.atol is None else options.atol,
         )
 
     shaped = _shaper(spec)
@@ -480,13 +494,17 @@ def _impl_part(
         loss_row = dataclass_replace(loss_row, diagnosis=why)
     if not grad_row.passed:
         failed = _failed_mask(got_grad, reference, Tolerance(grad_row.rtol, grad_row.atol))
-        why = diagnose.gradient(got_grad, reference, failed, problem, dtype, spec.classes)
+        why = None if upstream is None else diagnose.upstream(got_grad, plain, upstream)
+        why = why or diagnose.gradient(got_grad, reference, failed, problem, dtype, spec.classes)
         grad_row = dataclass_replace(grad_row, diagnosis=why)
     out = [loss_row, grad_row]
     finite = impl_module.finiteness(impl, got_loss, got_grad, ref_loss, reference)
+    if impl.native is not None:
+        assert upstream is not None
+        finite += impl_module.native_checks(impl, under_test.logits, kwargs, upstream)
     if np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad)):
         check, how = impl_module.self_consistency(
-            impl, under_test, kwargs, got_grad, tol("self"), dtype
+            impl, under_test, kwargs, got_grad / factor, tol("self"), dtype
         )
         run.notes["impl self-consistency"] = how
         if check.inconclusive is None:
@@ -494,6 +512,14 @@ def _impl_part(
         else:  # the forward's rounding swamps the derivatives (half precision): say so
             run.not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
     return out, finite
+
+
+def _per_row(upstream: np.ndarray, spec: Spec) -> np.ndarray:
+    """``grad_output`` broadcast against the (N, K) gradient: a scalar, (N, 1) per sample of a
+    softmax loss, or (N, K) per element of a sigmoid one."""
+    if upstream.ndim == 1:
+        return upstream[:, None]
+    return upstream
 
 
 def _failed_mask(got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> np.ndarray:

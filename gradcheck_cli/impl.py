@@ -133,10 +133,27 @@ class Implementation:
     function: ImplFunction
     accepts: frozenset[str] | None
     """Keyword options the function accepts (None: it takes ``**kwargs``)."""
+    native: Any = None
+    """For a framework-native loss (``torch:...``): its adapter (``torch_native.TorchNative``),
+    which back-propagates a ``grad_output`` and checks side effects; None for the NumPy
+    ``(loss, grad)`` protocol."""
 
 
 def load(target: str) -> Implementation:
-    """Load ``package.module:function``, ``path/to/file.py:function`` or ``torch``."""
+    """Load ``package.module:function``, ``path/to/file.py:function``, ``torch``, or a
+    framework-native PyTorch loss ``torch:package.module:function`` /
+    ``torch:path/to/file.py:function`` (see ``gradcheck_cli.torch_native``)."""
+    if target.startswith("torch:"):
+        from gradcheck_cli import torch_native
+
+        try:
+            torch_native._torch()
+        except XentcheckError as exc:
+            raise ImplError(str(exc)) from None
+        user = wrap(target, _import_function(target, target[len("torch:") :]))
+        adapter = torch_native.TorchNative(user.function)
+        accepts = None if user.accepts is None else user.accepts | {"grad_output"}
+        return Implementation(target, adapter, accepts, native=adapter)
     if target == "torch":
         from gradcheck_cli import torch_adapter
 
@@ -145,11 +162,17 @@ def load(target: str) -> Implementation:
         except XentcheckError as exc:
             raise ImplError(str(exc)) from None
         return wrap(target, torch_adapter.torch_cross_entropy)
-    if ":" not in target:
+    return wrap(target, _import_function(target, target))
+
+
+def _import_function(target: str, location: str) -> ImplFunction:
+    """The function named by ``location`` (``module:function`` or ``file.py:function``)."""
+    if ":" not in location:
         raise ImplError(
-            f"--impl {target!r}: expected module:function, path/to/file.py:function or torch"
+            f"--impl {target!r}: expected module:function, path/to/file.py:function, torch, "
+            "or torch:module:function"
         )
-    where, _, attr = target.rpartition(":")
+    where, _, attr = location.rpartition(":")
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where)
         if not path.is_file():
@@ -178,7 +201,7 @@ def load(target: str) -> Implementation:
     function = getattr(module, attr, None)
     if function is None or not callable(function):
         raise ImplError(f"--impl {target!r}: {where} has no function {attr!r}")
-    return wrap(target, function)
+    return function  # type: ignore[no-any-return]
 
 
 def wrap(name: str, function: ImplFunction) -> Implementation:
@@ -217,6 +240,26 @@ def options_for(spec: Spec, dtype: str | None = None) -> dict[str, Any]:
 
 def call(impl: Implementation, logits: np.ndarray, options: dict[str, Any]) -> tuple[Any, Any]:
     """Call the implementation; any exception becomes an :class:`ImplError` naming it."""
+    options = accepted_options(impl, options)
+    try:
+        out = impl.function(logits.copy(), **options)
+    except Exception as exc:
+        error = ImplError(
+            f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
+        )
+        error.original = exc
+        raise error from None
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ImplError(
+            f"implementation {impl.name} returned {type(out).__name__}; expected a tuple "
+            "(loss, grad)"
+        )
+    return out
+
+
+def accepted_options(impl: Implementation, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the implementation takes; an :class:`ImplError` for one the spec sets
+    that it does not take (``reduction`` and ``loss`` excepted: offered, not forced)."""
     if impl.accepts is not None:
         if "loss" not in impl.accepts and options.get("loss", SOFTMAX) != SOFTMAX:
             raise ImplError(
@@ -233,20 +276,47 @@ def call(impl: Implementation, logits: np.ndarray, options: dict[str, Any]) -> t
                 "parameter (or **options) so it can be checked"
             )
         options = {k: v for k, v in options.items() if k in impl.accepts}
+    return options
+
+
+def upstream_gradient(shape: tuple[int, ...]) -> np.ndarray:
+    """The seeded ``grad_output`` a framework-native loss is back-propagated with: uniform in
+    [0.5, 2] per sample (or element) for ``none``, and for a reduced loss a scalar in [1.25, 2]
+    (never 1: a backward that ignores ``grad_output`` must show)."""
+    rng = np.random.default_rng([SELF_CHECK_SEED, 1])
+    if not shape:
+        return np.asarray(rng.uniform(1.25, 2.0))
+    return rng.uniform(0.5, 2.0, size=shape)
+
+
+def native_checks(
+    impl: Implementation,
+    logits: np.ndarray,
+    options: dict[str, Any],
+    upstream: np.ndarray,
+    nondeterministic_tol: float = 0.0,
+) -> list[Check]:
+    """A framework-native loss's side effects and determinism, as checks: its inputs are
+    unchanged after the call, its gradient does not share the logits' storage, and two
+    identical calls agree (within ``nondeterministic_tol``: atomics make some kernels
+    non-deterministic)."""
+    given = accepted_options(impl, {k: v for k, v in options.items() if k != "grad_output"})
     try:
-        out = impl.function(logits.copy(), **options)
+        found, spread = impl.native.side_effects(logits, upstream, given)
     except Exception as exc:
-        error = ImplError(
-            f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
-        )
-        error.original = exc
-        raise error from None
-    if not isinstance(out, tuple) or len(out) != 2:
         raise ImplError(
-            f"implementation {impl.name} returned {type(out).__name__}; expected a tuple "
-            "(loss, grad)"
-        )
-    return out
+            f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
+        ) from None
+    effects = "; ".join(found) if found else "inputs unchanged, gradient in its own storage"
+    return [
+        Check("impl_side_effects", not found, effects),
+        Check(
+            "impl_deterministic",
+            spread <= nondeterministic_tol,
+            f"two identical calls differ by at most {spread:.3g} (allowed "
+            f"{nondeterministic_tol:g})",
+        ),
+    ]
 
 
 def checked_outputs(

@@ -105,7 +105,7 @@ def test_options_for_passes_only_what_the_spec_sets() -> None:
     ("target", "message"),
     [
         ("nonexistent.module:f", "cannot import nonexistent.module"),
-        ("no_colon", "expected module:function, path/to/file.py:function or torch"),
+        ("no_colon", "expected module:function, path/to/file.py:function, torch, or torch:"),
         (f"{IMPLS}:missing", "has no function 'missing'"),
         ("tests/nope.py:f", "no such file tests/nope.py"),
     ],
@@ -159,7 +159,7 @@ def test_torch_target_without_torch_is_a_clear_error() -> None:
     ("function", "quantity", "diagnosis"),
     [
         ("not_divided_by_n", "logits", "N = 4 times the reference: a mean not divided by N"),
-        ("labels_off_by_one", "loss", "every label shifted by +1"),
+        ("labels_off_by_one", "loss", "every label value shifted by +1"),
         ("one_column_off", "logits", "only column 2 is off, in 4 rows"),
         ("float32_arithmetic", "logits", "float32 arithmetic inside a float64 check"),
     ],

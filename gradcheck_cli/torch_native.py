@@ -1,0 +1,127 @@
+"""``--impl torch:module:function``: a PyTorch loss as it is, with PyTorch's own autograd.
+
+The function takes torch tensors and returns the **loss only** (a scalar, or per-sample for
+``reduction: none``)::
+
+    def my_loss(logits, *, labels, reduction, **options) -> torch.Tensor
+
+xentcheck builds the tensors (logits with ``requires_grad``, labels int64, every float option
+in the logits' dtype), calls the function, and back-propagates an upstream gradient
+``grad_output`` through ``torch.autograd.grad``: a seeded non-uniform one per sample for
+``none`` and a seeded scalar other than 1 for a reduced loss, so a backward that ignores
+``grad_output`` or broadcasts ``grad_output[0]`` (Liger-Kernel #1298) cannot pass. The engine
+scales the reference gradient the same way.
+
+:meth:`TorchNative.side_effects` calls the function again on fresh tensors and reports what a
+correct kernel never does: changing the logits, labels or weights it was given, returning a
+gradient that shares the logits' storage (the in-place bug of Liger-Kernel #272), and giving a
+different loss or gradient on a second identical call. torch is imported only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradcheck_cli.errors import XentcheckError
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise XentcheckError(
+            "--impl torch:... needs PyTorch, which is not installed (pip install torch)"
+        ) from None
+    return torch
+
+
+def _tensor(value: Any) -> Any:
+    """NumPy arrays as tensors (a copy; integers stay int64); anything else as it is."""
+    torch = _torch()
+    if isinstance(value, np.ndarray):
+        return torch.tensor(value)
+    return value
+
+
+class TorchNative:
+    """A framework-native torch loss behind xentcheck's ``(loss, grad)`` protocol."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def run(
+        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """Call the function on fresh tensors and back-propagate ``grad_output`` (ones when
+        None): (the logits tensor, the loss tensor, the other tensors given), plus the gradient
+        as ``tensors["__grad__"]``."""
+        torch = _torch()
+        z = torch.tensor(logits, requires_grad=True)
+        tensors = {k: _tensor(v) for k, v in options.items()}
+        loss = self.function(z, **tensors)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
+        if grad_output is None:
+            upstream = torch.ones_like(loss)
+        else:
+            upstream = torch.tensor(grad_output, dtype=loss.dtype).reshape(loss.shape)
+        (grad,) = torch.autograd.grad(loss, z, grad_outputs=upstream, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(z)
+        tensors["__grad__"] = grad
+        return z, loss, tensors
+
+    def __call__(
+        self, logits: np.ndarray, *, grad_output: np.ndarray | None = None, **options: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The loss and the gradient of ``sum(grad_output * loss)`` as NumPy arrays."""
+        _, loss, tensors = self.run(logits, grad_output, options)
+        return loss.detach().cpu().numpy(), tensors["__grad__"].detach().cpu().numpy()
+
+    def side_effects(
+        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
+    ) -> tuple[list[str], float]:
+        """What the function did besides computing: changed inputs and a gradient sharing the
+        logits' storage (each a sentence), and the largest difference between two identical
+        calls (0 for a deterministic kernel)."""
+        torch = _torch()
+        z, loss, tensors = self.run(logits, grad_output, options)
+        grad = tensors.pop("__grad__")
+        found = []
+        given = torch.tensor(logits)
+        if not torch.equal(z.detach(), given):
+            found.append(f"it changed the logits it received ({_first_change(given, z.detach())})")
+        for key, value in options.items():
+            if isinstance(value, np.ndarray) and not torch.equal(tensors[key], torch.tensor(value)):
+                changed = _first_change(torch.tensor(value), tensors[key])
+                found.append(f"it changed its argument {key!r} ({changed})")
+        if _shares_storage(grad, z):
+            found.append(
+                "the gradient it returned shares storage with the logits (written in place: an "
+                "upstream op that saved the logits would see them corrupted)"
+            )
+        loss2, grad2 = self(logits, grad_output=grad_output, **options)
+        spread = max(
+            float(np.max(np.abs(loss.detach().cpu().numpy() - loss2), initial=0.0)),
+            float(np.max(np.abs(grad.detach().cpu().numpy() - grad2), initial=0.0)),
+        )
+        return found, spread
+
+
+def _first_change(before: Any, after: Any) -> str:
+    torch = _torch()
+    diff = torch.nonzero(before != after)
+    if diff.numel() == 0:
+        return "its shape or dtype changed"
+    idx = tuple(int(i) for i in diff[0])
+    return f"first at {list(idx)}: {float(before[idx]):.8g} -> {float(after[idx]):.8g}"
+
+
+def _shares_storage(a: Any, b: Any) -> bool:
+    try:
+        return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+    except (AttributeError, RuntimeError):
+        return False

@@ -79,11 +79,9 @@ class Report:
         return failure_summary(self.results)
 
     def __repr__(self) -> str:
-        s = self.summary
-        return (
-            f"Report({s['total']} specs: {s['passed']} passed, {s['failed']} failed, "
-            f"{s['errors']} errors)"
-        )
+        from gradcheck_cli.report.short import counts
+
+        return f"Report({len(self.results)} specs: {counts(self.results)})"
 
 
 def load(

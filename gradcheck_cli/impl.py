@@ -143,25 +143,22 @@ def load(target: str) -> Implementation:
     """Load ``package.module:function``, ``path/to/file.py:function``, ``torch``, or a
     framework-native PyTorch loss ``torch:package.module:function`` /
     ``torch:path/to/file.py:function`` (see ``gradcheck_cli.torch_native``)."""
-    if target.startswith("torch:"):
-        from gradcheck_cli import torch_native
+    if target == "torch" or target.startswith("torch:"):
+        from gradcheck_cli import torch_adapter, torch_native
 
         try:
             torch_native._torch()
         except XentcheckError as exc:
             raise ImplError(str(exc)) from None
-        user = wrap(target, _import_function(target, target[len("torch:") :]))
+        function = (
+            torch_adapter.torch_loss
+            if target == "torch"
+            else _import_function(target, target[len("torch:") :])
+        )
+        user = wrap(target, function)
         adapter = torch_native.TorchNative(user.function)
         accepts = None if user.accepts is None else user.accepts | {"grad_output"}
         return Implementation(target, adapter, accepts, native=adapter)
-    if target == "torch":
-        from gradcheck_cli import torch_adapter
-
-        try:
-            torch_adapter.require_torch()
-        except XentcheckError as exc:
-            raise ImplError(str(exc)) from None
-        return wrap(target, torch_adapter.torch_cross_entropy)
     return wrap(target, _import_function(target, target))
 
 
@@ -449,7 +446,10 @@ def scales(problem: Problem) -> Scales:
     gap = np.where((q > 0) & finite, m[:, None] - zc, 0.0)
     shifted = 1.0 + log_k + np.max(gap, axis=-1)
     raw = 1.0 + log_k + np.max(np.where(finite, np.abs(zc), 0.0), axis=-1)
-    zl = beta * problem.z_loss * (np.abs(m) + log_k + 1.0) ** 2
+    zl = np.zeros_like(beta)
+    if problem.z_loss:
+        with np.errstate(over="ignore"):  # logits near 1e300: the scale is inf, not a warning
+            zl = beta * problem.z_loss * (np.abs(m) + log_k + 1.0) ** 2
     rows = weight * shifted + zl
     top = weight * np.max(np.where(finite, np.abs(zc), 0.0), axis=-1)
     combine = np.max if problem.reduction == "none" else np.sum

@@ -31,53 +31,55 @@ def _torch() -> Any:
     return torch
 
 
-def torch_cross_entropy(
-    logits: np.ndarray,
+def torch_loss(
+    logits: Any,
     *,
     reduction: str,
     loss: str = "softmax_cross_entropy",
-    labels: np.ndarray | None = None,
-    targets: np.ndarray | None = None,
-    weight: np.ndarray | None = None,
+    labels: Any = None,
+    targets: Any = None,
+    weight: Any = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     softcap: float | None = None,
     z_loss: float = 0.0,
-    pos_weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The loss and the gradient of its sum, computed by PyTorch (protocol of ``impl``)."""
+    pos_weight: Any = None,
+) -> Any:
+    """PyTorch's loss of torch tensors (the framework-native protocol of
+    ``torch_native``): ``cross_entropy`` or ``binary_cross_entropy_with_logits``, with softcap
+    and z-loss composed around it as Liger-Kernel defines them."""
     torch = _torch()
     F = torch.nn.functional
-    z = torch.tensor(logits, requires_grad=True)
-
-    def t(a: np.ndarray | None) -> Any:
-        return None if a is None else torch.tensor(a)
-
     if loss == "sigmoid_cross_entropy":
-        out = F.binary_cross_entropy_with_logits(
-            z, t(targets), weight=t(weight), pos_weight=t(pos_weight), reduction=reduction
+        return F.binary_cross_entropy_with_logits(
+            logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction
         )
+    zc = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    kwargs: dict[str, Any] = {"label_smoothing": label_smoothing, "weight": weight}
+    if labels is not None:
+        target = labels
+        valid = torch.ones_like(target, dtype=torch.bool)
+        if ignore_index is not None:
+            kwargs["ignore_index"] = ignore_index
+            valid = target != ignore_index
     else:
-        zc = z if softcap is None else softcap * torch.tanh(z / softcap)
-        kwargs: dict[str, Any] = {"label_smoothing": label_smoothing, "weight": t(weight)}
-        if labels is not None:
-            target = torch.tensor(labels)
-            valid = torch.ones_like(target, dtype=torch.bool)
-            if ignore_index is not None:
-                kwargs["ignore_index"] = ignore_index
-                valid = target != ignore_index
-        else:
-            target = t(targets)
-            valid = torch.ones(z.shape[0], dtype=torch.bool)
-        out = F.cross_entropy(zc, target, reduction=reduction, **kwargs)
-        if z_loss:
-            # where, not * valid: an ignored row contributes exactly 0 even if lse^2 overflows
-            zl = torch.where(valid, z_loss * torch.logsumexp(zc, dim=-1) ** 2, 0.0)
-            if reduction == "none":
-                out = out + zl
-            elif reduction == "sum":
-                out = out + zl.sum()
-            else:
-                out = out + zl.sum() / valid.sum()
-    out.sum().backward()
-    return out.detach().numpy(), z.grad.numpy()
+        target = targets
+        valid = torch.ones(logits.shape[0], dtype=torch.bool)
+    out = F.cross_entropy(zc, target, reduction=reduction, **kwargs)
+    if not z_loss:
+        return out
+    # where, not * valid: an ignored row contributes exactly 0 even if lse^2 overflows
+    zl = torch.where(valid, z_loss * torch.logsumexp(zc, dim=-1) ** 2, 0.0)
+    if reduction == "none":
+        return out + zl
+    if reduction == "sum":
+        return out + zl.sum()
+    return out + zl.sum() / valid.sum()
+
+
+def torch_cross_entropy(logits: np.ndarray, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The loss and the gradient of its sum, computed by PyTorch (the NumPy protocol of
+    ``impl``; ``--impl torch`` runs :func:`torch_loss` natively instead)."""
+    from gradcheck_cli.torch_native import TorchNative
+
+    return TorchNative(torch_loss)(logits, **options)

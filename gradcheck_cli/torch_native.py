@@ -33,7 +33,7 @@ def _torch() -> Any:
         import torch
     except ImportError:
         raise XentcheckError(
-            "--impl torch:... needs PyTorch, which is not installed (pip install torch)"
+            "--impl torch needs PyTorch, which is not installed (pip install torch)"
         ) from None
     return torch
 
@@ -105,10 +105,19 @@ class TorchNative:
             )
         loss2, grad2 = self(logits, grad_output=grad_output, **options)
         spread = max(
-            float(np.max(np.abs(loss.detach().cpu().numpy() - loss2), initial=0.0)),
-            float(np.max(np.abs(grad.detach().cpu().numpy() - grad2), initial=0.0)),
+            _spread(loss.detach().cpu().numpy(), loss2),
+            _spread(grad.detach().cpu().numpy(), grad2),
         )
         return found, spread
+
+
+def _spread(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b|`` where equal values (equal infinities, nan and nan) count as 0."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+        diff = np.where(same, 0.0, np.abs(a64 - b64))
+    return float(np.max(diff, initial=0.0))
 
 
 def _first_change(before: Any, after: Any) -> str:

@@ -99,3 +99,17 @@ def test_cli_accepts_native_targets(tmp_path: Path) -> None:
         ["run", str(specs / "reductions.yaml"), "--impl", f"torch:{KERNELS}:first_grad_output"],
     )
     assert bug.exit_code == 1
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_builtin_torch_is_native_and_passes_every_bundled_spec(dtype: str) -> None:
+    """--impl torch is the same machinery on F.cross_entropy (and the documented softcap and
+    z-loss composition): upstream gradients, side effects and determinism included."""
+    import gradcheck_cli as xc
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    report = xc.check(specs, impl="torch", dtype=dtype)  # type: ignore[arg-type]
+    assert report.passed, report.summary_text()
+    checked = [r for r in report.results if r.status == "pass"]
+    assert all("impl grad_output" in r.method_notes for r in checked)
+    assert all(any(c.name == "impl_side_effects" for c in r.checks) for r in checked)

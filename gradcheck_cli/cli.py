@@ -228,6 +228,29 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
+    allow_inplace: Annotated[
+        bool,
+        typer.Option(
+            "--allow-inplace",
+            help="A torch:... implementation may return a gradient in the logits' storage.",
+        ),
+    ] = False,
+    nondeterministic_tol: Annotated[
+        float,
+        typer.Option(
+            help="Largest difference allowed between two identical calls of a torch:... "
+            "implementation (atomics).",
+            min=0.0,
+        ),
+    ] = 0.0,
+    views: Annotated[
+        bool,
+        typer.Option(
+            "--views",
+            help="Also call a torch:... implementation on a non-contiguous logits view and "
+            "offset labels, and require the same result.",
+        ),
+    ] = False,
     exclude: Annotated[
         list[str] | None,
         typer.Option(
@@ -249,6 +272,7 @@ def run(
     failed; -v shows every report."""
     # (long only by its option declarations: Typer reads the options from this signature)
     from gradcheck_cli.engine import RunOptions
+    from gradcheck_cli.impl import NativeChecks
     from gradcheck_cli.report import renderer
 
     try:
@@ -268,6 +292,7 @@ def run(
             fast=fast,
             full=full,
             directions=directions,
+            native=NativeChecks(allow_inplace, nondeterministic_tol, views),
         )
     except XentcheckError as exc:
         _fail(str(exc))

@@ -69,6 +69,9 @@ class RunOptions:
     """Random directions of fast mode's directional checks."""
     progress: fastmode.ProgressCallback | None = None
     """Called with (chunks done, chunks) while a fast-mode spec runs."""
+    native: impl_module.NativeChecks | None = None
+    """Choices for framework-native implementations (``--allow-inplace``,
+    ``--nondeterministic-tol``, ``--views``; None: the defaults)."""
     announce: Callable[[str, float], None] | None = None
     """Called with (spec name, element operations) before an element-wise check that ``full``
     forces above the fast-mode budget (the command line says the estimated cost)."""
@@ -501,7 +504,9 @@ def _impl_part(
     finite = impl_module.finiteness(impl, got_loss, got_grad, ref_loss, reference)
     if impl.native is not None:
         assert upstream is not None
-        finite += impl_module.native_checks(impl, under_test.logits, kwargs, upstream)
+        finite += impl_module.native_checks(
+            impl, under_test.logits, kwargs, upstream, options.native
+        )
     if np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad)):
         check, how = impl_module.self_consistency(
             impl, under_test, kwargs, got_grad / factor, tol("self"), dtype

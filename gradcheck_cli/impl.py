@@ -291,29 +291,54 @@ def native_checks(
     logits: np.ndarray,
     options: dict[str, Any],
     upstream: np.ndarray,
-    nondeterministic_tol: float = 0.0,
+    checks: NativeChecks | None = None,
 ) -> list[Check]:
     """A framework-native loss's side effects and determinism, as checks: its inputs are
-    unchanged after the call, its gradient does not share the logits' storage, and two
-    identical calls agree (within ``nondeterministic_tol``: atomics make some kernels
-    non-deterministic)."""
+    unchanged after the call, its gradient does not share the logits' storage (unless
+    ``allow_inplace``), two identical calls agree (within ``nondeterministic_tol``: atomics
+    make some kernels non-deterministic), and with ``views`` it gives the same result on a
+    non-contiguous logits view and offset labels."""
+    checks = checks or NativeChecks()
     given = accepted_options(impl, {k: v for k, v in options.items() if k != "grad_output"})
     try:
         found, spread = impl.native.side_effects(logits, upstream, given)
+        view_spread = impl.native.views(logits, upstream, given) if checks.views else None
     except Exception as exc:
         raise ImplError(
             f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
         ) from None
+    if checks.allow_inplace:
+        found = [f for f in found if "shares storage" not in f]
     effects = "; ".join(found) if found else "inputs unchanged, gradient in its own storage"
-    return [
+    tol = checks.nondeterministic_tol
+    out = [
         Check("impl_side_effects", not found, effects),
         Check(
             "impl_deterministic",
-            spread <= nondeterministic_tol,
-            f"two identical calls differ by at most {spread:.3g} (allowed "
-            f"{nondeterministic_tol:g})",
+            spread <= tol,
+            f"two identical calls differ by at most {spread:.3g} (allowed {tol:g})",
         ),
     ]
+    if view_spread is not None:
+        out.append(
+            Check(
+                "impl_views",
+                view_spread <= tol,
+                "on a non-contiguous logits view and labels[1:] of a longer tensor the result "
+                f"differs by at most {view_spread:.3g} (allowed {tol:g})",
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class NativeChecks:
+    """Choices for the framework-native checks (``--allow-inplace``, ``--nondeterministic-tol``,
+    ``--views``)."""
+
+    allow_inplace: bool = False
+    nondeterministic_tol: float = 0.0
+    views: bool = False
 
 
 def checked_outputs(

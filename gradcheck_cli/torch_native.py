@@ -81,6 +81,37 @@ class TorchNative:
         _, loss, tensors = self.run(logits, grad_output, options)
         return loss.detach().cpu().numpy(), tensors["__grad__"].detach().cpu().numpy()
 
+    def views(
+        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
+    ) -> float:
+        """The largest difference between the loss and gradient on fresh contiguous tensors and
+        on *views*: the logits as every other column of a wider tensor (non-contiguous) and the
+        labels as ``labels[1:]`` of a longer one (storage offset by 8 bytes, not 16-aligned,
+        as HF's ``labels[..., 1:]`` shift is)."""
+        torch = _torch()
+        loss, grad = self(logits, grad_output=grad_output, **options)
+        n, k = logits.shape
+        wide = torch.zeros((n, 2 * k), dtype=torch.tensor(logits).dtype)
+        wide[:, ::2] = torch.tensor(logits)
+        z = wide[:, ::2].detach().requires_grad_(True)
+        tensors = {key: _tensor(v) for key, v in options.items()}
+        labels = tensors.get("labels")
+        if labels is not None:
+            longer = torch.zeros(labels.shape[0] + 1, dtype=labels.dtype)
+            longer[1:] = labels
+            tensors["labels"] = longer[1:]
+        out = self.function(z, **tensors)
+        upstream = (
+            torch.ones_like(out)
+            if grad_output is None
+            else torch.tensor(grad_output, dtype=out.dtype).reshape(out.shape)
+        )
+        (g,) = torch.autograd.grad(out, z, grad_outputs=upstream, allow_unused=True)
+        g = torch.zeros_like(z) if g is None else g
+        return max(
+            _spread(out.detach().cpu().numpy(), loss), _spread(g.detach().cpu().numpy(), grad)
+        )
+
     def side_effects(
         self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
     ) -> tuple[list[str], float]:

@@ -113,3 +113,33 @@ def test_builtin_torch_is_native_and_passes_every_bundled_spec(dtype: str) -> No
     checked = [r for r in report.results if r.status == "pass"]
     assert all("impl grad_output" in r.method_notes for r in checked)
     assert all(any(c.name == "impl_side_effects" for c in r.checks) for r in checked)
+
+
+def test_views_catch_a_kernel_that_ignores_storage_offsets() -> None:
+    from gradcheck_cli.impl import NativeChecks
+
+    options = RunOptions(
+        impl=load(f"torch:{KERNELS}:ignores_offsets"),
+        methods=("analytic",),
+        native=NativeChecks(views=True),
+    )
+    r = run_spec(spec("mean"), options)
+    (views,) = [c for c in r.checks if c.name == "impl_views"]
+    assert r.status == "fail" and not views.passed
+    good = RunOptions(
+        impl=load(f"torch:{KERNELS}:correct"),
+        methods=("analytic",),
+        native=NativeChecks(views=True),
+    )
+    assert run_spec(spec("mean"), good).status == "pass"
+
+
+def test_allow_inplace_and_nondeterministic_tol() -> None:
+    from gradcheck_cli.impl import NativeChecks
+
+    loose = NativeChecks(nondeterministic_tol=1e-6)
+    options = RunOptions(
+        impl=load(f"torch:{KERNELS}:nondeterministic"), methods=("analytic",), native=loose
+    )
+    r = run_spec(spec("mean"), options)
+    assert all(c.passed for c in r.checks if c.name == "impl_deterministic")

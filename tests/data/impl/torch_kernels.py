@@ -76,3 +76,19 @@ def f_cross_entropy(
 ) -> torch.Tensor:
     """PyTorch's own, as a user would pass it (softmax cross-entropy only)."""
     return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction, **options)
+
+
+def _contiguous_only(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Reads the labels as if they started at the beginning of their storage (the kind of
+    pointer arithmetic a kernel that ignores storage offsets does)."""
+    base = torch.as_strided(labels, labels.shape, (1,), 0)
+    return base
+
+
+def ignores_offsets(
+    logits: torch.Tensor, *, labels: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """Bug: ignores the labels' storage offset (flash-attn bedf8774's offset-label bug)."""
+    return torch.nn.functional.cross_entropy(
+        logits, _contiguous_only(logits, labels), reduction=reduction
+    )

@@ -147,6 +147,7 @@ def gradient(
     """The first diagnosis that fits a failing gradient (shapes (N, K)), or None."""
     return (
         constant_factor(got, ref, problem)
+        or dropped_option(problem, None, got)
         or shifted_labels(problem, None, got)
         or float32_inside(got, ref, dtype)
         or confined(failed, classes)
@@ -169,7 +170,12 @@ def loss(got: FloatArray, ref: FloatArray, problem: Problem, dtype: str) -> str 
         )
     else:
         factor = None
-    return factor or shifted_labels(problem, got, None) or float32_inside(got, ref, dtype)
+    return (
+        factor
+        or dropped_option(problem, got, None)
+        or shifted_labels(problem, got, None)
+        or float32_inside(got, ref, dtype)
+    )
 
 
 def upstream(got: FloatArray, plain: FloatArray, grad_output: FloatArray) -> str | None:
@@ -184,4 +190,39 @@ def upstream(got: FloatArray, plain: FloatArray, grad_output: FloatArray) -> str
             "every row is scaled by grad_output[0] instead of its own grad_output "
             "(Liger-Kernel #1298)"
         )
+    return None
+
+
+#: Options whose absence a diagnosis tries, with the value that switches each off.
+_OFF: dict[str, object] = {
+    "label_smoothing": 0.0,
+    "weight": None,
+    "z_loss": 0.0,
+    "softcap": None,
+    "pos_weight": None,
+}
+
+
+def dropped_option(
+    problem: Problem, got_loss: FloatArray | None, got_grad: FloatArray | None
+) -> str | None:
+    """The implementation matches the reference computed *without* one of the spec's options
+    (to 1e-9): it ignores that option."""
+    for name, off in _OFF.items():
+        value = getattr(problem, name, off)
+        if value is None or (off is not None and value == off):
+            continue  # not set: nothing was dropped
+        changes: dict[str, object] = {name: off}
+        if isinstance(problem, CrossEntropyProblem):
+            changes["row_scales"] = None
+        try:
+            without = replace(problem, **changes)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if got_loss is not None and _close(got_loss, np.asarray(reduce_any(without))):
+            return f"the loss matches the reference without {name}: the option was dropped?"
+        if got_grad is not None and _close(
+            got_grad, METHODS["analytic"](without, DEFAULT_SETTINGS).grad
+        ):
+            return f"the gradient matches the reference without {name}: the option was dropped?"
     return None

@@ -514,9 +514,22 @@ def _impl_part(
         run.notes["impl self-consistency"] = how
         if check.inconclusive is None:
             out.append(check)
+            # forward and backward agree while both loss and gradient differ: the definition
+            if check.passed and not out[0].passed and not out[1].passed:
+                out = [_self_consistent(row) for row in out]
         else:  # the forward's rounding swamps the derivatives (half precision): say so
             run.not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
     return out, finite
+
+
+def _self_consistent(row: Comparison) -> Comparison:
+    """A failed loss or gradient row of an implementation whose backward matches its own
+    forward: say that the loss definition differs, not the backward."""
+    if row.passed or row.quantity not in ("loss", "logits"):
+        return row
+    note = "self-consistent (its backward matches its own forward): the loss definition differs"
+    note += ", not the backward"
+    return dataclass_replace(row, diagnosis=f"{row.diagnosis}; {note}" if row.diagnosis else note)
 
 
 def _per_row(upstream: np.ndarray, spec: Spec) -> np.ndarray:

@@ -198,3 +198,11 @@ def test_impl_gradient_is_reported() -> None:
     r = run_with("correct")
     assert "impl" in r.gradients  # type: ignore[attr-defined]
     np.testing.assert_allclose(r.gradients["impl"], r.gradients["analytic"], atol=1e-15)  # type: ignore[attr-defined]
+
+
+def test_dropped_option_and_self_consistency_are_diagnosed() -> None:
+    rows = impl_rows(run_with("ignores_smoothing", label_smoothing=0.2))
+    loss, grad = rows["loss"], rows["logits"]
+    assert not loss.passed and not grad.passed  # type: ignore[attr-defined]
+    assert "matches the reference without label_smoothing" in str(loss.diagnosis)  # type: ignore[attr-defined]
+    assert "self-consistent" in str(grad.diagnosis)  # type: ignore[attr-defined]

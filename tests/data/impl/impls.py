@@ -120,3 +120,10 @@ def nan_gradient(logits, *, labels, reduction, loss="softmax_cross_entropy"):  #
     value, grad = _softmax_ce(logits, labels, reduction)
     grad[1, 3] = np.nan
     return value, grad
+
+
+def ignores_smoothing(  # type: ignore[no-untyped-def]
+    logits, *, labels, reduction, loss="softmax_cross_entropy", label_smoothing=0.0
+):
+    """Bug: accepts label_smoothing and ignores it."""
+    return _softmax_ce(logits, labels, reduction)

@@ -140,9 +140,27 @@ class Implementation:
 
 
 def load(target: str) -> Implementation:
-    """Load ``package.module:function``, ``path/to/file.py:function``, ``torch``, or a
-    framework-native PyTorch loss ``torch:package.module:function`` /
-    ``torch:path/to/file.py:function`` (see ``gradcheck_cli.torch_native``)."""
+    """Load ``package.module:function``, ``path/to/file.py:function`` (the NumPy protocol), or
+    a framework-native loss: ``torch``, ``torch:package.module:function``,
+    ``torch:path/to/file.py:function`` (``gradcheck_cli.torch_native``), ``optax``,
+    ``jax:package.module:function``, ``jax:path/to/file.py:function``
+    (``gradcheck_cli.jax_native``)."""
+    if target == "optax" or target.startswith("jax:"):
+        from gradcheck_cli import jax_native
+
+        try:
+            jax_native._jax()
+        except XentcheckError as exc:
+            raise ImplError(str(exc)) from None
+        function = (
+            jax_native.optax_loss
+            if target == "optax"
+            else _import_function(target, target[len("jax:") :])
+        )
+        user = wrap(target, function)
+        adapter: Any = jax_native.JaxNative(user.function)
+        accepts = None if user.accepts is None else user.accepts | {"grad_output"}
+        return Implementation(target, adapter, accepts, native=adapter)
     if target == "torch" or target.startswith("torch:"):
         from gradcheck_cli import torch_adapter, torch_native
 
@@ -167,7 +185,7 @@ def _import_function(target: str, location: str) -> ImplFunction:
     if ":" not in location:
         raise ImplError(
             f"--impl {target!r}: expected module:function, path/to/file.py:function, torch, "
-            "or torch:module:function"
+            "torch:module:function, optax or jax:module:function"
         )
     where, _, attr = location.rpartition(":")
     if where.endswith(".py") or "/" in where or "\\" in where:

@@ -105,7 +105,7 @@ def test_options_for_passes_only_what_the_spec_sets() -> None:
     ("target", "message"),
     [
         ("nonexistent.module:f", "cannot import nonexistent.module"),
-        ("no_colon", "expected module:function, path/to/file.py:function, torch, or torch:"),
+        ("no_colon", "expected module:function, path/to/file.py:function, torch, torch:"),
         (f"{IMPLS}:missing", "has no function 'missing'"),
         ("tests/nope.py:f", "no such file tests/nope.py"),
     ],

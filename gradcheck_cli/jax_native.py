@@ -1,0 +1,113 @@
+"""``--impl jax:module:function`` and ``--impl optax``: a JAX loss as it is, differentiated by
+``jax.vjp``.
+
+The function takes JAX arrays and returns the **loss only** (a scalar, or per-sample for
+``reduction: none``), like the PyTorch protocol of ``torch_native``; xentcheck pulls a seeded
+``grad_output`` back through ``jax.vjp``. Float64 specs run inside ``jax.enable_x64(True)``
+(only for that call: JAX's global default stays float32), so float64 logits are not silently
+rounded to float32. JAX arrays are immutable, so there are no in-place side effects to check;
+determinism (two identical calls) is checked. jax is imported only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradcheck_cli.errors import XentcheckError
+
+
+def _jax() -> Any:
+    try:
+        import jax
+    except ImportError:
+        raise XentcheckError(
+            "--impl jax:... and --impl optax need JAX, which is not installed (pip install jax "
+            "optax)"
+        ) from None
+    return jax
+
+
+class JaxNative:
+    """A framework-native JAX loss behind xentcheck's ``(loss, grad)`` protocol."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(
+        self, logits: np.ndarray, *, grad_output: np.ndarray | None = None, **options: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The loss and the gradient of ``sum(grad_output * loss)`` as NumPy arrays."""
+        jax = _jax()
+        import jax.numpy as jnp
+
+        with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
+            z = jnp.asarray(logits)
+            given = {
+                k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+            }
+            loss, pullback = jax.vjp(lambda x: self.function(x, **given), z)
+            upstream = (
+                jnp.ones_like(loss)
+                if grad_output is None
+                else jnp.asarray(grad_output, dtype=loss.dtype).reshape(loss.shape)
+            )
+            (grad,) = pullback(upstream)
+            return np.asarray(loss), np.asarray(grad)
+
+    def side_effects(
+        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
+    ) -> tuple[list[str], float]:
+        """No side effects are possible (immutable arrays); the spread of two identical calls."""
+        from gradcheck_cli.torch_native import _spread
+
+        loss1, grad1 = self(logits, grad_output=grad_output, **options)
+        loss2, grad2 = self(logits, grad_output=grad_output, **options)
+        return [], max(_spread(loss1, loss2), _spread(grad1, grad2))
+
+    def views(
+        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
+    ) -> float:
+        """JAX copies its inputs into its own buffers: a strided NumPy view must agree."""
+        from gradcheck_cli.torch_native import _spread
+
+        loss, grad = self(logits, grad_output=grad_output, **options)
+        wide = np.zeros((logits.shape[0], 2 * logits.shape[1]), dtype=logits.dtype)
+        wide[:, ::2] = logits
+        loss2, grad2 = self(wide[:, ::2], grad_output=grad_output, **options)
+        return max(_spread(loss, loss2), _spread(grad, grad2))
+
+
+def optax_loss(
+    logits: Any,
+    *,
+    reduction: str,
+    loss: str = "softmax_cross_entropy",
+    labels: Any = None,
+    targets: Any = None,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """optax's own losses (``--impl optax``): ``softmax_cross_entropy_with_integer_labels``
+    for labels, ``softmax_cross_entropy`` for probability targets (label smoothing through
+    ``optax.smooth_labels``), ``sigmoid_binary_cross_entropy`` for sigmoid specs; the
+    reduction is a plain mean or sum over the per-sample (per-element) losses. optax has no
+    class weights, ignore_index, softcap, z-loss or pos_weight: a spec that sets one is an
+    error naming it (this signature does not take them)."""
+    import jax.numpy as jnp
+    import optax
+
+    k = logits.shape[-1]
+    if loss == "sigmoid_cross_entropy":
+        per = optax.sigmoid_binary_cross_entropy(logits, targets)
+    elif labels is not None and not label_smoothing:
+        per = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    else:
+        dist = targets if labels is None else jnp.eye(k, dtype=logits.dtype)[labels]
+        if label_smoothing:
+            dist = optax.smooth_labels(dist, label_smoothing)
+        per = optax.softmax_cross_entropy(logits, dist)
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.mean()

@@ -1,0 +1,73 @@
+"""--impl jax:module:function and --impl optax: JAX losses as they are, differentiated by
+jax.vjp with a seeded grad_output (skipped where JAX is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradcheck_cli as xc
+from gradcheck_cli.engine import RunOptions, run_spec
+from gradcheck_cli.impl import ImplError, load
+from gradcheck_cli.model import Spec
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("optax")
+
+KERNELS = Path(__file__).resolve().parent / "data" / "impl" / "jax_kernels.py"
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+#: Bundled specs whose options optax has (no class weights, ignore_index, softcap, z-loss).
+OPTAX_SPECS = [
+    "cat_dog_bird.yaml",
+    "batch_mean.yaml",
+    "three_class.yaml",
+    "reductions.yaml",
+    "probability_target.yaml",
+    "near_one_hot.yaml",
+    "extreme_logits.yaml",
+    "tied_maximum.yaml",
+    "binary_two_classes.yaml",
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_optax_passes_the_bundled_specs_it_supports(dtype: str) -> None:
+    report = xc.check([*(s for name in OPTAX_SPECS for s in xc.load(SPECS / name))], impl="optax",
+                      dtype=dtype)  # type: ignore[arg-type]  # fmt: skip
+    assert report.passed, report.summary_text()
+    assert all("impl grad_output" in r.method_notes for r in report.results)
+
+
+def test_optax_names_an_option_it_does_not_have() -> None:
+    with pytest.raises(ImplError, match="does not accept option 'weight'"):
+        (spec,) = xc.load(SPECS / "class_weights.yaml")
+        run_spec(spec, RunOptions(impl=load("optax"), methods=("analytic",)))
+
+
+def spec(reduction: str) -> Spec:
+    rng = np.random.default_rng(9)
+    return Spec(
+        name="s",
+        file="s.yaml",
+        logits=rng.normal(size=(5, 6)) * 2,
+        single=False,
+        labels=np.array([0, 3, 5, 1, 2]),
+        reduction=reduction,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_jax_function_passes_and_float64_stays_float64(reduction: str) -> None:
+    r = run_spec(spec(reduction), RunOptions(impl=load(f"jax:{KERNELS}:cross_entropy")))
+    assert r.status == "pass", [c for c in r.comparisons if not c.passed]
+    grad = [c for c in r.comparisons if c.quantity == "logits" and c.method.startswith("impl")]
+    assert grad[0].max_abs_error < 1e-15  # float64, not silently float32
+
+
+def test_grad_output_broadcast_is_caught_in_jax_too() -> None:
+    r = run_spec(spec("none"), RunOptions(impl=load(f"jax:{KERNELS}:first_grad_output")))
+    rows = {c.quantity: c for c in r.comparisons if c.method.startswith("impl")}
+    assert r.status == "fail" and "grad_output[0]" in str(rows["logits"].diagnosis)
+    assert not jax.config.jax_enable_x64  # x64 only inside each call

@@ -228,6 +228,10 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option(help="Where a torch:... implementation runs: cpu, cuda, cuda:N or mps."),
+    ] = "cpu",
     allow_inplace: Annotated[
         bool,
         typer.Option(
@@ -288,7 +292,7 @@ def run(
             rtol=rtol,
             atol=atol,
             dtype=dtype.value if dtype else None,
-            impl=_load_impl(impl),
+            impl=_load_impl(impl, device),
             fast=fast,
             full=full,
             directions=directions,
@@ -318,13 +322,15 @@ def _announce(spec_name: str, operations: float) -> None:
     _warn_cost(operations, f"the element-wise check of {spec_name}", force=True)
 
 
-def _load_impl(target: str | None) -> Any:
+def _load_impl(target: str | None, device: str = "cpu") -> Any:
     """The ``--impl`` implementation, or None; ImplError (a XentcheckError) if it won't load."""
     if target is None:
+        if device != "cpu":
+            raise UsageError("--device applies to --impl torch:... only")
         return None
     from gradcheck_cli.impl import load
 
-    return load(target)
+    return load(target, device)
 
 
 def _run_report(

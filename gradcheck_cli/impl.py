@@ -139,12 +139,13 @@ class Implementation:
     ``(loss, grad)`` protocol."""
 
 
-def load(target: str) -> Implementation:
+def load(target: str, device: str = "cpu") -> Implementation:
     """Load ``package.module:function``, ``path/to/file.py:function`` (the NumPy protocol), or
     a framework-native loss: ``torch``, ``torch:package.module:function``,
     ``torch:path/to/file.py:function`` (``gradcheck_cli.torch_native``), ``optax``,
     ``jax:package.module:function``, ``jax:path/to/file.py:function``
-    (``gradcheck_cli.jax_native``)."""
+    (``gradcheck_cli.jax_native``). ``device`` places a torch loss's tensors (``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``; JAX runs on the CPU here)."""
     if target == "optax" or target.startswith("jax:"):
         from gradcheck_cli import jax_native
 
@@ -157,6 +158,8 @@ def load(target: str) -> Implementation:
             if target == "optax"
             else _import_function(target, target[len("jax:") :])
         )
+        if device != "cpu":
+            raise ImplError(f"--device {device}: JAX implementations run on the CPU here")
         user = wrap(target, function)
         adapter: Any = jax_native.JaxNative(user.function)
         accepts = None if user.accepts is None else user.accepts | {"grad_output"}
@@ -174,7 +177,10 @@ def load(target: str) -> Implementation:
             else _import_function(target, target[len("torch:") :])
         )
         user = wrap(target, function)
-        adapter = torch_native.TorchNative(user.function)
+        try:
+            adapter = torch_native.TorchNative(user.function, device)
+        except XentcheckError as exc:
+            raise ImplError(str(exc)) from None
         accepts = None if user.accepts is None else user.accepts | {"grad_output"}
         return Implementation(target, adapter, accepts, native=adapter)
     return wrap(target, _import_function(target, target))

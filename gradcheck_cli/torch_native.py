@@ -38,19 +38,42 @@ def _torch() -> Any:
     return torch
 
 
-def _tensor(value: Any) -> Any:
-    """NumPy arrays as tensors (a copy; integers stay int64); anything else as it is."""
+def _tensor(value: Any, device: str = "cpu") -> Any:
+    """NumPy arrays as tensors on ``device`` (a copy; integers stay int64); anything else as
+    it is."""
     torch = _torch()
     if isinstance(value, np.ndarray):
-        return torch.tensor(value)
+        return torch.tensor(value, device=device)
     return value
+
+
+def _device(name: str) -> str:
+    """``name`` if PyTorch has that device here; a clear error otherwise."""
+    torch = _torch()
+    kind = name.split(":", 1)[0]
+    if kind == "cpu":
+        return name
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= count:
+            raise XentcheckError(
+                f"--device {name}: this machine has {count} CUDA device(s) visible to PyTorch"
+            )
+        return name
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise XentcheckError("--device mps: PyTorch has no MPS device here")
+        return name
+    raise XentcheckError(f"--device {name}: expected cpu, cuda, cuda:N or mps")
 
 
 class TorchNative:
     """A framework-native torch loss behind xentcheck's ``(loss, grad)`` protocol."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
+    def __init__(self, function: Callable[..., Any], device: str = "cpu") -> None:
         self.function = function
+        self.device = _device(device)
 
     def run(
         self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
@@ -59,15 +82,17 @@ class TorchNative:
         None): (the logits tensor, the loss tensor, the other tensors given), plus the gradient
         as ``tensors["__grad__"]``."""
         torch = _torch()
-        z = torch.tensor(logits, requires_grad=True)
-        tensors = {k: _tensor(v) for k, v in options.items()}
+        z = torch.tensor(logits, requires_grad=True, device=self.device)
+        tensors = {k: _tensor(v, self.device) for k, v in options.items()}
         loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
         if grad_output is None:
             upstream = torch.ones_like(loss)
         else:
-            upstream = torch.tensor(grad_output, dtype=loss.dtype).reshape(loss.shape)
+            upstream = torch.tensor(grad_output, dtype=loss.dtype, device=loss.device).reshape(
+                loss.shape
+            )
         (grad,) = torch.autograd.grad(loss, z, grad_outputs=upstream, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(z)
@@ -91,20 +116,20 @@ class TorchNative:
         torch = _torch()
         loss, grad = self(logits, grad_output=grad_output, **options)
         n, k = logits.shape
-        wide = torch.zeros((n, 2 * k), dtype=torch.tensor(logits).dtype)
-        wide[:, ::2] = torch.tensor(logits)
+        wide = torch.zeros((n, 2 * k), dtype=torch.tensor(logits).dtype, device=self.device)
+        wide[:, ::2] = torch.tensor(logits, device=self.device)
         z = wide[:, ::2].detach().requires_grad_(True)
-        tensors = {key: _tensor(v) for key, v in options.items()}
+        tensors = {key: _tensor(v, self.device) for key, v in options.items()}
         labels = tensors.get("labels")
         if labels is not None:
-            longer = torch.zeros(labels.shape[0] + 1, dtype=labels.dtype)
+            longer = torch.zeros(labels.shape[0] + 1, dtype=labels.dtype, device=self.device)
             longer[1:] = labels
             tensors["labels"] = longer[1:]
         out = self.function(z, **tensors)
         upstream = (
             torch.ones_like(out)
             if grad_output is None
-            else torch.tensor(grad_output, dtype=out.dtype).reshape(out.shape)
+            else torch.tensor(grad_output, dtype=out.dtype, device=out.device).reshape(out.shape)
         )
         (g,) = torch.autograd.grad(out, z, grad_outputs=upstream, allow_unused=True)
         g = torch.zeros_like(z) if g is None else g
@@ -122,12 +147,15 @@ class TorchNative:
         z, loss, tensors = self.run(logits, grad_output, options)
         grad = tensors.pop("__grad__")
         found = []
-        given = torch.tensor(logits)
+        given = torch.tensor(logits, device=self.device)
         if not torch.equal(z.detach(), given):
             found.append(f"it changed the logits it received ({_first_change(given, z.detach())})")
         for key, value in options.items():
-            if isinstance(value, np.ndarray) and not torch.equal(tensors[key], torch.tensor(value)):
-                changed = _first_change(torch.tensor(value), tensors[key])
+            if not isinstance(value, np.ndarray):
+                continue
+            original = torch.tensor(value, device=self.device)
+            if not torch.equal(tensors[key], original):
+                changed = _first_change(original, tensors[key])
                 found.append(f"it changed its argument {key!r} ({changed})")
         if _shares_storage(grad, z):
             found.append(

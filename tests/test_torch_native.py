@@ -143,3 +143,18 @@ def test_allow_inplace_and_nondeterministic_tol() -> None:
     )
     r = run_spec(spec("mean"), options)
     assert all(c.passed for c in r.checks if c.name == "impl_deterministic")
+
+
+def test_an_absent_device_is_a_clear_error() -> None:
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.cli import app
+    from gradcheck_cli.impl import ImplError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ImplError, match="--device cuda: this machine has 0 CUDA device"):
+            load("torch", device="cuda")
+    with pytest.raises(ImplError, match="expected cpu, cuda, cuda:N or mps"):
+        load("torch", device="tpu")
+    result = CliRunner().invoke(app, ["run", "--device", "cuda"])
+    assert result.exit_code == 2 and "--device applies to --impl torch:... only" in result.stderr

@@ -44,6 +44,7 @@ def torch_loss(
     softcap: float | None = None,
     z_loss: float = 0.0,
     pos_weight: Any = None,
+    num_items_in_batch: float | None = None,
 ) -> Any:
     """PyTorch's loss of torch tensors (the framework-native protocol of
     ``torch_native``): ``cross_entropy`` or ``binary_cross_entropy_with_logits``, with softcap
@@ -65,7 +66,10 @@ def torch_loss(
     else:
         target = targets
         valid = torch.ones(logits.shape[0], dtype=torch.bool)
-    out = F.cross_entropy(zc, target, reduction=reduction, **kwargs)
+    by_items = num_items_in_batch is not None and reduction == "mean"
+    out = F.cross_entropy(zc, target, reduction="sum" if by_items else reduction, **kwargs)
+    if by_items:
+        out = out / num_items_in_batch
     if not z_loss:
         return out
     # where, not * valid: an ignored row contributes exactly 0 even if lse^2 overflows
@@ -74,7 +78,7 @@ def torch_loss(
         return out + zl
     if reduction == "sum":
         return out + zl.sum()
-    return out + zl.sum() / valid.sum()
+    return out + zl.sum() / (num_items_in_batch if by_items else valid.sum())
 
 
 def torch_cross_entropy(logits: np.ndarray, **options: Any) -> tuple[np.ndarray, np.ndarray]:

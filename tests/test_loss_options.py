@@ -229,3 +229,27 @@ def test_zero_weight_mean_with_z_loss_is_consistent() -> None:
     assert np.isnan(reduce_any(problem))
     for name in ("analytic", "jacobian", "exact"):
         np.testing.assert_array_equal(METHODS[name](problem, DEFAULT).grad, 0.0)
+
+
+def test_num_items_in_batch_makes_micro_batch_gradients_add_up() -> None:
+    """With num_items_in_batch M = the tokens of the whole accumulated batch, the gradients of
+    the micro-batches are exactly the rows of the full batch's gradient (transformers #34191):
+    each micro-batch's own mean would weight its rows by 1/(its count) instead."""
+    from gradcheck_cli.core import CrossEntropyProblem, reduce_any
+    from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
+
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(6, 5))
+    y = np.array([0, -100, 3, 4, -100, 1])
+    counted = float(np.count_nonzero(y != -100))
+    full = CrossEntropyProblem(z, labels=y, ignore_index=-100, num_items_in_batch=counted)
+    plain = CrossEntropyProblem(z, labels=y, ignore_index=-100)
+    assert np.isclose(reduce_any(full), reduce_any(plain), rtol=1e-15)  # M = the count: the mean
+    grads = []
+    for rows in (slice(0, 2), slice(2, 6)):
+        part = CrossEntropyProblem(
+            z[rows], labels=y[rows], ignore_index=-100, num_items_in_batch=counted
+        )
+        grads.append(METHODS["analytic"](part, DEFAULT_SETTINGS).grad)
+    whole = METHODS["analytic"](full, DEFAULT_SETTINGS).grad
+    np.testing.assert_allclose(np.vstack(grads), whole, rtol=1e-15, atol=0)

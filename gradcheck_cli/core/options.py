@@ -121,6 +121,15 @@ OPTIONS: tuple[Option, ...] = (
         "sigmoid only: weight of the positive term per class",
         what="positive-class weights",
     ),
+    Option(
+        "num_items_in_batch",
+        {SOFTMAX: "positive"},
+        "a number M > 0 (mean divides the loss sums by M)",
+        "M > 0: `mean` divides the sums by M instead of Σ w_{y_n} (HuggingFace's "
+        "`num_items_in_batch`, the gradient-accumulation fix of transformers #34191)",
+        rule="with reduction mean; z-loss sum divided by M too",
+        explained=False,
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -137,6 +146,8 @@ class OptionValues:
     z_loss: float = 0.0
     pos_weight: NDArray[np.float64] | None = None
     """Positive-term weights (K,), sigmoid only."""
+    num_items_in_batch: float | None = None
+    """The divisor of ``mean`` (HuggingFace's gradient-accumulation normaliser), softmax only."""
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(OptionValues)}

@@ -76,6 +76,9 @@ class CrossEntropyProblem:
     """Logits pass through ``c tanh(z / c)`` before the softmax (c > 0)."""
     z_loss: float = 0.0
     """Scale ``s >= 0`` of the z-loss ``s * logsumexp(z')^2``."""
+    num_items_in_batch: float | None = None
+    """``M > 0``: ``mean`` divides the cross-entropy and z-loss sums by M (HuggingFace's
+    ``num_items_in_batch``: the same divisor for every micro-batch of an accumulated step)."""
     row_scales: tuple[FloatArray, FloatArray] | None = None
     """The rows' (alpha, beta) when this problem is a slice of a larger batch (their mean
     normalizers come from the whole batch); None: computed from this problem."""
@@ -236,7 +239,10 @@ def mean_normalizers(problem: CrossEntropyProblem) -> tuple[float, float]:
 
     Index labels: ``sum_n w_{y_n}`` over non-ignored samples (PyTorch); probability targets: N.
     The z-loss: the number of non-ignored samples. Either may be 0 (every sample ignored).
+    With ``num_items_in_batch`` M, both are M.
     """
+    if problem.num_items_in_batch is not None:
+        return float(problem.num_items_in_batch), float(problem.num_items_in_batch)
     n, _ = problem.shape
     valid = problem.valid
     count = float(np.count_nonzero(valid))

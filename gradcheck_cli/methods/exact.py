@@ -64,7 +64,11 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
     w = [mpf(float(v)) for v in class_weights(problem)]
     valid = problem.valid
     ce_norm, z_norm = mean_normalizers(problem)  # sums of float64 weights: recompute exactly
-    if problem.reduction == "mean" and problem.labels is not None:
+    if (
+        problem.reduction == "mean"
+        and problem.labels is not None
+        and problem.num_items_in_batch is None
+    ):
         ce_norm_mp = ctx.fsum(w[int(y)] for y in problem.labels[valid])
     else:
         ce_norm_mp = mpf(ce_norm)

@@ -35,6 +35,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,43 +148,39 @@ def load(target: str, device: str = "cpu") -> Implementation:
     (``gradcheck_cli.jax_native``). ``device`` places a torch loss's tensors (``cpu``,
     ``cuda``, ``cuda:N``, ``mps``; JAX runs on the CPU here)."""
     if target == "optax" or target.startswith("jax:"):
-        from gradcheck_cli import jax_native
-
-        try:
-            jax_native._jax()
-        except XentcheckError as exc:
-            raise ImplError(str(exc)) from None
-        function = (
-            jax_native.optax_loss
-            if target == "optax"
-            else _import_function(target, target[len("jax:") :])
-        )
         if device != "cpu":
             raise ImplError(f"--device {device}: JAX implementations run on the CPU here")
-        user = wrap(target, function)
-        adapter: Any = jax_native.JaxNative(user.function)
-        accepts = None if user.accepts is None else user.accepts | {"grad_output"}
-        return Implementation(target, adapter, accepts, native=adapter)
+        return _native(target, "jax:", "optax", device)
     if target == "torch" or target.startswith("torch:"):
-        from gradcheck_cli import torch_adapter, torch_native
-
-        try:
-            torch_native._torch()
-        except XentcheckError as exc:
-            raise ImplError(str(exc)) from None
-        function = (
-            torch_adapter.torch_loss
-            if target == "torch"
-            else _import_function(target, target[len("torch:") :])
-        )
-        user = wrap(target, function)
-        try:
-            adapter = torch_native.TorchNative(user.function, device)
-        except XentcheckError as exc:
-            raise ImplError(str(exc)) from None
-        accepts = None if user.accepts is None else user.accepts | {"grad_output"}
-        return Implementation(target, adapter, accepts, native=adapter)
+        return _native(target, "torch:", "torch", device)
     return wrap(target, _import_function(target, target))
+
+
+def _native(target: str, prefix: str, builtin: str, device: str) -> Implementation:
+    """A framework-native implementation: the built-in loss (``torch``: PyTorch's own,
+    ``optax``: optax's) or ``prefix`` + a function to import, behind its framework's adapter
+    (``torch_native.TorchNative`` or ``jax_native.JaxNative``)."""
+    try:
+        if prefix == "torch:":
+            from gradcheck_cli import torch_adapter, torch_native
+
+            own: ImplFunction = torch_adapter.torch_loss
+            make: Callable[[ImplFunction], Any] = partial(torch_native.TorchNative, device=device)
+        else:
+            from gradcheck_cli import jax_native
+
+            jax_native._jax()
+            own = jax_native.optax_loss
+            make = jax_native.JaxNative
+        function = own if target == builtin else _import_function(target, target[len(prefix) :])
+        user = wrap(target, function)
+        adapter = make(user.function)
+    except ImplError:
+        raise
+    except XentcheckError as exc:  # the framework is missing, or the device is
+        raise ImplError(str(exc)) from None
+    accepts = None if user.accepts is None else user.accepts | {"grad_output"}
+    return Implementation(target, adapter, accepts, native=adapter)
 
 
 def _import_function(target: str, location: str) -> ImplFunction:

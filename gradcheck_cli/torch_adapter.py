@@ -13,22 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.torch_native import _torch
 
 
 def require_torch() -> None:
     """Raise a clear error when PyTorch is not installed."""
     _torch()
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise XentcheckError(
-            "--impl torch needs PyTorch, which is not installed (pip install torch)"
-        ) from None
-    return torch
 
 
 def torch_loss(

@@ -213,10 +213,9 @@ def run_paths(
 
 
 def bundled_specs_dir() -> Path:
-    """The example specs shipped in the wheel (``gradcheck_cli/specs``)."""
-    from importlib.resources import files
-
-    return Path(str(files("gradcheck_cli"))) / "specs"
+    """The example specs shipped in the wheel (``gradcheck_cli/specs``; the package is
+    installed as files, so no ``importlib.resources`` is needed, nor its import time)."""
+    return Path(__file__).resolve().parent / "specs"
 
 
 def display_path(path: Path, given: str) -> str:

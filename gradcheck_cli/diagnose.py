@@ -111,12 +111,23 @@ def shifted_labels(
             moved = replace(problem, labels=labels, row_scales=None)
         except ValueError:  # a moved ignore_index label out of range
             continue
-        if got_loss is not None and _close(got_loss, np.asarray(reduce_any(moved))):
-            return f"the loss matches the reference with {what}: labels read from an offset?"
-        if got_grad is not None and _close(
-            got_grad, METHODS["analytic"](moved, DEFAULT_SETTINGS).grad
-        ):
-            return f"the gradient matches the reference with {what}: labels read from an offset?"
+        matched = _matches(moved, got_loss, got_grad)
+        if matched:
+            return f"the {matched} matches the reference with {what}: labels read from an offset?"
+    return None
+
+
+def _matches(
+    variant: Problem, got_loss: FloatArray | None, got_grad: FloatArray | None
+) -> str | None:
+    """``"loss"`` or ``"gradient"`` when the implementation's agrees (to 1e-9) with the
+    reference of ``variant`` (the problem as a suspected bug would see it), else None."""
+    if got_loss is not None and _close(got_loss, np.asarray(reduce_any(variant))):
+        return "loss"
+    if got_grad is not None and _close(
+        got_grad, METHODS["analytic"](variant, DEFAULT_SETTINGS).grad
+    ):
+        return "gradient"
     return None
 
 
@@ -219,10 +230,7 @@ def dropped_option(
             without = replace(problem, **changes)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
-        if got_loss is not None and _close(got_loss, np.asarray(reduce_any(without))):
-            return f"the loss matches the reference without {name}: the option was dropped?"
-        if got_grad is not None and _close(
-            got_grad, METHODS["analytic"](without, DEFAULT_SETTINGS).grad
-        ):
-            return f"the gradient matches the reference without {name}: the option was dropped?"
+        matched = _matches(without, got_loss, got_grad)
+        if matched:
+            return f"the {matched} matches the reference without {name}: the option was dropped?"
     return None

@@ -154,10 +154,12 @@ def gradient(
     problem: Problem,
     dtype: str,
     classes: tuple[str, ...] | None = None,
+    whole: Problem | None = None,
 ) -> str | None:
-    """The first diagnosis that fits a failing gradient (shapes (N, K)), or None."""
+    """The first diagnosis that fits a failing gradient (shapes (N, K)), or None. ``problem``
+    may be a window of rows of the batch ``whole`` (fast mode), which names the factors."""
     return (
-        constant_factor(got, ref, problem)
+        constant_factor(got, ref, whole or problem)
         or dropped_option(problem, None, got)
         or shifted_labels(problem, None, got)
         or float32_inside(got, ref, dtype)
@@ -165,8 +167,11 @@ def gradient(
     )
 
 
-def loss(got: FloatArray, ref: FloatArray, problem: Problem, dtype: str) -> str | None:
-    """The first diagnosis that fits a failing loss, or None."""
+def loss(
+    got: FloatArray, ref: FloatArray, problem: Problem, dtype: str, variants: bool = True
+) -> str | None:
+    """The first diagnosis that fits a failing loss, or None (``variants=False``: only the
+    ones that need no recomputation of the whole batch's loss, for fast mode)."""
     if got.ndim:
         factor = constant_factor(got, ref, problem)
     elif ref != 0 and np.isfinite(got) and got != ref:
@@ -181,6 +186,8 @@ def loss(got: FloatArray, ref: FloatArray, problem: Problem, dtype: str) -> str 
         )
     else:
         factor = None
+    if not variants:
+        return factor or float32_inside(got, ref, dtype)
     return (
         factor
         or dropped_option(problem, got, None)
@@ -189,14 +196,18 @@ def loss(got: FloatArray, ref: FloatArray, problem: Problem, dtype: str) -> str 
     )
 
 
-def upstream(got: FloatArray, plain: FloatArray, grad_output: FloatArray) -> str | None:
+def upstream(
+    got: FloatArray, plain: FloatArray, grad_output: FloatArray, first: float | None = None
+) -> str | None:
     """How a backward mishandles ``grad_output``: ``plain`` is the reference gradient of the
     plain sum of the losses (N, K), ``grad_output`` what was back-propagated (a scalar, (N,)
-    or (N, K))."""
+    or (N, K)); ``first``: the whole batch's ``grad_output[0]`` when these are a window of its
+    rows."""
     if _close(got, plain):
         return "the backward ignores grad_output (it returns the gradient of the plain sum)"
     flat = np.ravel(grad_output)
-    if flat.size > 1 and _close(got, plain * flat[0]):
+    head = flat[0] if first is None else first
+    if (flat.size > 1 or first is not None) and _close(got, plain * head):
         return (
             "every row is scaled by grad_output[0] instead of its own grad_output "
             "(Liger-Kernel #1298)"

@@ -16,7 +16,14 @@ import numpy as np
 from gradcheck_cli import checks, diagnose, fastmode
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
-from gradcheck_cli.core import Problem, SigmoidProblem, cast_problem, reduce_any
+from gradcheck_cli.core import (
+    Problem,
+    SigmoidProblem,
+    batch_scales,
+    cast_problem,
+    reduce_any,
+    rows_of,
+)
 from gradcheck_cli.core import build_problem as build_family_problem
 from gradcheck_cli.core.options import set_options, values_for
 from gradcheck_cli.core.sigmoid_ce import sigmoid
@@ -30,7 +37,7 @@ from gradcheck_cli.core.softmax_ce import (
     reduction_scales,
     weighted_targets,
 )
-from gradcheck_cli.errors import CannotCheck, XentcheckError
+from gradcheck_cli.errors import CannotCheck
 from gradcheck_cli.impl import Implementation
 from gradcheck_cli.methods import (
     DEFAULT_SETTINGS,
@@ -386,14 +393,16 @@ def _layer_gradients(
 
 
 def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> SpecResult:
-    """A spec too large for the element-wise check (see ``fastmode``)."""
+    """A spec too large for the element-wise check (see ``fastmode``); with ``--impl`` the
+    implementation runs once on the whole batch and its gradient is compared in the same
+    pass over the row chunks (:class:`_FastImpl`)."""
     overflow = dtype_overflow(problem.logits, dtype) if dtype != "float64" else None
     if overflow is not None:
         raise CannotCheck(f"cannot run in {dtype}: {overflow}")
-    if options.impl is not None:
-        raise XentcheckError("--impl is not supported in fast mode yet; run with --full")
     if spec.layer is not None:
         raise CannotCheck("a layer spec is not supported in fast mode; run with --full")
+    # the reference is computed at the logits the methods (and an implementation) receive
+    problem = cast_problem(problem, dtype) if problem.logits.dtype != np.dtype(dtype) else problem
     skipped = {}
     expect = spec.expect
     if expect is not None and (expect.probs is not None or expect.grad is not None):
@@ -403,8 +412,11 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
                     "skipped in fast mode: the arrays are not kept (--full checks it)"
                 )
         expect = dataclass_replace(expect, probs=None, grad=None)
-    requested = options.methods or spec.methods or fastmode.FAST_DEFAULT_METHODS
+    # Checking an implementation needs only the reference; xentcheck's own methods on request.
+    default = () if options.impl is not None else fastmode.FAST_DEFAULT_METHODS
+    requested = options.methods or spec.methods or default
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
+    prepared = None if options.impl is None else _FastImpl(spec, options, problem, dtype)
     outcome = fastmode.run_fast(
         problem,
         tuple(requested),
@@ -413,8 +425,14 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         lambda method, dt: resolve_tolerance(spec, method, options, dt),
         directions=options.directions,
         progress=options.progress,
+        impl=None if prepared is None else prepared.gradient,
     )
-    found = list(outcome.checks)
+    comparisons, found = list(outcome.comparisons), list(outcome.checks)
+    notes, not_computable = dict(outcome.notes), {**outcome.not_computable, **skipped}
+    if prepared is not None:
+        rows, extra = prepared.finish(outcome, notes, not_computable)
+        comparisons += rows
+        found += extra
     loss = outcome.loss
     finite = bool(np.all(np.isfinite(np.asarray(loss))))
     if not finite:
@@ -424,13 +442,167 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         found.extend(checks.expectations(expect, loss, np.zeros(0), None))
     return _result(
         spec,
-        outcome.comparisons,
+        comparisons,
         found,
         loss=loss,
         gradients={},
-        not_computable={**outcome.not_computable, **skipped},
-        method_notes=outcome.notes,
+        not_computable=not_computable,
+        method_notes=notes,
         reference=FLOAT64_REFERENCE,
+    )
+
+
+class _FastImpl:
+    """``--impl`` in fast mode: the call on the whole batch (before the chunk pass, which
+    compares the gradient), then the loss, the diagnosis of a failure on the rows around the
+    worst element, the framework-native checks and the streamed self-consistency check
+    (``impl_scale``)."""
+
+    def __init__(self, spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> None:
+        impl = options.impl
+        assert impl is not None
+        self.spec, self.options, self.impl, self.problem, self.dtype = (
+            spec,
+            options,
+            impl,
+            problem,
+            dtype,
+        )
+        n, k = problem.shape
+        self.rows_per = max(1, fastmode.ROW_CHUNK_ELEMENTS // k)
+        self.shape = _loss_shape(spec, n, k)
+        self.kwargs = impl_module.options_for(spec, dtype)
+        self.upstream = (
+            impl_module.upstream_gradient(self.shape) if impl.native is not None else None
+        )
+        self.factor = (
+            np.ones(()) if self.upstream is None else np.asarray(_per_row(self.upstream, spec))
+        )
+        given = (
+            self.kwargs if self.upstream is None else {**self.kwargs, "grad_output": self.upstream}
+        )
+        self.loss, self.grad = impl_module.checked_outputs(
+            impl, problem.logits, given, self.shape, widen=False
+        )
+        self.natural = impl_module.scales(problem, self.rows_per)
+        # |reference| <= the gradient scale times the largest upstream factor: the bound sets
+        # the floor of the half-precision model (the values themselves are not kept)
+        bound = np.asarray(self.natural.grad * float(np.max(np.abs(self.factor))))
+        self.gradient = fastmode.ImplGradient(
+            f"impl {impl.name}", self.grad, self.factor, self.tol("grad", bound)
+        )
+
+    def tol(self, check: str, values: np.ndarray | None = None) -> Tolerance:
+        default = impl_module.tolerance(check, self.dtype, self.natural, values)
+        scale = float(np.max(np.abs(self.factor))) if check == "grad" else 1.0
+        return Tolerance(
+            rtol=default.rtol if self.options.rtol is None else self.options.rtol,
+            atol=default.atol * scale if self.options.atol is None else self.options.atol,
+        )
+
+    def finish(
+        self, outcome: fastmode.FastOutcome, notes: dict[str, str], not_computable: dict[str, str]
+    ) -> tuple[list[Comparison], list[Check]]:
+        """The implementation's rows and checks once the chunk pass is done."""
+        impl, dtype = self.impl, self.dtype
+        ref_loss = np.asarray(outcome.loss, dtype=np.float64).reshape(self.shape)
+        name, ulps = f"impl {impl.name}", impl_module.VACUITY_ULPS
+        loss_row = compare(
+            name, self.loss, "reference loss", ref_loss, self.tol("loss", ref_loss), "loss",
+            dtype=dtype, ulps=ulps,
+        )  # fmt: skip
+        if not loss_row.passed:
+            why = diagnose.loss(self.loss, ref_loss, self.problem, dtype, variants=False)
+            loss_row = dataclass_replace(loss_row, diagnosis=why)
+        assert outcome.impl is not None
+        grad_row = outcome.impl
+        if not grad_row.passed and grad_row.worst_index:
+            grad_row = dataclass_replace(grad_row, diagnosis=self._diagnose(grad_row))
+        if self.upstream is not None:
+            notes["impl grad_output"] = _upstream_note(self.upstream)
+        notes["impl at scale"] = (
+            "called once on the whole batch; its gradient (kept in "
+            f"{self.grad.dtype}) compared with the float64 reference in chunks of "
+            f"{self.rows_per} rows"
+        )
+        out, found = [loss_row, grad_row], self._finite(ref_loss, outcome.impl_nonfinite)
+        finite = bool(np.all(np.isfinite(self.loss))) and outcome.impl_nonfinite is None
+        if finite:  # (a nan or inf loss has no derivative to check)
+            from gradcheck_cli import impl_scale
+
+            check, how = impl_scale.self_consistency(
+                impl, self.problem, self.kwargs, self.grad, self.factor, self.natural,
+                self.tol("self"), dtype, max(1, self.options.directions), self.rows_per,
+            )  # fmt: skip
+            notes["impl self-consistency"] = how
+            if check.inconclusive is None:
+                out.append(check)
+                if check.passed and not loss_row.passed and not grad_row.passed:
+                    out = [_self_consistent(row) for row in out]
+            else:
+                not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
+        if impl.native is not None:  # last, and without the first call's gradient in memory
+            from gradcheck_cli.torch_native import fingerprint
+
+            assert self.upstream is not None
+            first = fingerprint(self.loss, self.grad)
+            del self.grad, self.gradient
+            found += impl_module.native_checks(
+                impl, self.problem.logits, self.kwargs, self.upstream, self.options.native, first
+            )
+        return out, found
+
+    def _finite(self, ref_loss: np.ndarray, grad: fastmode.NonFinite | None) -> list[Check]:
+        """Failed ``impl_finite`` checks for a nan or inf where the reference is finite."""
+        out = impl_module.finiteness(self.impl, self.loss, np.zeros(0), ref_loss, np.zeros(0))
+        if grad is not None:
+            out.append(
+                Check(
+                    "impl_finite",
+                    False,
+                    f"implementation {self.impl.name} returned {grad.value} in the gradient at "
+                    f"{list(grad.index)} where the reference is finite "
+                    f"({grad.reference_value:.10g}); {grad.count} such element(s)",
+                )
+            )
+        return out
+
+    def _diagnose(self, row: Comparison) -> str | None:
+        """A diagnosis from the rows of the worst element's chunk (the whole batch's gradient
+        is not kept in float64)."""
+        start = (row.worst_index[0] // self.rows_per) * self.rows_per
+        rows = slice(start, min(self.problem.shape[0], start + self.rows_per))
+        window = rows_of(self.problem, rows, batch_scales(self.problem), "float64")
+        plain = METHODS["analytic"](window, DEFAULT_SETTINGS).grad
+        factor = self.factor if self.factor.ndim == 0 else self.factor[rows]
+        reference = plain * factor
+        got = self.grad[rows].astype(np.float64)
+        why = None
+        if self.upstream is not None:
+            up = self.upstream if self.upstream.ndim == 0 else self.upstream[rows]
+            why = diagnose.upstream(got, plain, up, first=float(np.ravel(self.upstream)[0]))
+        failed = _failed_mask(got, reference, Tolerance(row.rtol, row.atol))
+        why = why or diagnose.gradient(
+            got, reference, failed, window, self.dtype, self.spec.classes, whole=self.problem
+        )
+        if why is None:
+            return None
+        return f"{why} (from rows {rows.start}-{rows.stop - 1}, around the worst element)"
+
+
+def _loss_shape(spec: Spec, n: int, k: int) -> tuple[int, ...]:
+    """The shape of the loss an implementation returns: () reduced, (N,) per sample, (N, K)
+    per element (sigmoid with ``none``)."""
+    if spec.reduction != "none":
+        return ()
+    return (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
+
+
+def _upstream_note(upstream: np.ndarray) -> str:
+    return (
+        "back-propagated through the implementation's autograd with a seeded grad_output "
+        + (f"of {float(upstream):.6g}" if upstream.ndim == 0 else "uniform in [0.5, 2] per sample")
+        + "; the reference gradient is scaled the same way"
     )
 
 
@@ -452,9 +624,7 @@ def _impl_part(
     error result for this spec) when the implementation cannot be called."""
     problem, under_test = problems
     n, k = under_test.shape
-    shape: tuple[int, ...] = () if spec.reduction != "none" else (n,)
-    if spec.reduction == "none" and spec.loss == "sigmoid_cross_entropy":
-        shape = (n, k)
+    shape = _loss_shape(spec, n, k)
     ref_loss = np.asarray(loss, dtype=np.float64).reshape(shape)
     kwargs = impl_module.options_for(spec, dtype)
     # A framework-native loss is back-propagated with a seeded grad_output (the reference
@@ -467,12 +637,7 @@ def _impl_part(
     natural = impl_module.scales(under_test)
     plain, reference = reference, reference * factor
     if upstream is not None:
-        run.notes["impl grad_output"] = (
-            "back-propagated through the implementation's autograd with a seeded grad_output "
-            + (f"of {float(upstream):.6g}" if upstream.ndim == 0 else "uniform in [0.5, 2] per "
-               "sample")
-            + "; the reference gradient is scaled the same way"
-        )  # fmt: skip
+        run.notes["impl grad_output"] = _upstream_note(upstream)
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
         default = impl_module.tolerance(check, dtype, natural, values)
@@ -505,7 +670,7 @@ def _impl_part(
     if impl.native is not None:
         assert upstream is not None
         finite += impl_module.native_checks(
-            impl, under_test.logits, kwargs, upstream, options.native
+            impl, under_test.logits, kwargs, upstream, options.native, (got_loss, got_grad)
         )
     if np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad)):
         check, how = impl_module.self_consistency(
@@ -562,9 +727,7 @@ def _expectations(
         original = build_problem(spec)
         forward = _forward(spec, original)
         reference = METHODS[REFERENCE_METHOD](original, DEFAULT_SETTINGS).grad
-    return checks.expectations(
-        spec.expect, forward.loss, shaped(forward.probs), shaped(reference)
-    )
+    return checks.expectations(spec.expect, forward.loss, shaped(forward.probs), shaped(reference))
 
 
 def _drop_unresolvable(

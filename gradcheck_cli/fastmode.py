@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -94,7 +94,9 @@ class ChunkStats:
     failed: int
 
 
-def chunk_stats(got: FloatArray, ref: FloatArray, tol: Tolerance, offset: int) -> ChunkStats:
+def chunk_stats(
+    got: NDArray[np.floating], ref: FloatArray, tol: Tolerance, offset: int
+) -> ChunkStats:
     """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``.
 
     Written for speed (about ten passes, in place, ``got`` may be float32): a chunk of 4 million
@@ -183,6 +185,29 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class ImplGradient:
+    """An implementation's gradient for fast mode to compare with the float64 reference, chunk
+    by chunk (``--impl`` at LLM scale)."""
+
+    name: str
+    grad: NDArray[np.floating]
+    """(N, K), in whatever float dtype the implementation returned (never widened whole)."""
+    factor: FloatArray
+    """The upstream gradient the reference is scaled by: a scalar array, or (N, 1) per row."""
+    tolerance: Tolerance
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Elements where the implementation's gradient is nan or inf and the reference is not."""
+
+    count: int
+    index: tuple[int, ...]
+    value: float
+    reference_value: float
+
+
+@dataclass(frozen=True)
 class FastOutcome:
     """What the fast path measured."""
 
@@ -191,6 +216,9 @@ class FastOutcome:
     checks: list[Check]
     notes: dict[str, str]
     not_computable: dict[str, str]
+    impl: Comparison | None = None
+    """The implementation's gradient against the reference (with ``ImplGradient``)."""
+    impl_nonfinite: NonFinite | None = None
 
 
 #: The reference of fast mode's element-wise comparisons: the closed form in float64.
@@ -205,13 +233,16 @@ def run_fast(
     tolerance: Callable[[str, str], Tolerance],
     directions: int = DEFAULT_DIRECTIONS,
     progress: ProgressCallback | None = None,
+    impl: ImplGradient | None = None,
 ) -> FastOutcome:
     """Check ``problem`` (logits in their own dtype) chunk by chunk, on all cores.
 
     ``tolerance(method, dtype)`` gives each comparison's tolerance; ``methods`` are the
-    requested methods (``exact`` is declined: the problem is too large for it).
+    requested methods (``exact`` is declined: the problem is too large for it). With ``impl``,
+    the implementation's gradient is compared with the reference (times its upstream factor)
+    in the same pass over the chunks.
     """
-    run = _FastRun(problem, methods, dtype, settings, tolerance, directions, progress)
+    run = _FastRun(problem, methods, dtype, settings, tolerance, directions, progress, impl)
     parallel_blocks(run.chunk, run.starts, work=problem.shape[0] * problem.shape[1] * 64)
     return run.outcome()
 
@@ -229,6 +260,8 @@ class _Chunk:
     deviation: float | None
     rows_ok: bool
     dead_rows: int
+    impl: ChunkStats | None = None
+    nonfinite: NonFinite | None = None
 
 
 class _FastRun:
@@ -244,8 +277,16 @@ class _FastRun:
         tolerance: Callable[[str, str], Tolerance],
         directions: int,
         progress: ProgressCallback | None,
+        impl: ImplGradient | None = None,
     ) -> None:
         n, k = problem.shape
+        self.impl = impl
+        self.impl_stream = (
+            None
+            if impl is None
+            else Stream(impl.name, "reference", impl.tolerance, "logits", dtype)
+        )
+        self.nonfinite: NonFinite | None = None
         self.problem, self.dtype, self.settings = problem, dtype, settings
         self.tolerance, self.directions, self.progress = tolerance, directions, progress
         self.rows_per = max(1, ROW_CHUNK_ELEMENTS // k)
@@ -296,7 +337,8 @@ class _FastRun:
     def _compute(self, start: int) -> _Chunk:
         rows = slice(start, min(self.problem.shape[0], start + self.rows_per))
         wide = rows_of(self.problem, rows, self.scales, "float64")
-        low = rows_of(self.problem, rows, self.scales, self.dtype)
+        own_methods = self.elementwise or self.directional
+        low = rows_of(self.problem, rows, self.scales, self.dtype) if own_methods else wide
         ref = METHODS["analytic"](wide, self.settings).grad
         grads: dict[str, FloatArray] = {}
         failures: dict[str, str] = {}
@@ -306,7 +348,8 @@ class _FastRun:
             except NotComputable as exc:
                 failures[m] = exc.reason
         stats = {m: chunk_stats(g, ref, self.streams[m].tolerance, start) for m, g in grads.items()}
-        live = np.isfinite(contributions(low))  # a row with an infinite loss has no derivative
+        shares = contributions(wide)
+        live = np.isfinite(shares)  # a row with an infinite loss has no derivative
         directional = {
             m: _directional(m, low, ref, start, self.directions, self.settings, live)
             for m in self.directional
@@ -316,10 +359,38 @@ class _FastRun:
             for m, (measured, predicted) in directional.items()
         }
         deviation, rows_ok = _row_checks(wide, ref)
-        shares = contributions(wide)
         dead = int(np.count_nonzero(~live))
+        impl_stats, nonfinite = self._impl_chunk(rows, ref) if self.impl else (None, None)
         return _Chunk(
-            start, shares, stats, failures, directional, dir_stats, deviation, rows_ok, dead
+            start,
+            shares,
+            stats,
+            failures,
+            directional,
+            dir_stats,
+            deviation,
+            rows_ok,
+            dead,
+            impl_stats,
+            nonfinite,
+        )
+
+    def _impl_chunk(self, rows: slice, ref: FloatArray) -> tuple[ChunkStats, NonFinite | None]:
+        """The implementation's rows against the reference's (scaled by the upstream factor),
+        and its first nan or inf where the reference is finite."""
+        impl = self.impl
+        assert impl is not None
+        factor = impl.factor if impl.factor.ndim == 0 else impl.factor[rows]
+        expected = ref * factor
+        got = impl.grad[rows]
+        stats = chunk_stats(got, expected, impl.tolerance, rows.start)
+        bad = ~np.isfinite(got) & np.isfinite(expected)
+        if not np.any(bad):
+            return stats, None
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = (idx[0] + rows.start, *idx[1:])
+        return stats, NonFinite(
+            int(np.count_nonzero(bad)), where, float(got[idx]), float(expected[idx])
         )
 
     def _merge(self, c: _Chunk) -> None:
@@ -336,6 +407,16 @@ class _FastRun:
             self.prob_dev = max(self.prob_dev, c.deviation)
             self.rows_ok = self.rows_ok and c.rows_ok
         self.dead_rows += c.dead_rows
+        if c.impl is not None and self.impl_stream is not None:
+            self.impl_stream.merge(c.impl)
+        if c.nonfinite is not None:
+            old = self.nonfinite
+            if old is None or c.nonfinite.index < old.index:
+                self.nonfinite = replace(
+                    c.nonfinite, count=c.nonfinite.count + (old.count if old else 0)
+                )
+            else:
+                self.nonfinite = replace(old, count=old.count + c.nonfinite.count)
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, len(self.starts))
@@ -366,7 +447,13 @@ class _FastRun:
             whole.add(self.batch_measured[m][None, :], self.batch_predicted[m][None, :], 0)
             comparisons.append(whole.comparison())
         return FastOutcome(
-            self._loss(), comparisons, self._checks(), self._notes(), self.not_computable
+            self._loss(),
+            comparisons,
+            self._checks(),
+            self._notes(),
+            self.not_computable,
+            None if self.impl_stream is None else self.impl_stream.comparison(),
+            self.nonfinite,
         )
 
     def _loss(self) -> float | FloatArray:
@@ -407,13 +494,18 @@ class _FastRun:
         n, k = self.problem.shape
         # Central is the default and goes unnamed (the notes of such runs read as they always did).
         scheme = "finite" if self.settings.fd_scheme == "central" else self.settings.fd_scheme
+        along = (
+            f"{scheme} differences and complex step along {self.directions} seeded random "
+            "directions per row and for the whole batch"
+            if self.directional
+            else "no directional checks of xentcheck's own methods (ask for them with -m)"
+        )
         return {
             **self.extra_notes,
             "mode": (
                 f"fast mode: N K^2 = {n * k * k:.3g} element operations for a full element-wise "
-                f"check; rows in chunks of {self.rows_per}, {scheme} differences and complex step "
-                f"along {self.directions} seeded random directions per row and for the whole "
-                "batch; gradients are not kept in the report"
+                f"check; rows in chunks of {self.rows_per}, {along}; gradients are not kept in "
+                "the report"
             ),
         }
 

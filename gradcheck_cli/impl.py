@@ -43,10 +43,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Comparison, Tolerance, compare, ulp
-from gradcheck_cli.core import CrossEntropyProblem, Problem, SigmoidProblem
+from gradcheck_cli.core import (
+    BatchScales,
+    CrossEntropyProblem,
+    Problem,
+    SigmoidProblem,
+    batch_scales,
+    rows_of,
+)
 from gradcheck_cli.core.options import set_options
-from gradcheck_cli.core.sigmoid_ce import batch_scale
-from gradcheck_cli.core.softmax_ce import capped, float64_scales, weighted_targets
+from gradcheck_cli.core.sigmoid_ce import reduction_scale
+from gradcheck_cli.core.softmax_ce import (
+    capped,
+    float64_scales,
+    label_columns,
+    label_weights,
+    weighted_targets,
+)
 from gradcheck_cli.errors import XentcheckError
 from gradcheck_cli.methods.complex_step import COMPLEX_STEP
 from gradcheck_cli.methods.differences import (
@@ -260,7 +273,9 @@ def call(impl: Implementation, logits: np.ndarray, options: dict[str, Any]) -> t
     """Call the implementation; any exception becomes an :class:`ImplError` naming it."""
     options = accepted_options(impl, options)
     try:
-        out = impl.function(logits.copy(), **options)
+        # a framework adapter copies into its own tensors; a NumPy function gets a copy
+        given = logits if impl.native is not None else logits.copy()
+        out = impl.function(given, **options)
     except Exception as exc:
         error = ImplError(
             f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
@@ -313,6 +328,7 @@ def native_checks(
     options: dict[str, Any],
     upstream: np.ndarray,
     checks: NativeChecks | None = None,
+    previous: tuple[np.ndarray, np.ndarray] | bytes | None = None,
 ) -> list[Check]:
     """A framework-native loss's side effects and determinism, as checks: its inputs are
     unchanged after the call, its gradient does not share the logits' storage (unless
@@ -322,7 +338,7 @@ def native_checks(
     checks = checks or NativeChecks()
     given = accepted_options(impl, {k: v for k, v in options.items() if k != "grad_output"})
     try:
-        found, spread = impl.native.side_effects(logits, upstream, given)
+        found, spread = impl.native.side_effects(logits, upstream, given, previous)
         view_spread = impl.native.views(logits, upstream, given) if checks.views else None
     except Exception as exc:
         raise ImplError(
@@ -367,14 +383,15 @@ def checked_outputs(
     logits: np.ndarray,
     options: dict[str, Any],
     loss_shape: tuple[int, ...],
-    finite_loss: bool = True,
+    widen: bool = True,
 ) -> tuple[FloatArray, FloatArray]:
     """Call and validate: the loss has ``loss_shape`` (``()`` for a reduced loss), the gradient
-    has the logits' shape, and both are real numbers. Non-finite values are *results*, not
-    errors: :func:`finiteness` turns them into failed checks."""
+    has the logits' shape, and both are real numbers, as float64 (``widen=False``: a floating
+    gradient keeps its dtype, so fast mode holds no (N, K) float64 copy). Non-finite values are
+    *results*, not errors: :func:`finiteness` turns them into failed checks."""
     loss, grad = call(impl, logits, options)
     loss_arr = _as_array(impl, "loss", loss)
-    grad_arr = _as_array(impl, "gradient", grad)
+    grad_arr = _as_array(impl, "gradient", grad, widen)
     if loss_arr.shape != loss_shape:
         raise ImplError(
             f"implementation {impl.name} returned a loss of shape {loss_arr.shape}; expected "
@@ -385,7 +402,6 @@ def checked_outputs(
             f"implementation {impl.name} returned a gradient of shape {grad_arr.shape}; "
             f"expected {logits.shape} like the logits"
         )
-    del finite_loss  # kept for callers; see finiteness()
     return loss_arr, grad_arr
 
 
@@ -418,7 +434,7 @@ def finiteness(
     return out
 
 
-def _as_array(impl: Implementation, what: str, value: Any) -> FloatArray:
+def _as_array(impl: Implementation, what: str, value: Any, widen: bool = True) -> FloatArray:
     if hasattr(value, "detach"):  # a torch tensor slipped through
         value = value.detach().cpu().numpy()
     try:
@@ -433,6 +449,8 @@ def _as_array(impl: Implementation, what: str, value: Any) -> FloatArray:
             f"implementation {impl.name} returned a {what} of type {type(value).__name__} "
             f"(dtype {arr.dtype}); expected real numbers"
         )
+    if not widen and arr.dtype.kind == "f":
+        return arr
     out: FloatArray = arr.astype(np.float64)
     return out
 
@@ -469,45 +487,132 @@ class Scales:
 RAW_ROUNDINGS = 4.0
 
 
-def scales(problem: Problem) -> Scales:
-    """The :class:`Scales` of a problem (its logits in the check's dtype)."""
-    grad = max(derivative_scale(problem), float(np.finfo(np.float64).tiny))
+def scales(problem: Problem, rows_per: int | None = None) -> Scales:
+    """The :class:`Scales` of a problem (its logits in the check's dtype).
+
+    With ``rows_per`` the rows are taken that many at a time (fast mode: no (N, K) float64
+    array is built); every scale is a sum or a maximum over rows, so the chunks combine exactly.
+    """
+    n = problem.shape[0]
+    if rows_per is None or n <= rows_per:
+        return _finish(_scale_parts(problem), problem)
+    whole = batch_scales(problem)
+    dtype = str(problem.logits.dtype)
+    parts = [
+        _scale_parts(_chunk(problem, slice(s, s + rows_per), whole, dtype))
+        for s in range(0, n, rows_per)
+    ]
+    summed = problem.reduction != "none"
+    grad = max(p[0] for p in parts)
+    loss = sum(p[1] for p in parts) if summed else max(p[1] for p in parts)
+    forward = sum(p[2] for p in parts)
+    curvature = max(p[3] for p in parts)
+    subtraction = sum(p[4] for p in parts) if summed else max(p[4] for p in parts)
+    return _finish((grad, loss, forward, curvature, subtraction), problem)
+
+
+def _chunk(problem: Problem, rows: slice, whole: BatchScales, dtype: str) -> Problem:
+    """Rows of ``problem`` carrying the batch's reduction scales in float64 (``rows_of``
+    rounds them to the logits' dtype, which the scales need not)."""
+    part = rows_of(problem, rows, whole, dtype)
+    if isinstance(part, CrossEntropyProblem) and isinstance(whole, tuple):
+        part = replace(part, row_scales=(whole[0][rows], whole[1][rows]))
+    return part
+
+
+def _finish(parts: tuple[float, float, float, float, float], problem: Problem) -> Scales:
+    grad, loss, forward, curvature, subtraction = parts
+    grad = max(grad, float(np.finfo(np.float64).tiny))
+    if isinstance(problem, SigmoidProblem):
+        return Scales(grad, max(loss, grad), forward, max(curvature, grad))
+    return Scales(grad, max(loss, grad), forward, max(curvature, grad), subtraction)
+
+
+def _scale_parts(problem: Problem) -> tuple[float, float, float, float, float]:
+    """(grad, loss, forward, curvature, subtraction) of :class:`Scales` before the floors,
+    for a whole problem or a chunk of rows carrying the batch's reduction scales."""
+    if isinstance(problem, CrossEntropyProblem) and problem.one_hot and problem.softcap is None:
+        return _one_hot_parts(problem)
+    return _general_parts(problem)
+
+
+def _general_parts(problem: Problem) -> tuple[float, float, float, float, float]:
+    """:func:`_scale_parts` from the weighted targets ``q`` (N, K): any problem."""
+    grad = derivative_scale(problem)
     z = problem.logits.astype(np.float64)
     n, k = problem.shape
     finite = np.isfinite(z)
     log_k = float(np.log(k))
+    combine = np.max if problem.reduction == "none" else np.sum
     if isinstance(problem, SigmoidProblem):
         w = np.ones((n, k)) if problem.weight is None else problem.weight.astype(np.float64)
         r = 1.0 if problem.pos_weight is None else problem.pos_weight.astype(np.float64)
         y = problem.targets.astype(np.float64)
-        scale = batch_scale(problem)
-        terms = w * np.maximum(r * y, 1.0 - y) * (1.0 + np.abs(z)) * scale
-        loss = float(np.max(terms)) if problem.reduction == "none" else float(np.sum(terms))
-        return Scales(grad, max(loss, grad), float(np.sum(terms)), grad)
+        terms = w * np.maximum(r * y, 1.0 - y) * (1.0 + np.abs(z)) * reduction_scale(problem)
+        return grad, float(combine(terms)), float(np.sum(terms)), grad, 0.0
     zc = np.where(finite, capped(problem, np.where(finite, z, 0.0)), -np.inf)
     m = np.max(zc, axis=-1)
-    alpha, beta = float64_scales(problem)
+    carried = problem.row_scales  # a chunk's share of the batch's scales, else the batch's own
+    alpha, beta = (
+        float64_scales(problem)
+        if carried is None
+        else (carried[0].astype(np.float64), carried[1].astype(np.float64))
+    )
     q = weighted_targets(problem).astype(np.float64)
     weight = alpha * np.sum(q, axis=-1)
     gap = np.where((q > 0) & finite, m[:, None] - zc, 0.0)
     shifted = 1.0 + log_k + np.max(gap, axis=-1)
-    raw = 1.0 + log_k + np.max(np.where(finite, np.abs(zc), 0.0), axis=-1)
+    top_z = np.max(np.where(finite, np.abs(zc), 0.0), axis=-1)
+    raw = 1.0 + log_k + top_z
     zl = np.zeros_like(beta)
     if problem.z_loss:
         with np.errstate(over="ignore"):  # logits near 1e300: the scale is inf, not a warning
             zl = beta * problem.z_loss * (np.abs(m) + log_k + 1.0) ** 2
-    rows = weight * shifted + zl
-    top = weight * np.max(np.where(finite, np.abs(zc), 0.0), axis=-1)
-    combine = np.max if problem.reduction == "none" else np.sum
     curvature = grad
     if problem.softcap is not None:  # derivatives of c tanh(z / c) grow like c^(1 - order)
         curvature *= 1.0 + 20.0 / min(1.0, problem.softcap) ** 4
-    return Scales(
+    return (
         grad,
-        max(float(combine(rows)), grad),
+        float(combine(weight * shifted + zl)),
         float(np.sum(weight * raw + zl)),
         curvature,
-        float(combine(top)),
+        float(combine(weight * top_z)),
+    )
+
+
+def _one_hot_parts(problem: CrossEntropyProblem) -> tuple[float, float, float, float, float]:
+    """:func:`_scale_parts` for index labels without smoothing or softcap, from per-row
+    maxima and the label column alone: the same numbers with no (N, K) float64 temporary
+    (the one target class per row makes the sums over ``q`` a gather)."""
+    z = problem.logits
+    n, k = problem.shape
+    log_k = float(np.log(k))
+    carried = problem.row_scales
+    alpha, beta = (
+        float64_scales(problem)
+        if carried is None
+        else (carried[0].astype(np.float64), carried[1].astype(np.float64))
+    )
+    weight = alpha * label_weights(problem).astype(np.float64)
+    m = np.max(z, axis=-1).astype(np.float64)  # every row has a finite entry
+    top_z = np.max(np.abs(z), axis=-1, where=np.isfinite(z), initial=0.0).astype(np.float64)
+    assert problem.labels is not None
+    z_y = z[np.arange(n), label_columns(problem)].astype(np.float64)
+    gap = np.where(np.isfinite(z_y) & (weight > 0), m - z_y, 0.0)
+    zl = np.zeros_like(beta)
+    grad = float(np.max(weight, initial=0.0))
+    if problem.z_loss:
+        with np.errstate(over="ignore"):
+            zl = beta * problem.z_loss * (np.abs(m) + log_k + 1.0) ** 2
+        top = float(np.max(top_z, initial=0.0))
+        grad += float(np.max(beta, initial=0.0)) * problem.z_loss * 4.0 * (1.0 + top)
+    combine = np.max if problem.reduction == "none" else np.sum
+    return (
+        grad,
+        float(combine(weight * (1.0 + log_k + gap) + zl)),
+        float(np.sum(weight * (1.0 + log_k + top_z) + zl)),
+        grad,
+        float(combine(weight * top_z)),
     )
 
 
@@ -585,7 +690,6 @@ def self_consistency(
 #: A passing element whose allowance admits zero still proves something when the value is
 #: within this many ulps of the reference (see ``compare.vacuity``).
 VACUITY_ULPS = 4.0
-
 
 
 def _directions(problem: Problem, finite: np.ndarray) -> FloatArray:

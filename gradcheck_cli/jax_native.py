@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.torch_native import Previous, call_spread
 
 
 def _jax() -> Any:
@@ -57,15 +58,29 @@ class JaxNative:
             (grad,) = pullback(upstream)
             return np.asarray(loss), np.asarray(grad)
 
-    def side_effects(
-        self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
-    ) -> tuple[list[str], float]:
-        """No side effects are possible (immutable arrays); the spread of two identical calls."""
-        from gradcheck_cli.torch_native import _spread
+    def forward(self, logits: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+        """The loss alone (no pull-back)."""
+        jax = _jax()
+        import jax.numpy as jnp
 
+        with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
+            given = {
+                k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+            }
+            return np.asarray(self.function(jnp.asarray(logits), **given))
+
+    def side_effects(
+        self,
+        logits: np.ndarray,
+        grad_output: np.ndarray | None,
+        options: dict[str, Any],
+        previous: Previous = None,
+    ) -> tuple[list[str], float]:
+        """No side effects are possible (immutable arrays); the spread of two identical calls
+        (this one and ``previous``: ``torch_native.call_spread``)."""
         loss1, grad1 = self(logits, grad_output=grad_output, **options)
-        loss2, grad2 = self(logits, grad_output=grad_output, **options)
-        return [], max(_spread(loss1, loss2), _spread(grad1, grad2))
+        again = lambda: self(logits, grad_output=grad_output, **options)  # noqa: E731
+        return [], call_spread(loss1, grad1, previous, again)
 
     def views(
         self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]

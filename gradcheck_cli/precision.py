@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from gradcheck_cli.compare import SCHEME_TOLERANCES, Tolerance, default_tolerance
 from gradcheck_cli.core import Problem, SigmoidProblem, contributions
-from gradcheck_cli.core.sigmoid_ce import batch_scale
+from gradcheck_cli.core.sigmoid_ce import reduction_scale
 from gradcheck_cli.core.softmax_ce import reduction_scales, weighted_targets
 from gradcheck_cli.methods._base import Scheme
 from gradcheck_cli.methods.differences import step_factor
@@ -62,7 +62,9 @@ _D2, _D3, _D5 = 0.25, 0.0962, 0.125
 
 def dtype_overflow(logits: FloatArray, dtype: str) -> str | None:
     """Why ``logits`` cannot be rounded to ``dtype`` (a finite logit would become infinite), or
-    None when they can."""
+    None when they can (at once when they are already in ``dtype`` or a narrower one)."""
+    if np.can_cast(logits.dtype, np.dtype(dtype), casting="safe"):
+        return None
     finite = np.isfinite(logits)
     with np.errstate(over="ignore"):
         rounded = logits.astype(dtype)
@@ -127,7 +129,7 @@ def derivative_scale(problem: Problem) -> float:
     if isinstance(problem, SigmoidProblem):
         w = 1.0 if problem.weight is None else float(np.max(problem.weight))
         r = 1.0 if problem.pos_weight is None else max(1.0, float(np.max(problem.pos_weight)))
-        return w * r * batch_scale(problem)
+        return w * r * reduction_scale(problem)
     alpha, beta = reduction_scales(problem)
     q = weighted_targets(problem).astype(np.float64)
     mass = float(np.max(alpha.astype(np.float64) * np.sum(q, axis=-1)))

@@ -191,7 +191,7 @@ def test_user_file_imports_its_neighbours_and_errors_point_at_user_code() -> Non
         run_spec(spec(), RunOptions(impl=load(f"{kernel}:broken"), methods=("analytic",)))
     message = str(info.value)
     assert "raised ValueError: bad tile size 7" in message
-    assert f"(at {kernel}:17 in _inner: `raise ValueError(\"bad tile size 7\")`)" in message
+    assert f'(at {kernel}:17 in _inner: `raise ValueError("bad tile size 7")`)' in message
 
 
 def test_impl_gradient_is_reported() -> None:

@@ -88,7 +88,7 @@ def cast(problem: SigmoidProblem, dtype: str) -> SigmoidProblem:
     """The same problem with every array (logits, targets, weights) rounded to ``dtype``."""
     return replace(
         problem,
-        logits=problem.logits.astype(dtype),
+        logits=problem.logits.astype(dtype, copy=False),
         targets=problem.targets.astype(dtype),
         weight=_cast(problem.weight, dtype),
         pos_weight=_cast(problem.pos_weight, dtype),

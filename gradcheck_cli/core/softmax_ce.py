@@ -154,7 +154,7 @@ def cast(problem: CrossEntropyProblem, dtype: str) -> CrossEntropyProblem:
     to ``dtype``; labels stay int64."""
     return replace(
         problem,
-        logits=problem.logits.astype(dtype),
+        logits=problem.logits.astype(dtype, copy=False),
         targets=_cast(problem.targets, dtype),
         weight=_cast(problem.weight, dtype),
     )

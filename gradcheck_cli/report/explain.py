@@ -252,6 +252,7 @@ def _graph_section(w: Walkthrough) -> list[str]:
     lines += ["```", ""]
     return lines
 
+
 def render_terminal(w: Walkthrough) -> RenderableType:
     """The walkthrough for a terminal: the Markdown rendered by Rich, its LaTeX formulas
     written as Unicode text (a terminal shows ``$$\\frac{...}$$`` raw)."""
@@ -286,9 +287,7 @@ def unicode_math(latex: str) -> str:
         out = re.sub(re.escape(command) + r"(?![A-Za-z])", symbol, out)
     out = out.replace("∂ ", "∂")
     while True:
-        new = re.sub(
-            r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: f"{part(m[1])}/{part(m[2])}", out
-        )
+        new = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: f"{part(m[1])}/{part(m[2])}", out)
         new = re.sub(r"_\{([^{}]*)\}", r"_\1", new)
         new = re.sub(r"\^\{([^{}]*)\}", r"^(\1)", new)
         if new == out:

@@ -48,6 +48,8 @@ class _CrossEntropy(torch.autograd.Function):
             grad = grad * grad_output
         if ctx.mode == "nondeterministic":
             grad = grad + 1e-9 * torch.rand_like(grad)
+        if ctx.mode == "backward_scaled":  # the backward disagrees with its own forward
+            grad = grad * 1.01
         return grad, None, None, None
 
 
@@ -64,6 +66,7 @@ ignore_grad_output = _make("ignore_grad_output")
 inplace = _make("inplace")
 offset_labels = _make("offset_labels")
 nondeterministic = _make("nondeterministic")
+backward_scaled = _make("backward_scaled")
 
 
 def f_cross_entropy(
@@ -85,9 +88,7 @@ def _contiguous_only(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return base
 
 
-def ignores_offsets(
-    logits: torch.Tensor, *, labels: torch.Tensor, reduction: str
-) -> torch.Tensor:
+def ignores_offsets(logits: torch.Tensor, *, labels: torch.Tensor, reduction: str) -> torch.Tensor:
     """Bug: ignores the labels' storage offset (flash-attn bedf8774's offset-label bug)."""
     return torch.nn.functional.cross_entropy(
         logits, _contiguous_only(logits, labels), reduction=reduction

@@ -247,6 +247,21 @@ def run(
             min=0.0,
         ),
     ] = 0.0,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Also check torch.compile(function) of a torch implementation, against the "
+            "reference on its own.",
+        ),
+    ] = False,
+    compile_backend: Annotated[
+        str,
+        typer.Option(
+            help="The torch.compile backend of --compile (aot_eager: the compiled graph "
+            "without code generation)."
+        ),
+    ] = "inductor",
     views: Annotated[
         bool,
         typer.Option(
@@ -293,6 +308,7 @@ def run(
             atol=atol,
             dtype=dtype.value if dtype else None,
             impl=_load_impl(impl, device),
+            compiled=_load_impl(impl, device, compile_backend) if compile else None,
             fast=fast,
             full=full,
             directions=directions,
@@ -322,15 +338,18 @@ def _announce(spec_name: str, operations: float) -> None:
     _warn_cost(operations, f"the element-wise check of {spec_name}", force=True)
 
 
-def _load_impl(target: str | None, device: str = "cpu") -> Any:
-    """The ``--impl`` implementation, or None; ImplError (a XentcheckError) if it won't load."""
+def _load_impl(target: str | None, device: str = "cpu", compile_backend: str | None = None) -> Any:
+    """The ``--impl`` implementation (under torch.compile with ``compile_backend``), or None;
+    ImplError (a XentcheckError) if it won't load."""
     if target is None:
         if device != "cpu":
             raise UsageError("--device applies to --impl torch:... only")
+        if compile_backend is not None:
+            raise UsageError("--compile needs --impl torch or --impl torch:module:function")
         return None
     from gradcheck_cli.impl import load
 
-    return load(target, device)
+    return load(target, device, compile_backend)
 
 
 def _run_report(

@@ -76,6 +76,9 @@ class RunOptions:
     """Random directions of fast mode's directional checks."""
     progress: fastmode.ProgressCallback | None = None
     """Called with (chunks done, chunks) while a fast-mode spec runs."""
+    compiled: Implementation | None = None
+    """The ``torch.compile`` twin of ``impl`` (``--compile``), checked the same way and on its
+    own against the reference, not against the eager function."""
     native: impl_module.NativeChecks | None = None
     """Choices for framework-native implementations (``--allow-inplace``,
     ``--nondeterministic-tol``, ``--views``; None: the defaults)."""
@@ -155,11 +158,16 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
                 spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
             )
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
-    if options.impl is not None:
-        impl_rows, impl_checks = _impl_part(
-            spec, options, options.impl, (problem, under_test), dtype, forward.loss, reference,
-            run,
-        )  # fmt: skip
+    for impl, tag in _implementations(options):
+        try:
+            impl_rows, impl_checks = _impl_part(
+                spec, options, impl, (problem, under_test), dtype, forward.loss, reference, run,
+                tag,
+            )  # fmt: skip
+        except impl_module.ImplError as exc:
+            if tag == "impl":
+                raise
+            impl_rows, impl_checks = [], _compile_failure(exc, run.not_computable)
         comparisons += impl_rows
         found += impl_checks
     if dtype != "float64":
@@ -416,7 +424,9 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     default = () if options.impl is not None else fastmode.FAST_DEFAULT_METHODS
     requested = options.methods or spec.methods or default
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
-    prepared = None if options.impl is None else _FastImpl(spec, options, problem, dtype)
+    prepared = (
+        None if options.impl is None else _FastImpl(spec, options, problem, dtype, options.impl)
+    )
     outcome = fastmode.run_fast(
         problem,
         tuple(requested),
@@ -431,6 +441,22 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     notes, not_computable = dict(outcome.notes), {**outcome.not_computable, **skipped}
     if prepared is not None:
         rows, extra = prepared.finish(outcome, notes, not_computable)
+        comparisons += rows
+        found += extra
+    if options.compiled is not None:  # its own pass: the reference again, the twin's gradient
+        try:
+            twin = _FastImpl(spec, options, problem, dtype, options.compiled, "impl compiled")
+            again = fastmode.run_fast(
+                problem,
+                (),
+                dtype,
+                settings,
+                lambda method, dt: resolve_tolerance(spec, method, options, dt),
+                impl=twin.gradient,
+            )
+            rows, extra = twin.finish(again, notes, not_computable)
+        except impl_module.ImplError as exc:
+            rows, extra = [], _compile_failure(exc, not_computable)
         comparisons += rows
         found += extra
     loss = outcome.loss
@@ -458,9 +484,15 @@ class _FastImpl:
     worst element, the framework-native checks and the streamed self-consistency check
     (``impl_scale``)."""
 
-    def __init__(self, spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> None:
-        impl = options.impl
-        assert impl is not None
+    def __init__(
+        self,
+        spec: Spec,
+        options: RunOptions,
+        problem: Problem,
+        dtype: str,
+        impl: Implementation,
+        tag: str = "impl",
+    ) -> None:
         self.spec, self.options, self.impl, self.problem, self.dtype = (
             spec,
             options,
@@ -468,6 +500,7 @@ class _FastImpl:
             problem,
             dtype,
         )
+        self.tag = tag
         n, k = problem.shape
         self.rows_per = max(1, fastmode.ROW_CHUNK_ELEMENTS // k)
         self.shape = _loss_shape(spec, n, k)
@@ -519,8 +552,8 @@ class _FastImpl:
         if not grad_row.passed and grad_row.worst_index:
             grad_row = dataclass_replace(grad_row, diagnosis=self._diagnose(grad_row))
         if self.upstream is not None:
-            notes["impl grad_output"] = _upstream_note(self.upstream)
-        notes["impl at scale"] = (
+            notes[f"{self.tag} grad_output"] = _upstream_note(self.upstream)
+        notes[f"{self.tag} at scale"] = (
             "called once on the whole batch; its gradient (kept in "
             f"{self.grad.dtype}) compared with the float64 reference in chunks of "
             f"{self.rows_per} rows"
@@ -534,13 +567,15 @@ class _FastImpl:
                 impl, self.problem, self.kwargs, self.grad, self.factor, self.natural,
                 self.tol("self"), dtype, max(1, self.options.directions), self.rows_per,
             )  # fmt: skip
-            notes["impl self-consistency"] = how
+            notes[f"{self.tag} self-consistency"] = how
             if check.inconclusive is None:
                 out.append(check)
                 if check.passed and not loss_row.passed and not grad_row.passed:
                     out = [_self_consistent(row) for row in out]
             else:
-                not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
+                not_computable[f"{self.tag} self-consistency"] = (
+                    f"inconclusive: {check.inconclusive}"
+                )
         if impl.native is not None:  # last, and without the first call's gradient in memory
             from gradcheck_cli.torch_native import fingerprint
 
@@ -550,7 +585,7 @@ class _FastImpl:
             found += impl_module.native_checks(
                 impl, self.problem.logits, self.kwargs, self.upstream, self.options.native, first
             )
-        return out, found
+        return out, _tagged(found, self.tag)
 
     def _finite(self, ref_loss: np.ndarray, grad: fastmode.NonFinite | None) -> list[Check]:
         """Failed ``impl_finite`` checks for a nan or inf where the reference is finite."""
@@ -598,6 +633,39 @@ def _loss_shape(spec: Spec, n: int, k: int) -> tuple[int, ...]:
     return (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
 
 
+def _implementations(options: RunOptions) -> list[tuple[Implementation, str]]:
+    """The implementations a run checks, each with the tag of its notes and checks: the one
+    of ``--impl``, and its compiled twin with ``--compile``."""
+    found = [] if options.impl is None else [(options.impl, "impl")]
+    if options.compiled is not None:
+        found.append((options.compiled, "impl compiled"))
+    return found
+
+
+def _tagged(found: list[Check], tag: str) -> list[Check]:
+    """The compiled twin's checks as ``impl_..._compiled`` (the eager ones keep their names)."""
+    if tag == "impl":
+        return found
+    return [dataclass_replace(c, name=f"{c.name}_compiled") for c in found]
+
+
+def _compile_failure(exc: impl_module.ImplError, not_computable: dict[str, str]) -> list[Check]:
+    """The compiled twin could not run: on a machine without a working compiler that is said
+    (in ``not_computable``, and the eager function was still checked); any other error is the
+    function failing under torch.compile (Liger-Kernel #1362), a failed ``impl_compiled``."""
+    from gradcheck_cli.torch_native import missing_compiler
+
+    why = missing_compiler(exc.original or exc)
+    if why is not None:
+        not_computable["impl compiled"] = (
+            f"torch.compile cannot compile on this machine ({why}); the eager function was "
+            "checked. --compile-backend aot_eager traces and runs the compiled graph without "
+            "generating code"
+        )
+        return []
+    return [Check("impl_compiled", False, f"under torch.compile: {exc}")]
+
+
 def _upstream_note(upstream: np.ndarray) -> str:
     return (
         "back-propagated through the implementation's autograd with a seeded grad_output "
@@ -615,6 +683,7 @@ def _impl_part(
     loss: float | np.ndarray,
     reference: np.ndarray,
     run: _Gradients,
+    tag: str = "impl",
 ) -> tuple[list[Comparison], list[Check]]:
     """The implementation's loss and gradient against the reference (with a diagnosis when
     one fails and the evidence is clear), its gradient against its own forward pass, and a
@@ -633,11 +702,11 @@ def _impl_part(
     factor = np.ones(1) if upstream is None else _per_row(upstream, spec)
     call_kwargs = kwargs if upstream is None else {**kwargs, "grad_output": upstream}
     got_loss, got_grad = impl_module.checked_outputs(impl, under_test.logits, call_kwargs, shape)
-    run.gradients["impl"] = got_grad
+    run.gradients[tag] = got_grad
     natural = impl_module.scales(under_test)
     plain, reference = reference, reference * factor
     if upstream is not None:
-        run.notes["impl grad_output"] = _upstream_note(upstream)
+        run.notes[f"{tag} grad_output"] = _upstream_note(upstream)
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
         default = impl_module.tolerance(check, dtype, natural, values)
@@ -676,15 +745,15 @@ def _impl_part(
         check, how = impl_module.self_consistency(
             impl, under_test, kwargs, got_grad / factor, tol("self"), dtype
         )
-        run.notes["impl self-consistency"] = how
+        run.notes[f"{tag} self-consistency"] = how
         if check.inconclusive is None:
             out.append(check)
             # forward and backward agree while both loss and gradient differ: the definition
             if check.passed and not out[0].passed and not out[1].passed:
                 out = [_self_consistent(row) for row in out]
         else:  # the forward's rounding swamps the derivatives (half precision): say so
-            run.not_computable["impl self-consistency"] = f"inconclusive: {check.inconclusive}"
-    return out, finite
+            run.not_computable[f"{tag} self-consistency"] = f"inconclusive: {check.inconclusive}"
+    return out, _tagged(finite, tag)
 
 
 def _self_consistent(row: Comparison) -> Comparison:

@@ -153,23 +153,29 @@ class Implementation:
     ``(loss, grad)`` protocol."""
 
 
-def load(target: str, device: str = "cpu") -> Implementation:
+def load(target: str, device: str = "cpu", compile_backend: str | None = None) -> Implementation:
     """Load ``package.module:function``, ``path/to/file.py:function`` (the NumPy protocol), or
     a framework-native loss: ``torch``, ``torch:package.module:function``,
     ``torch:path/to/file.py:function`` (``gradcheck_cli.torch_native``), ``optax``,
     ``jax:package.module:function``, ``jax:path/to/file.py:function``
     (``gradcheck_cli.jax_native``). ``device`` places a torch loss's tensors (``cpu``,
-    ``cuda``, ``cuda:N``, ``mps``; JAX runs on the CPU here)."""
+    ``cuda``, ``cuda:N``, ``mps``; JAX runs on the CPU here). ``compile_backend``: the torch
+    loss under ``torch.compile`` with that backend, named ``TARGET [compiled: BACKEND]``."""
+    is_torch = target == "torch" or target.startswith("torch:")
+    if compile_backend is not None and not is_torch:
+        raise ImplError(f"--compile applies to torch implementations only, not {target!r}")
     if target == "optax" or target.startswith("jax:"):
         if device != "cpu":
             raise ImplError(f"--device {device}: JAX implementations run on the CPU here")
         return _native(target, "jax:", "optax", device)
-    if target == "torch" or target.startswith("torch:"):
-        return _native(target, "torch:", "torch", device)
+    if is_torch:
+        return _native(target, "torch:", "torch", device, compile_backend)
     return wrap(target, _import_function(target, target))
 
 
-def _native(target: str, prefix: str, builtin: str, device: str) -> Implementation:
+def _native(
+    target: str, prefix: str, builtin: str, device: str, compile_backend: str | None = None
+) -> Implementation:
     """A framework-native implementation: the built-in loss (``torch``: PyTorch's own,
     ``optax``: optax's) or ``prefix`` + a function to import, behind its framework's adapter
     (``torch_native.TorchNative`` or ``jax_native.JaxNative``)."""
@@ -178,7 +184,9 @@ def _native(target: str, prefix: str, builtin: str, device: str) -> Implementati
             from gradcheck_cli import torch_adapter, torch_native
 
             own: ImplFunction = torch_adapter.torch_loss
-            make: Callable[[ImplFunction], Any] = partial(torch_native.TorchNative, device=device)
+            make: Callable[[ImplFunction], Any] = partial(
+                torch_native.TorchNative, device=device, compile_backend=compile_backend
+            )
         else:
             from gradcheck_cli import jax_native
 
@@ -193,7 +201,8 @@ def _native(target: str, prefix: str, builtin: str, device: str) -> Implementati
     except XentcheckError as exc:  # the framework is missing, or the device is
         raise ImplError(str(exc)) from None
     accepts = None if user.accepts is None else user.accepts | {"grad_output"}
-    return Implementation(target, adapter, accepts, native=adapter)
+    name = target if compile_backend is None else f"{target} [compiled: {compile_backend}]"
+    return Implementation(name, adapter, accepts, native=adapter)
 
 
 def _import_function(target: str, location: str) -> ImplFunction:

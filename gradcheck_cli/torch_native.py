@@ -73,9 +73,19 @@ def _device(name: str) -> str:
 class TorchNative:
     """A framework-native torch loss behind xentcheck's ``(loss, grad)`` protocol."""
 
-    def __init__(self, function: Callable[..., Any], device: str = "cpu") -> None:
-        self.function = function
+    def __init__(
+        self, function: Callable[..., Any], device: str = "cpu", compile_backend: str | None = None
+    ) -> None:
         self.device = _device(device)
+        self.compile_backend = compile_backend
+        """``torch.compile`` backend the function runs under (None: eager)."""
+        if compile_backend is None:
+            self.function = function
+        else:  # lazy: compilation (and a missing compiler) shows at the first call
+            try:
+                self.function = _torch().compile(function, backend=compile_backend)
+            except Exception as exc:  # an unknown backend
+                raise XentcheckError(f"--compile-backend {compile_backend}: {exc}") from None
 
     def run(
         self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
@@ -282,3 +292,22 @@ def _shares_storage(a: Any, b: Any) -> bool:
         return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
     except (AttributeError, RuntimeError):
         return False
+
+
+#: Exception names and messages by which torch.compile says the machine cannot compile (no C++
+#: compiler, no Triton), as opposed to the function failing under compilation.
+_NO_COMPILER = ("InvalidCxxCompiler", "No working C++ compiler", "Cannot find a working triton")
+
+
+def missing_compiler(exc: BaseException) -> str | None:
+    """torch.compile's own sentence when ``exc`` means this machine has no working compiler
+    for the backend (rather than a bug of the compiled function), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{type(current).__name__}: {current}"
+        if any(marker in text for marker in _NO_COMPILER):
+            return str(current).strip().splitlines()[0]
+        current = current.__cause__ or current.__context__
+    return None

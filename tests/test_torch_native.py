@@ -158,3 +158,79 @@ def test_an_absent_device_is_a_clear_error() -> None:
         load("torch", device="tpu")
     result = CliRunner().invoke(app, ["run", "--device", "cuda"])
     assert result.exit_code == 2 and "--device applies to --impl torch:... only" in result.stderr
+
+
+def test_compile_checks_the_compiled_function_on_its_own() -> None:
+    eager = load(f"torch:{KERNELS}:correct")
+    twin = load(f"torch:{KERNELS}:correct", compile_backend="aot_eager")
+    assert twin.name.endswith("[compiled: aot_eager]")
+    r = run_spec(spec("none"), RunOptions(impl=eager, compiled=twin, methods=("analytic",)))
+    assert r.status == "pass", [c for c in r.comparisons if not c.passed]
+    methods = {c.method for c in r.comparisons}
+    assert {f"impl {eager.name}", f"impl {twin.name}"} <= methods
+    assert {"impl_side_effects_compiled", "impl_deterministic_compiled"} <= {
+        c.name for c in r.checks
+    }
+
+
+def test_a_kernel_that_fails_only_under_compile_is_caught() -> None:
+    target = f"torch:{KERNELS}:compile_diverges"
+    twin = load(target, compile_backend="aot_eager")
+    r = run_spec(spec("mean"), RunOptions(impl=load(target), compiled=twin, methods=("analytic",)))
+    assert r.status == "fail"
+    eager = [c for c in r.comparisons if c.method == f"impl {target}"]
+    assert eager and all(c.passed for c in eager)  # the eager function passes on its own
+    compiled = {c.quantity: c for c in r.comparisons if c.method == f"impl {twin.name}"}
+    assert not compiled["loss"].passed and not compiled["logits"].passed
+
+
+def test_a_backend_that_fails_is_a_failed_check_and_an_unknown_one_an_error() -> None:
+    from gradcheck_cli.impl import ImplError
+
+    with pytest.raises(ImplError, match="backend"):
+        load("torch", compile_backend="no_such_backend")
+
+    def broken(gm: object, inputs: object) -> object:
+        raise RuntimeError("the backend broke")
+
+    twin = load("torch", compile_backend="aot_eager")
+    twin.native.function = torch.compile(twin.native.function.__wrapped__, backend=broken)  # type: ignore[union-attr]
+    r = run_spec(spec("mean"), RunOptions(impl=load("torch"), compiled=twin, methods=("analytic",)))
+    (check,) = [c for c in r.checks if c.name == "impl_compiled"]
+    assert not check.passed and "the backend broke" in check.detail
+
+
+def test_compile_without_a_compiler_says_so_and_checks_the_eager_function(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    exe = Path(sys.executable).parent / "xentcheck"
+    out = subprocess.run(
+        [str(exe), "run", str(specs / "cat_dog_bird.yaml"), "--impl", "torch", "--compile", "-v"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "torch.compile cannot compile on this machine" in out.stdout
+    assert "No working C++ compiler" in out.stdout
+
+
+def test_compile_needs_a_torch_implementation() -> None:
+    from typer.testing import CliRunner
+
+    from gradcheck_cli.cli import app
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    for extra in ([], ["--impl", f"{KERNELS.parent / 'impls.py'}:correct"]):
+        result = CliRunner().invoke(
+            app, ["run", str(specs / "cat_dog_bird.yaml"), "--compile", *extra]
+        )
+        assert result.exit_code == 2, result.output
+        assert "--compile" in result.output

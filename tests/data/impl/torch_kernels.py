@@ -93,3 +93,11 @@ def ignores_offsets(logits: torch.Tensor, *, labels: torch.Tensor, reduction: st
     return torch.nn.functional.cross_entropy(
         logits, _contiguous_only(logits, labels), reduction=reduction
     )
+
+
+def compile_diverges(logits: torch.Tensor, *, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Correct eagerly, wrong under torch.compile: a path taken only when compiling (as
+    Liger-Kernel #1362's softcap path was) scales the logits."""
+    if torch.compiler.is_compiling():
+        logits = logits * 1.5
+    return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)

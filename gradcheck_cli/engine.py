@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import checks, diagnose, fastmode
+from gradcheck_cli import checks, diagnose, fastmode, microbatches
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import (
@@ -158,6 +158,8 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
                 spec, options, quantity, by_method, REFERENCE_METHOD, lambda a: a, {}, "float64"
             )
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
+    if spec.microbatches is not None:
+        found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
     for impl, tag in _implementations(options):
         try:
             impl_rows, impl_checks = _impl_part(
@@ -424,6 +426,8 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     default = () if options.impl is not None else fastmode.FAST_DEFAULT_METHODS
     requested = options.methods or spec.methods or default
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
+    if spec.microbatches is not None:
+        skipped["microbatches"] = "checked in full mode only (--full)"
     prepared = (
         None if options.impl is None else _FastImpl(spec, options, problem, dtype, options.impl)
     )
@@ -631,6 +635,57 @@ def _loss_shape(spec: Spec, n: int, k: int) -> tuple[int, ...]:
     if spec.reduction != "none":
         return ()
     return (n, k) if spec.loss == "sigmoid_cross_entropy" else (n,)
+
+
+def _microbatch_part(
+    spec: Spec,
+    options: RunOptions,
+    problems: tuple[Problem, Problem],
+    reference: np.ndarray,
+    dtype: str,
+) -> list[Check]:
+    """``microbatches: k``: the reference's micro-batch gradients stacked against the batch's
+    (``microbatches.reference_check``), and with ``--impl`` the implementation's, each
+    micro-batch called on its own (with its rows of ``grad_output``), against the batch's
+    reference gradient: a kernel that divides by its own count instead of
+    ``num_items_in_batch`` fails here even when the two agree on the whole batch."""
+    problem, under_test = problems
+    check, split = microbatches.reference_check(spec, problem.logits, reference, build_problem)
+    impl = options.impl
+    if impl is None:
+        return [check]
+    n, k = under_test.shape
+    shape = _loss_shape(spec, n, k)
+    upstream = impl_module.upstream_gradient(shape) if impl.native is not None else None
+    factor = np.ones(1) if upstream is None else _per_row(upstream, spec)
+    grads = []
+    for rows in split:
+        part = microbatches.rows_of_spec(spec, rows, under_test.logits)
+        given = impl_module.options_for(part, dtype)
+        if upstream is not None:
+            given["grad_output"] = upstream if upstream.ndim == 0 else upstream[rows]
+        part_shape = _loss_shape(spec, rows.stop - rows.start, k)
+        _, grad = impl_module.checked_outputs(impl, part.logits, given, part_shape)
+        grads.append(grad)
+    expected = reference * factor
+    default = impl_module.tolerance("grad", dtype, impl_module.scales(under_test), expected)
+    tol = Tolerance(
+        rtol=default.rtol if options.rtol is None else options.rtol,
+        atol=default.atol * float(np.max(np.abs(factor))) if options.atol is None else options.atol,
+    )
+    row = compare("impl", np.concatenate(grads), "reference", expected, tol, dtype=dtype)
+    where = f" (worst at {list(row.worst_index)})" if not row.passed else ""
+    return [
+        check,
+        Check(
+            "impl_microbatches",
+            row.passed,
+            f"the implementation called on {len(split)} micro-batches, gradients accumulated, "
+            f"against the batch's reference gradient: max |Δ| = {row.max_abs_error:.3g}, "
+            f"{row.failed_elements} element(s) beyond rtol {tol.rtol:g} / atol {tol.atol:.3g}"
+            f"{where}",
+        ),
+    ]
 
 
 def _implementations(options: RunOptions) -> list[tuple[Implementation, str]]:

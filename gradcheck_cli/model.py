@@ -89,6 +89,9 @@ class Spec(OptionValues):
     method_tolerances: dict[str, ToleranceOverride] = field(default_factory=dict)
     """Per-method tolerances, more specific than ``tolerance``."""
     expect: Expect | None = None
+    microbatches: int | None = None
+    """k: the rows split into k contiguous micro-batches whose gradients (gradient
+    accumulation) must add up to the whole batch's (``checks.microbatches``)."""
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ def case_properties() -> dict[str, Any]:
             },
             "golden values",
         ),
+        "microbatches": {"type": "integer", "minimum": 2},
     }
     assert set(types) == set(CASE_KEYS), "every loader key needs a schema entry"
     assert set(LAYER_KEYS) == set(types["layer"]["properties"])

@@ -72,6 +72,7 @@ CASE_KEYS: dict[str, str] = {
     "finite_difference": "{scheme: forward | central | richardson, step: auto | number}",
     "dtype": "float64 | float32 | float16: precision of the methods under test",
     "expect": "golden values: {loss, probs, grad, rtol, atol}",
+    "microbatches": "k >= 2: check that k micro-batch gradients add up to the batch's",
 }
 FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
@@ -806,6 +807,7 @@ def _build_spec(
     if (node := case.value("expect")) is not None:
         loss_shape = logits.shape if loss == SIGMOID else (batch.shape[0],)
         expect = _expect(ctx, node, case.field("expect"), logits.shape, loss_shape, reduction)
+    microbatches = _microbatches(case, batch.shape[0])
     return Spec(
         name=default_name if name is None else name,
         file=ctx.file,
@@ -825,8 +827,24 @@ def _build_spec(
         tolerance=tolerance,
         method_tolerances=per_method,
         expect=expect,
+        microbatches=microbatches,
         **options,
     )
+
+
+def _microbatches(case: _Case, n: int) -> int | None:
+    """``microbatches: k`` with 2 <= k <= N (the batch's rows split into k contiguous parts)."""
+    node = case.value("microbatches")
+    if node is None:
+        return None
+    k = _integer(case.ctx, node, case.field("microbatches"))
+    if not 2 <= k <= n:
+        raise case.ctx.error(
+            node,
+            case.field("microbatches"),
+            f"expected an integer from 2 to the batch size {n}, found {k}",
+        )
+    return k
 
 
 def _reject_foreign_options(case: _Case, loss: LossKind) -> None:

@@ -230,7 +230,10 @@ def run(
     ] = False,
     device: Annotated[
         str,
-        typer.Option(help="Where a torch:... implementation runs: cpu, cuda, cuda:N or mps."),
+        typer.Option(
+            help="Where a torch:... or jax:... implementation runs: cpu, cuda, cuda:N, mps "
+            "(torch), gpu, tpu (JAX)."
+        ),
     ] = "cpu",
     allow_inplace: Annotated[
         bool,
@@ -343,7 +346,7 @@ def _load_impl(target: str | None, device: str = "cpu", compile_backend: str | N
     ImplError (a XentcheckError) if it won't load."""
     if target is None:
         if device != "cpu":
-            raise UsageError("--device applies to --impl torch:... only")
+            raise UsageError("--device applies to --impl torch:... and jax:... only")
         if compile_backend is not None:
             raise UsageError("--compile needs --impl torch or --impl torch:module:function")
         return None

@@ -158,18 +158,19 @@ def load(target: str, device: str = "cpu", compile_backend: str | None = None) -
     a framework-native loss: ``torch``, ``torch:package.module:function``,
     ``torch:path/to/file.py:function`` (``gradcheck_cli.torch_native``), ``optax``,
     ``jax:package.module:function``, ``jax:path/to/file.py:function``
-    (``gradcheck_cli.jax_native``). ``device`` places a torch loss's tensors (``cpu``,
-    ``cuda``, ``cuda:N``, ``mps``; JAX runs on the CPU here). ``compile_backend``: the torch
-    loss under ``torch.compile`` with that backend, named ``TARGET [compiled: BACKEND]``."""
+    (``gradcheck_cli.jax_native``). ``device`` places the tensors: torch ``cpu``, ``cuda``,
+    ``cuda:N``, ``mps``; JAX ``cpu``, ``cuda``/``gpu``, ``tpu`` (``:N``). ``compile_backend``:
+    the torch loss under ``torch.compile`` with that backend, named ``TARGET [compiled:
+    BACKEND]``."""
     is_torch = target == "torch" or target.startswith("torch:")
     if compile_backend is not None and not is_torch:
         raise ImplError(f"--compile applies to torch implementations only, not {target!r}")
     if target == "optax" or target.startswith("jax:"):
-        if device != "cpu":
-            raise ImplError(f"--device {device}: JAX implementations run on the CPU here")
         return _native(target, "jax:", "optax", device)
     if is_torch:
         return _native(target, "torch:", "torch", device, compile_backend)
+    if device != "cpu":
+        raise ImplError(f"--device {device}: a NumPy implementation runs where NumPy does")
     return wrap(target, _import_function(target, target))
 
 
@@ -192,7 +193,7 @@ def _native(
 
             jax_native._jax()
             own = jax_native.optax_loss
-            make = jax_native.JaxNative
+            make = partial(jax_native.JaxNative, device=device)
         function = own if target == builtin else _import_function(target, target[len(prefix) :])
         user = wrap(target, function)
         adapter = make(user.function)

@@ -31,11 +31,33 @@ def _jax() -> Any:
     return jax
 
 
+def _device(name: str) -> Any:
+    """The JAX device ``name`` names (``cpu``, ``cuda``/``gpu``, ``tpu``, with ``:N``), or a
+    clear error when this machine's JAX has none."""
+    jax = _jax()
+    kind, _, index = name.partition(":")
+    platform = {"cuda": "gpu"}.get(kind, kind)
+    if platform not in ("cpu", "gpu", "tpu"):
+        raise XentcheckError(f"--device {name}: expected cpu, cuda, cuda:N, gpu or tpu for JAX")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        devices = []
+    number = int(index) if index.isdigit() else 0
+    if number >= len(devices):
+        raise XentcheckError(
+            f"--device {name}: JAX sees {len(devices)} {platform} device(s) here "
+            f"(jax.devices(): {', '.join(str(d) for d in jax.devices())})"
+        )
+    return devices[number]
+
+
 class JaxNative:
     """A framework-native JAX loss behind xentcheck's ``(loss, grad)`` protocol."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
+    def __init__(self, function: Callable[..., Any], device: str = "cpu") -> None:
         self.function = function
+        self.device = _device(device)
 
     def __call__(
         self, logits: np.ndarray, *, grad_output: np.ndarray | None = None, **options: Any
@@ -45,9 +67,10 @@ class JaxNative:
         import jax.numpy as jnp
 
         with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
-            z = jnp.asarray(logits)
+            z = jax.device_put(jnp.asarray(logits), self.device)
             given = {
-                k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+                k: jax.device_put(jnp.asarray(v), self.device) if isinstance(v, np.ndarray) else v
+                for k, v in options.items()
             }
             loss, pullback = jax.vjp(lambda x: self.function(x, **given), z)
             upstream = (
@@ -65,9 +88,12 @@ class JaxNative:
 
         with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
             given = {
-                k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+                k: jax.device_put(jnp.asarray(v), self.device) if isinstance(v, np.ndarray) else v
+                for k, v in options.items()
             }
-            return np.asarray(self.function(jnp.asarray(logits), **given))
+            return np.asarray(
+                self.function(jax.device_put(jnp.asarray(logits), self.device), **given)
+            )
 
     def side_effects(
         self,

@@ -71,3 +71,17 @@ def test_grad_output_broadcast_is_caught_in_jax_too() -> None:
     rows = {c.quantity: c for c in r.comparisons if c.method.startswith("impl")}
     assert r.status == "fail" and "grad_output[0]" in str(rows["logits"].diagnosis)
     assert not jax.config.jax_enable_x64  # x64 only inside each call
+
+
+def test_devices_are_placed_or_refused_clearly() -> None:
+    from gradcheck_cli.impl import ImplError, load
+
+    cpu = load("optax", device="cpu:0")
+    assert "cpu" in str(cpu.native.device).lower()  # type: ignore[union-attr]
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(ImplError, match=r"--device cuda: JAX sees 0 gpu device\(s\) here"):
+            load("optax", device="cuda")
+    with pytest.raises(ImplError, match="expected cpu, cuda, cuda:N, gpu or tpu"):
+        load("optax", device="mps")
+    with pytest.raises(ImplError, match="a NumPy implementation runs where NumPy does"):
+        load("gradcheck_cli.torch_adapter:torch_cross_entropy", device="cuda")

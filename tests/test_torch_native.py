@@ -157,7 +157,10 @@ def test_an_absent_device_is_a_clear_error() -> None:
     with pytest.raises(ImplError, match="expected cpu, cuda, cuda:N or mps"):
         load("torch", device="tpu")
     result = CliRunner().invoke(app, ["run", "--device", "cuda"])
-    assert result.exit_code == 2 and "--device applies to --impl torch:... only" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--device applies to --impl torch:... and jax:... only" in result.stderr
+    )
 
 
 def test_compile_checks_the_compiled_function_on_its_own() -> None:

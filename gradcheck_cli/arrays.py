@@ -78,7 +78,8 @@ def _check_header(fh: IO[bytes], size: int, name: str, max_bytes: int) -> None:
         raise
     except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... on bad input
         raise ArrayFileError(f"{name} is not a valid .npy file ({exc})") from None
-    if dtype.hasobject or dtype.kind not in "biuf":
+    bfloat16 = dtype == np.dtype("V2")  # how np.save writes ml_dtypes' bfloat16
+    if dtype.hasobject or (dtype.kind not in "biuf" and not bfloat16):
         raise ArrayFileError(
             f"{name} holds dtype {dtype}; expected numbers (pickled objects are never loaded)"
         )

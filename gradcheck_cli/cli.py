@@ -52,6 +52,7 @@ class DTypeName(str, Enum):
     float64 = "float64"
     float32 = "float32"
     float16 = "float16"
+    bfloat16 = "bfloat16"
 
 
 def _version(value: bool) -> None:

@@ -21,6 +21,7 @@ from gradcheck_cli.core import (
     SigmoidProblem,
     batch_scales,
     cast_problem,
+    lowp,
     reduce_any,
     rows_of,
 )
@@ -130,6 +131,7 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     """
     options = options or RunOptions()
     dtype = options.dtype or spec.dtype
+    lowp.register(dtype)
     problem = build_problem(spec)
     n, k = problem.shape
     if options.fast or (not options.full and fastmode.needs_fast(n, k)):

@@ -51,6 +51,7 @@ from gradcheck_cli.core import (
     batch_scales,
     rows_of,
 )
+from gradcheck_cli.core.lowp import is_float
 from gradcheck_cli.core.options import set_options
 from gradcheck_cli.core.sigmoid_ce import reduction_scale
 from gradcheck_cli.core.softmax_ce import (
@@ -95,6 +96,7 @@ IMPL_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
     "float64": {"loss": (1e-11, 1e-13), "grad": (1e-9, 1e-13), "self": (1e-6, 1e-9)},
     "float32": {"loss": (1e-5, 1e-5), "grad": (1e-4, 1e-6), "self": (1e-2, 1e-3)},
     "float16": {"self": (0.2, 0.1)},
+    "bfloat16": {"self": (0.5, 0.5)},
 }
 
 #: Half precision: the loss and the gradient are held to what an *accurate* kernel achieves
@@ -104,7 +106,7 @@ IMPL_TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
 #: their own ulp) and a few of the smallest subnormal. A kernel that rounds ``p_y`` to half
 #: precision before subtracting 1 (Liger-Kernel #1268; also plain float16 arithmetic, as
 #: PyTorch's CPU kernels do) loses most of the true-class gradient at p_y >= 0.99 and fails.
-HALF_DTYPES = ("float16",)
+HALF_DTYPES = ("float16", "bfloat16")
 HALF_ULPS = 4.0
 HALF_FLOOR_ULPS = 2.0
 
@@ -446,7 +448,7 @@ def finiteness(
 
 def _as_array(impl: Implementation, what: str, value: Any, widen: bool = True) -> FloatArray:
     if hasattr(value, "detach"):  # a torch tensor slipped through
-        value = value.detach().cpu().numpy()
+        value = _torch_values(value)
     try:
         arr = np.asarray(value)
     except Exception as exc:
@@ -454,12 +456,12 @@ def _as_array(impl: Implementation, what: str, value: Any, widen: bool = True) -
             f"implementation {impl.name} returned a {what} that is not an array "
             f"({type(value).__name__}: {exc})"
         ) from None
-    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+    if (arr.dtype.kind not in "fiu" and not is_float(arr.dtype)) or arr.dtype == np.bool_:
         raise ImplError(
             f"implementation {impl.name} returned a {what} of type {type(value).__name__} "
             f"(dtype {arr.dtype}); expected real numbers"
         )
-    if not widen and arr.dtype.kind == "f":
+    if not widen and is_float(arr.dtype):
         return arr
     out: FloatArray = arr.astype(np.float64)
     return out
@@ -723,7 +725,7 @@ def _summed_loss(impl: Implementation, options: dict[str, Any]) -> Callable[[np.
     def total(values: np.ndarray) -> Any:
         loss, _ = call(impl, values, options)
         if hasattr(loss, "detach"):
-            loss = loss.detach().cpu().numpy()
+            loss = _torch_values(loss)
         return np.sum(np.asarray(loss))
 
     return total
@@ -843,3 +845,10 @@ def _complex_step_agrees(total: Callable[[np.ndarray], Any], problem: Problem) -
         f"complex step: the implementation carries imaginary parts (on a probe its complex "
         f"step agreed with Richardson differences: {cs:.10g} vs {richardson:.10g})"
     )
+
+
+def _torch_values(tensor: Any) -> np.ndarray:
+    """A torch tensor that slipped through, as NumPy (bfloat16 included)."""
+    from gradcheck_cli.torch_native import to_numpy
+
+    return to_numpy(tensor)

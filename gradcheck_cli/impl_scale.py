@@ -74,7 +74,7 @@ def forward_total(impl: Implementation, options: dict[str, Any]) -> Callable[[np
     def total_numpy(values: np.ndarray) -> float:
         loss, _ = call(impl, values, given)
         if hasattr(loss, "detach"):
-            loss = loss.detach().cpu().numpy()
+            loss = _torch_values(loss)
         return float(np.sum(np.asarray(loss, dtype=np.float64)))
 
     return total_numpy
@@ -219,3 +219,10 @@ class _Directions:
 def _max_abs(a: np.ndarray) -> float:
     """``max |a|`` over the finite entries (0 for none)."""
     return float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0))
+
+
+def _torch_values(tensor: Any) -> np.ndarray:
+    """A torch tensor that slipped through, as NumPy (bfloat16 included)."""
+    from gradcheck_cli.torch_native import to_numpy
+
+    return to_numpy(tensor)

@@ -21,8 +21,8 @@ from gradcheck_cli.methods._base import Scheme
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 Status = Literal["pass", "fail", "error", "skip"]
-DType = Literal["float64", "float32", "float16"]
-DTYPES: tuple[DType, ...] = ("float64", "float32", "float16")
+DType = Literal["float64", "float32", "float16", "bfloat16"]
+DTYPES: tuple[DType, ...] = ("float64", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,15 @@ DTYPE_TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "central": Tolerance(rtol=0.2, atol=0.2),
         "richardson": Tolerance(rtol=0.2, atol=0.2),
     },
+    # bfloat16 has 8 significant bits (eps 2^-7, 8 times float16's): the same model scaled
+    "bfloat16": {
+        "analytic": Tolerance(rtol=1.6e-1, atol=4e-2),
+        "jacobian": Tolerance(rtol=1.6e-1, atol=4e-2),
+        "complex_step": Tolerance(rtol=1.6e-1, atol=4e-2),
+        "forward": Tolerance(rtol=1.0, atol=2.0),
+        "central": Tolerance(rtol=0.5, atol=0.5),
+        "richardson": Tolerance(rtol=0.5, atol=0.5),
+    },
 }
 
 _D2, _D3, _D5 = 0.25, 0.0962, 0.125

@@ -38,6 +38,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gradcheck_cli import limits
 from gradcheck_cli.arrays import ArrayFileError, load_array
+from gradcheck_cli.core.lowp import bfloat16, register
 from gradcheck_cli.core.options import (
     LOSS_KINDS,
     OPTIONS,
@@ -70,7 +71,7 @@ CASE_KEYS: dict[str, str] = {
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
     "finite_difference": "{scheme: forward | central | richardson, step: auto | number}",
-    "dtype": "float64 | float32 | float16: precision of the methods under test",
+    "dtype": "float64 | float32 | float16 | bfloat16: precision of the methods under test",
     "expect": "golden values: {loss, probs, grad, rtol, atol}",
     "microbatches": "k >= 2: check that k micro-batch gradients add up to the batch's",
 }
@@ -369,13 +370,15 @@ def _file_numbers(
     """A numeric array from a file with the same shape rules as inline arrays: float64, or with
     ``keep_dtype`` a float32/float16 array left as it is (large logits are not widened)."""
     arr = _array_file(ctx, node, field)
+    if arr.dtype == np.dtype("V2"):  # np.save writes ml_dtypes' bfloat16 as raw 2-byte records
+        arr = arr.view(bfloat16())
     if arr.dtype.kind == "b":
         raise ctx.error(node, field, f"expected {what}, found an array of booleans")
     if arr.ndim not in (1, 2) or arr.size == 0:
         raise ctx.error(
             node, field, f"expected {what}, found an array of shape {_shape(arr.shape)}"
         )
-    if keep_dtype and arr.dtype in (np.float32, np.float16):
+    if keep_dtype and (arr.dtype in (np.float32, np.float16) or arr.dtype.name == "bfloat16"):
         return np.ascontiguousarray(arr)
     return np.ascontiguousarray(arr, dtype=np.float64)
 
@@ -1024,17 +1027,16 @@ def _targets(
 def _dtype(case: _Case, batch: np.ndarray, logits_node: Node) -> tuple[DType, np.ndarray]:
     """The precision of the methods under test, and the logits (widened for float64).
 
-    Logits read from a float32 or float16 file stay in that dtype, which is then the default.
+    Logits read from a float32, float16 or bfloat16 file stay in that dtype, which is then the
+    default (a bfloat16 .npy holds raw 2-byte records: they are read as bfloat16).
     """
-    dtype: DType = (
-        "float32"
-        if batch.dtype == np.float32
-        else ("float16" if batch.dtype == np.float16 else "float64")
-    )
+    names: dict[str, DType] = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+    dtype: DType = names.get(batch.dtype.name, "float64")
     text = case.choice("dtype", DTYPES)
     if text is None:
         return dtype, batch
     dtype = cast(DType, text)
+    register(dtype)
     _check_dtype_range(case.ctx, logits_node, case.field("logits"), batch, dtype)
     return dtype, batch.astype(np.float64) if dtype == "float64" else batch
 

@@ -43,10 +43,40 @@ def _torch() -> Any:
 def _tensor(value: Any, device: str = "cpu") -> Any:
     """NumPy arrays as tensors on ``device`` (a copy; integers stay int64); anything else as
     it is."""
-    torch = _torch()
     if isinstance(value, np.ndarray):
-        return torch.tensor(value, device=device)
+        return from_numpy(value, device)
     return value
+
+
+def from_numpy(value: np.ndarray, device: str = "cpu", copy: bool = True) -> Any:
+    """A NumPy array as a tensor of the same dtype on ``device``: a copy, or (``copy=False``,
+    on the CPU) sharing its memory. bfloat16 (ml_dtypes, which torch does not read) goes
+    through its bits, exactly."""
+    torch = _torch()
+    if value.dtype.name == "bfloat16":
+        with warnings.catch_warnings():  # read-only: the bits are cloned or only read
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.from_numpy(np.ascontiguousarray(value).view(np.int16))
+        bits = raw.view(torch.bfloat16)
+        return bits.clone().to(device) if copy else bits.to(device)
+    if copy or device != "cpu":
+        return torch.tensor(value, device=device)
+    with warnings.catch_warnings():  # a read-only array: fine, the tensor is only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A tensor's values as a NumPy array of the same dtype (bfloat16 as ml_dtypes')."""
+    torch = _torch()
+    t = tensor.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        from gradcheck_cli.core.lowp import bfloat16
+
+        out: np.ndarray = t.view(torch.int16).numpy().view(bfloat16())
+        return out
+    array: np.ndarray = t.numpy()
+    return array
 
 
 def _device(name: str) -> str:
@@ -94,7 +124,7 @@ class TorchNative:
         None): (the logits tensor, the loss tensor, the other tensors given), plus the gradient
         as ``tensors["__grad__"]``."""
         torch = _torch()
-        z = torch.tensor(logits, requires_grad=True, device=self.device)
+        z = from_numpy(logits, self.device).requires_grad_(True)
         tensors = {k: _tensor(v, self.device) for k, v in options.items()}
         loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
@@ -116,7 +146,7 @@ class TorchNative:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The loss and the gradient of ``sum(grad_output * loss)`` as NumPy arrays."""
         _, loss, tensors = self.run(logits, grad_output, options)
-        return loss.detach().cpu().numpy(), tensors["__grad__"].detach().cpu().numpy()
+        return to_numpy(loss), to_numpy(tensors["__grad__"])
 
     def forward(self, logits: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         """The loss alone, without building a graph (``torch.no_grad``): what the
@@ -130,8 +160,7 @@ class TorchNative:
             loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
-        out: np.ndarray = loss.detach().cpu().numpy()
-        return out
+        return to_numpy(loss)
 
     def views(
         self, logits: np.ndarray, grad_output: np.ndarray | None, options: dict[str, Any]
@@ -143,8 +172,9 @@ class TorchNative:
         torch = _torch()
         loss, grad = self(logits, grad_output=grad_output, **options)
         n, k = logits.shape
-        wide = torch.zeros((n, 2 * k), dtype=torch.tensor(logits).dtype, device=self.device)
-        wide[:, ::2] = torch.tensor(logits, device=self.device)
+        given = from_numpy(logits, self.device)
+        wide = torch.zeros((n, 2 * k), dtype=given.dtype, device=self.device)
+        wide[:, ::2] = given
         z = wide[:, ::2].detach().requires_grad_(True)
         tensors = {key: _tensor(v, self.device) for key, v in options.items()}
         labels = tensors.get("labels")
@@ -161,7 +191,7 @@ class TorchNative:
         (g,) = torch.autograd.grad(out, z, grad_outputs=upstream, allow_unused=True)
         g = torch.zeros_like(z) if g is None else g
         return max(
-            _spread(out.detach().cpu().numpy(), loss), _spread(g.detach().cpu().numpy(), grad)
+            _spread(to_numpy(out), loss), _spread(to_numpy(g), grad)
         )
 
     def side_effects(
@@ -196,8 +226,8 @@ class TorchNative:
             )
         del z, tensors  # a third call, if any, need not hold this one's inputs
         spread = call_spread(
-            loss.detach().cpu().numpy(),
-            grad.detach().cpu().numpy(),
+            to_numpy(loss),
+            to_numpy(grad),
             previous,
             lambda: self(logits, grad_output=grad_output, **options),
         )
@@ -240,12 +270,7 @@ def call_spread(
 def _as_tensor(value: np.ndarray, device: str) -> Any:
     """``value`` as a tensor on ``device``, sharing its memory on the CPU (for comparisons
     only: never handed to the function under test)."""
-    torch = _torch()
-    if device != "cpu":
-        return torch.tensor(value, device=device)
-    with warnings.catch_warnings():  # a read-only array: fine, the tensor is only read
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(value))
+    return from_numpy(value, device, copy=False)
 
 
 #: Values per block when two large results are compared (2^22: 32 MiB in float64).

@@ -62,6 +62,9 @@ _ALTERNATIVES: dict[str, dict[str, Any]] = {
     "positive": {"type": "number", "exclusiveMinimum": 0},
     "nonnegative": NONNEGATIVE,
     "nonnegative_array": _array(NONNEGATIVE),
+    "nonnegative_vector": {
+        "oneOf": [{"type": "array", "items": NONNEGATIVE, "minItems": 1}, FILE_REF]
+    },
 }
 _KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
     "int64": ("integer",),
@@ -70,11 +73,15 @@ _KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
     "nonnegative": ("nonnegative",),
     "class_array": ("nonnegative_array",),
     "broadcast_array": ("nonnegative", "nonnegative_array"),
+    "row_array": ("nonnegative", "nonnegative_vector"),
+    "choice": (),  # an enum of the option's own choices
 }
 
 
 def option_schema(option: Option) -> dict[str, Any]:
     """What a loss option accepts in any family (the loader checks the family's own rule)."""
+    if option.choices:
+        return {"enum": list(option.choices)}
     used = {alt for kind in option.kinds.values() for alt in _KIND_ALTERNATIVES[kind]}
     alternatives = [schema for alt, schema in _ALTERNATIVES.items() if alt in used]
     return alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}

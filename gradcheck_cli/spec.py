@@ -927,6 +927,43 @@ def _class_array_option(
     return _nonnegative_array(ctx, node, field, (k,), f"{k} {option.what}")
 
 
+def _row_array_option(
+    ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
+) -> np.ndarray:
+    """N finite numbers >= 0, one per row of logits (a number, or a list of one, for a single
+    sample), as float64 (N,)."""
+    single = len(shape) == 1
+    n = 1 if single else shape[0]
+    what = (
+        "one number (a single sample)" if single else f"{n} {option.what} (one per row of logits)"
+    )
+    if single and isinstance(node, ScalarNode):
+        return np.array([_nonnegative(ctx, node, field)])
+    arr = _float_array(ctx, node, field, what)
+    if arr.shape != (n,):
+        raise ctx.error(node, field, f"expected {what}, found shape {_shape(arr.shape)}")
+    _require_nonnegative(ctx, node, field, arr)
+    return arr
+
+
+def _choice_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> str:
+    return _one_of(ctx, node, field, option.choices)
+
+
+def _one_of(ctx: _Ctx, node: Node, field: str, choices: tuple[str, ...]) -> str:
+    """A string that is one of ``choices``; anything else is an error listing them."""
+    _check_tags(ctx, node, field)
+    allowed = " | ".join(choices)
+    value = _scalar(node) if isinstance(node, ScalarNode) else None
+    if not isinstance(value, str):
+        raise ctx.error(node, field, f"expected one of {allowed}, found {_describe(node)}")
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ctx.error(node, field, f"expected one of {allowed}, found {value!r}{hint}")
+    return value
+
+
 def _broadcast_option(
     ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
 ) -> np.ndarray:
@@ -942,6 +979,8 @@ _OPTION_READERS: dict[Kind, Callable[[_Ctx, Node, str, Option, tuple[int, ...]],
     "int64": _int64_option,
     "class_array": _class_array_option,
     "broadcast_array": _broadcast_option,
+    "row_array": _row_array_option,
+    "choice": _choice_option,
 }
 
 

@@ -71,3 +71,20 @@ def test_grad_output_broadcast_is_caught_in_jax_too() -> None:
     rows = {c.quantity: c for c in r.comparisons if c.method.startswith("impl")}
     assert r.status == "fail" and "grad_output[0]" in str(rows["logits"].diagnosis)
     assert not jax.config.jax_enable_x64  # x64 only inside each call
+
+
+def test_optax_has_no_loss_mask_and_its_mean_is_never_empty() -> None:
+    """optax's losses take no per-sample mask (``where`` masks classes): loss_mask is an error
+    naming it; empty_mean is accepted and changes nothing (every sample counts, so the mean's
+    divisor is N >= 1)."""
+    (masked,) = xc.load(SPECS / "loss_mask.yaml")[:1]
+    with pytest.raises(ImplError, match="does not accept option 'weight', 'ignore_index', "
+                       "'loss_mask'"):  # fmt: skip
+        run_spec(masked, RunOptions(impl=load("optax"), methods=("analytic",)))
+    only_mask = spec("mean")
+    only_mask = Spec(**{**only_mask.__dict__, "loss_mask": np.ones(5)})
+    with pytest.raises(ImplError, match="does not accept option 'loss_mask'"):
+        run_spec(only_mask, RunOptions(impl=load("optax"), methods=("analytic",)))
+    zero = Spec(**{**spec("mean").__dict__, "empty_mean": "zero"})
+    r = run_spec(zero, RunOptions(impl=load("optax")))
+    assert r.status == "pass", [c for c in r.comparisons if not c.passed]

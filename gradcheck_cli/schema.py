@@ -18,6 +18,7 @@ from gradcheck_cli.methods import METHODS, SCHEMES
 from gradcheck_cli.model import DTYPES
 from gradcheck_cli.spec import (
     CASE_KEYS,
+    DEFAULTS,
     EXPECT_KEYS,
     FILE_KEYS,
     LAYER_KEYS,
@@ -111,6 +112,7 @@ def case_properties() -> dict[str, Any]:
         },
         "target": _array({"type": "number", "minimum": 0, "maximum": 1}),
         "reduction": {"enum": list(REDUCTIONS)},
+        "defaults": {"enum": list(DEFAULTS)},
         **{option.name: option_schema(option) for option in OPTIONS},
         "methods": {
             "type": "array",

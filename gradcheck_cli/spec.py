@@ -66,6 +66,7 @@ CASE_KEYS: dict[str, str] = {
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
+    "defaults": "torch: PyTorch's defaults for what the spec leaves unset (ignore_index -100)",
     **{option.name: option.expected for option in OPTIONS},  # the loss options' table
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
@@ -77,6 +78,11 @@ FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
 EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
 TOLERANCE_KEYS = ("rtol", "atol")
+
+#: The values of ``defaults``: whose defaults fill what a spec leaves unset.
+DEFAULTS = ("torch",)
+#: PyTorch's ``F.cross_entropy`` default ``ignore_index`` (``defaults: torch``).
+TORCH_IGNORE_INDEX = -100
 
 #: Target rows must sum to 1 within this absolute tolerance.
 TARGET_SUM_TOLERANCE = 1e-6
@@ -708,7 +714,17 @@ def _case(
 MAX_ERRORS_PER_CASE = 20
 #: Keys other fields are validated against: after an error in one of them, stop.
 _FOUNDATIONS = frozenset(
-    {"logits", "label", "target", "layer", "loss", "classes", "num_classes", "reduction"}
+    {
+        "logits",
+        "label",
+        "target",
+        "layer",
+        "loss",
+        "classes",
+        "num_classes",
+        "reduction",
+        "defaults",
+    }
 )
 
 
@@ -787,6 +803,7 @@ def _build_spec(
     batch = logits[None, :] if single else logits
     classes = _classes_and_count(case, batch.shape[1])
     options = _loss_options(case, loss, logits.shape, lambda key: key in _LABEL_OPTIONS)
+    options |= _defaults(case, loss, options)
     labels, targets = _labels_or_targets(case, loss, logits, classes, options.get("ignore_index"))
     options |= _loss_options(case, loss, logits.shape, lambda key: key not in _LABEL_OPTIONS)
     reduction = cast(Reduction, case.choice("reduction", REDUCTIONS) or "mean")
@@ -827,6 +844,20 @@ def _build_spec(
         expect=expect,
         **options,
     )
+
+
+def _defaults(case: _Case, loss: LossKind, options: dict[str, Any]) -> dict[str, Any]:
+    """What ``defaults: torch`` sets that the case leaves unset: ``ignore_index`` -100 (PyTorch's
+    ``F.cross_entropy`` default) for softmax index labels. Probability targets and sigmoid
+    cross-entropy have no ``ignore_index`` in PyTorch's sense (it never applies to them), so
+    nothing is set there; an explicit ``ignore_index`` wins."""
+    node = case.value("defaults")
+    if node is None:
+        return {}
+    _one_of(case.ctx, node, case.field("defaults"), DEFAULTS)
+    if loss != SOFTMAX or "ignore_index" in options or case.value("target") is not None:
+        return {}
+    return {"ignore_index": TORCH_IGNORE_INDEX}
 
 
 def _reject_foreign_options(case: _Case, loss: LossKind) -> None:

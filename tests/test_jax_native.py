@@ -76,7 +76,7 @@ def test_grad_output_broadcast_is_caught_in_jax_too() -> None:
 def test_optax_has_no_loss_mask_and_its_mean_is_never_empty() -> None:
     """optax's losses take no per-sample mask (``where`` masks classes): loss_mask is an error
     naming it; empty_mean is accepted and changes nothing (every sample counts, so the mean's
-    divisor is N >= 1)."""
+    divisor is N >= 1); defaults: torch sets ignore_index, which optax does not have."""
     (masked,) = xc.load(SPECS / "loss_mask.yaml")[:1]
     with pytest.raises(ImplError, match="does not accept option 'weight', 'ignore_index', "
                        "'loss_mask'"):  # fmt: skip
@@ -88,3 +88,6 @@ def test_optax_has_no_loss_mask_and_its_mean_is_never_empty() -> None:
     zero = Spec(**{**spec("mean").__dict__, "empty_mean": "zero"})
     r = run_spec(zero, RunOptions(impl=load("optax")))
     assert r.status == "pass", [c for c in r.comparisons if not c.passed]
+    (torch_defaults,) = xc.load(SPECS / "defaults_torch.yaml")
+    with pytest.raises(ImplError, match="does not accept option 'ignore_index'"):
+        run_spec(torch_defaults, RunOptions(impl=load("optax"), methods=("analytic",)))

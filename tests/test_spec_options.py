@@ -124,7 +124,7 @@ OPTION_CORPUS = (
     "opt_sigmoid_minus_inf.yaml",
     "opt_sigmoid_expect_loss_shape.yaml",
     "opt_sigmoid_expect_loss_shape_single.yaml",
-    # loss_mask, empty_mean
+    # loss_mask, empty_mean, defaults
     "opt_loss_mask_length.yaml",
     "opt_loss_mask_nested.yaml",
     "opt_loss_mask_negative.yaml",
@@ -137,6 +137,9 @@ OPTION_CORPUS = (
     "opt_empty_mean_unknown.yaml",
     "opt_empty_mean_number.yaml",
     "opt_empty_mean_dot_nan.yaml",
+    "opt_defaults_unknown.yaml",
+    "opt_defaults_list.yaml",
+    "opt_defaults_explicit_ignore_wins.yaml",
 )
 
 
@@ -912,7 +915,7 @@ def test_layer_logits_respect_max_elements(tmp_path: Path, monkeypatch: pytest.M
 
 
 # --------------------------------------------------------------------------------------------
-# loss_mask and empty_mean
+# loss_mask, empty_mean and defaults: torch
 
 
 def test_loss_mask_inline_batch_and_single(tmp_path: Path) -> None:
@@ -977,9 +980,41 @@ def test_empty_mean_values(tmp_path: Path) -> None:
     )
 
 
+def test_defaults_torch_sets_ignore_index_minus_100(tmp_path: Path) -> None:
+    text = "logits: [[1, 2], [0, 1]]\nlabel: [0, -100]\n"
+    assert "class index -100 out of range" in error_of(tmp_path, text)
+    spec = spec_of(tmp_path, "defaults: torch\n" + text)
+    assert spec.ignore_index == -100
+    explicit = spec_of(
+        tmp_path, "defaults: torch\nignore_index: 1\nlogits: [[1, 2], [0, 1]]\nlabel: [0, 1]\n"
+    )
+    assert explicit.ignore_index == 1  # an explicit ignore_index wins
+    plain = spec_of(tmp_path, "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\n")
+    assert plain.ignore_index is None  # without defaults: no ignore_index, as before
+
+
+def test_defaults_torch_leaves_targets_and_sigmoid_alone(tmp_path: Path) -> None:
+    target = spec_of(tmp_path, "defaults: torch\nlogits: [1, 2]\ntarget: [0.5, 0.5]\n")
+    assert target.ignore_index is None and target.targets is not None
+    sigmoid = spec_of(tmp_path, "defaults: torch\n" + SIGMOID + "logits: [1, 2]\ntarget: [1, 0]\n")
+    assert sigmoid.ignore_index is None
+
+
+def test_defaults_torch_at_the_top_of_a_cases_file(tmp_path: Path) -> None:
+    items = load_file(
+        write(
+            tmp_path,
+            "defaults: torch\nlogits: [[1, 2], [0, 1]]\ncases:\n"
+            "  - {label: [0, -100]}\n  - {label: [1, 1], ignore_index: 1}\n",
+        )
+    )
+    assert [s.ignore_index for s in cast_specs(items)] == [-100, 1]
+
+
 def test_new_keys_are_in_the_schema() -> None:
     from gradcheck_cli.schema import spec_schema
 
     props = spec_schema()["properties"]
+    assert props["defaults"]["enum"] == ["torch"]
     assert props["empty_mean"]["enum"] == ["nan", "zero"]
     assert {"type": "number", "minimum": 0} in props["loss_mask"]["oneOf"]

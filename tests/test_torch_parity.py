@@ -332,14 +332,38 @@ def test_torch_adapter_empty_mean_zero_with_zero_class_weights() -> None:
     np.testing.assert_array_equal(grad, 0.0)
 
 
+def test_defaults_torch_is_pytorchs_default_ignore_index() -> None:
+    """defaults: torch with labels -100 == PyTorch's F.cross_entropy with no ignore_index given
+    == an explicit ignore_index -100."""
+    import gradcheck_cli as xc
+    from gradcheck_cli.spec import load_text
+
+    text = "logits: [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-0.5, 1.5, 1.0]]\nlabel: [0, -100, 2]\n"
+    (by_default,) = load_text("defaults: torch\n" + text)
+    (explicit,) = load_text("ignore_index: -100\n" + text)
+    assert by_default.ignore_index == explicit.ignore_index == -100  # type: ignore[union-attr]
+    z = torch.tensor(by_default.logits, requires_grad=True)  # type: ignore[union-attr]
+    loss = F.cross_entropy(z, torch.tensor([0, -100, 2]))  # PyTorch's own default
+    loss.backward()
+    report = xc.check([by_default, explicit], impl="torch")  # type: ignore[list-item]
+    assert report.passed, report.summary_text()
+    problem = CrossEntropyProblem(
+        by_default.logits,  # type: ignore[union-attr]
+        labels=by_default.labels,  # type: ignore[union-attr]
+        ignore_index=by_default.ignore_index,  # type: ignore[union-attr]
+    )
+    close(reduce_any(problem), loss.detach().numpy())
+    close(METHODS["exact"](problem).grad, z.grad.numpy())
+
+
 def test_bundled_convention_specs_pass_with_the_torch_adapter() -> None:
     from pathlib import Path
 
     import gradcheck_cli as xc
 
     specs = Path(__file__).resolve().parents[1] / "specs"
-    names = ("loss_mask.yaml", "empty_mean.yaml", "all_ignored.yaml")
+    names = ("loss_mask.yaml", "empty_mean.yaml", "defaults_torch.yaml", "all_ignored.yaml")
     for dtype in ("float64", "float32"):
         report = xc.check([s for n in names for s in xc.load(specs / n)], impl="torch",
                           dtype=dtype)  # type: ignore[arg-type]  # fmt: skip
-        assert report.passed and len(report.results) == 6, report.summary_text()
+        assert report.passed and len(report.results) == 7, report.summary_text()

@@ -222,6 +222,7 @@ _OFF: dict[str, object] = {
     "z_loss": 0.0,
     "softcap": None,
     "pos_weight": None,
+    "loss_mask": None,
 }
 
 

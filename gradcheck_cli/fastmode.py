@@ -464,8 +464,8 @@ class _FastRun:
         problem = self.problem
         if isinstance(problem, CrossEntropyProblem) and problem.reduction == "mean":
             alpha, _ = self.scales  # type: ignore[misc]
-            if not np.any(alpha):
-                return float("nan")
+            if not np.any(alpha):  # nothing to average: 0/0, or 0 with empty_mean zero
+                return 0.0 if problem.empty_mean == "zero" else float("nan")
         return float(np.sum(per_row))
 
     def _checks(self) -> list[Check]:

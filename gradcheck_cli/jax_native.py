@@ -129,13 +129,17 @@ def optax_loss(
     labels: Any = None,
     targets: Any = None,
     label_smoothing: float = 0.0,
+    empty_mean: str = "nan",
 ) -> Any:
     """optax's own losses (``--impl optax``): ``softmax_cross_entropy_with_integer_labels``
     for labels, ``softmax_cross_entropy`` for probability targets (label smoothing through
     ``optax.smooth_labels``), ``sigmoid_binary_cross_entropy`` for sigmoid specs; the
     reduction is a plain mean or sum over the per-sample (per-element) losses. optax has no
-    class weights, ignore_index, softcap, z-loss or pos_weight: a spec that sets one is an
-    error naming it (this signature does not take them)."""
+    class weights, ignore_index, softcap, z-loss, pos_weight, num_items_in_batch or loss mask
+    (its ``where`` masks classes, not samples): a spec that sets one is an error naming it
+    (this signature does not take them). ``empty_mean`` is taken and has no effect: with only
+    the options optax has, every sample counts, so the mean's divisor is N >= 1 and never 0."""
+    del empty_mean  # nothing to average never happens here (see above)
     import jax.numpy as jnp
     import optax
 

@@ -18,6 +18,7 @@ from gradcheck_cli.methods import METHODS, SCHEMES
 from gradcheck_cli.model import DTYPES
 from gradcheck_cli.spec import (
     CASE_KEYS,
+    DEFAULTS,
     EXPECT_KEYS,
     FILE_KEYS,
     LAYER_KEYS,
@@ -62,6 +63,9 @@ _ALTERNATIVES: dict[str, dict[str, Any]] = {
     "positive": {"type": "number", "exclusiveMinimum": 0},
     "nonnegative": NONNEGATIVE,
     "nonnegative_array": _array(NONNEGATIVE),
+    "nonnegative_vector": {
+        "oneOf": [{"type": "array", "items": NONNEGATIVE, "minItems": 1}, FILE_REF]
+    },
 }
 _KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
     "int64": ("integer",),
@@ -70,11 +74,15 @@ _KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
     "nonnegative": ("nonnegative",),
     "class_array": ("nonnegative_array",),
     "broadcast_array": ("nonnegative", "nonnegative_array"),
+    "row_array": ("nonnegative", "nonnegative_vector"),
+    "choice": (),  # an enum of the option's own choices
 }
 
 
 def option_schema(option: Option) -> dict[str, Any]:
     """What a loss option accepts in any family (the loader checks the family's own rule)."""
+    if option.choices:
+        return {"enum": list(option.choices)}
     used = {alt for kind in option.kinds.values() for alt in _KIND_ALTERNATIVES[kind]}
     alternatives = [schema for alt, schema in _ALTERNATIVES.items() if alt in used]
     return alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
@@ -104,6 +112,7 @@ def case_properties() -> dict[str, Any]:
         },
         "target": _array({"type": "number", "minimum": 0, "maximum": 1}),
         "reduction": {"enum": list(REDUCTIONS)},
+        "defaults": {"enum": list(DEFAULTS)},
         **{option.name: option_schema(option) for option in OPTIONS},
         "methods": {
             "type": "array",

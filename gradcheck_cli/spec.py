@@ -67,6 +67,7 @@ CASE_KEYS: dict[str, str] = {
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
+    "defaults": "torch: PyTorch's defaults for what the spec leaves unset (ignore_index -100)",
     **{option.name: option.expected for option in OPTIONS},  # the loss options' table
     "methods": "list of gradient methods",
     "tolerance": "{rtol, atol} for every comparison, or per method",
@@ -79,6 +80,11 @@ FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
 EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
 TOLERANCE_KEYS = ("rtol", "atol")
+
+#: The values of ``defaults``: whose defaults fill what a spec leaves unset.
+DEFAULTS = ("torch",)
+#: PyTorch's ``F.cross_entropy`` default ``ignore_index`` (``defaults: torch``).
+TORCH_IGNORE_INDEX = -100
 
 #: Target rows must sum to 1 within this absolute tolerance.
 TARGET_SUM_TOLERANCE = 1e-6
@@ -712,7 +718,17 @@ def _case(
 MAX_ERRORS_PER_CASE = 20
 #: Keys other fields are validated against: after an error in one of them, stop.
 _FOUNDATIONS = frozenset(
-    {"logits", "label", "target", "layer", "loss", "classes", "num_classes", "reduction"}
+    {
+        "logits",
+        "label",
+        "target",
+        "layer",
+        "loss",
+        "classes",
+        "num_classes",
+        "reduction",
+        "defaults",
+    }
 )
 
 
@@ -791,6 +807,7 @@ def _build_spec(
     batch = logits[None, :] if single else logits
     classes = _classes_and_count(case, batch.shape[1])
     options = _loss_options(case, loss, logits.shape, lambda key: key in _LABEL_OPTIONS)
+    options |= _defaults(case, loss, options)
     labels, targets = _labels_or_targets(case, loss, logits, classes, options.get("ignore_index"))
     options |= _loss_options(case, loss, logits.shape, lambda key: key not in _LABEL_OPTIONS)
     reduction = cast(Reduction, case.choice("reduction", REDUCTIONS) or "mean")
@@ -848,6 +865,20 @@ def _microbatches(case: _Case, n: int) -> int | None:
             f"expected an integer from 2 to the batch size {n}, found {k}",
         )
     return k
+
+
+def _defaults(case: _Case, loss: LossKind, options: dict[str, Any]) -> dict[str, Any]:
+    """What ``defaults: torch`` sets that the case leaves unset: ``ignore_index`` -100 (PyTorch's
+    ``F.cross_entropy`` default) for softmax index labels. Probability targets and sigmoid
+    cross-entropy have no ``ignore_index`` in PyTorch's sense (it never applies to them), so
+    nothing is set there; an explicit ``ignore_index`` wins."""
+    node = case.value("defaults")
+    if node is None:
+        return {}
+    _one_of(case.ctx, node, case.field("defaults"), DEFAULTS)
+    if loss != SOFTMAX or "ignore_index" in options or case.value("target") is not None:
+        return {}
+    return {"ignore_index": TORCH_IGNORE_INDEX}
 
 
 def _reject_foreign_options(case: _Case, loss: LossKind) -> None:
@@ -948,6 +979,43 @@ def _class_array_option(
     return _nonnegative_array(ctx, node, field, (k,), f"{k} {option.what}")
 
 
+def _row_array_option(
+    ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
+) -> np.ndarray:
+    """N finite numbers >= 0, one per row of logits (a number, or a list of one, for a single
+    sample), as float64 (N,)."""
+    single = len(shape) == 1
+    n = 1 if single else shape[0]
+    what = (
+        "one number (a single sample)" if single else f"{n} {option.what} (one per row of logits)"
+    )
+    if single and isinstance(node, ScalarNode):
+        return np.array([_nonnegative(ctx, node, field)])
+    arr = _float_array(ctx, node, field, what)
+    if arr.shape != (n,):
+        raise ctx.error(node, field, f"expected {what}, found shape {_shape(arr.shape)}")
+    _require_nonnegative(ctx, node, field, arr)
+    return arr
+
+
+def _choice_option(ctx: _Ctx, node: Node, field: str, option: Option, shape: Any) -> str:
+    return _one_of(ctx, node, field, option.choices)
+
+
+def _one_of(ctx: _Ctx, node: Node, field: str, choices: tuple[str, ...]) -> str:
+    """A string that is one of ``choices``; anything else is an error listing them."""
+    _check_tags(ctx, node, field)
+    allowed = " | ".join(choices)
+    value = _scalar(node) if isinstance(node, ScalarNode) else None
+    if not isinstance(value, str):
+        raise ctx.error(node, field, f"expected one of {allowed}, found {_describe(node)}")
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ctx.error(node, field, f"expected one of {allowed}, found {value!r}{hint}")
+    return value
+
+
 def _broadcast_option(
     ctx: _Ctx, node: Node, field: str, option: Option, shape: tuple[int, ...]
 ) -> np.ndarray:
@@ -963,6 +1031,8 @@ _OPTION_READERS: dict[Kind, Callable[[_Ctx, Node, str, Option, tuple[int, ...]],
     "int64": _int64_option,
     "class_array": _class_array_option,
     "broadcast_array": _broadcast_option,
+    "row_array": _row_array_option,
+    "choice": _choice_option,
 }
 
 

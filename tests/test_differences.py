@@ -80,3 +80,30 @@ def test_blocks_give_the_same_gradient_as_one_block() -> None:
     pieces = differences.coordinatewise("central", z, moved, evaluate, None, block=2, work=0)
     np.testing.assert_array_equal(whole, pieces)
     np.testing.assert_allclose(whole, np.cos(z), atol=1e-9)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_balanced_step_without_rounding_is_unbounded(scheme: Scheme) -> None:
+    """A forward scale of 0 (no row contributes: every sample ignored or masked) used to give a
+    step of 0 and a ZeroDivisionError in difference_error (``--impl`` self-consistency of an
+    all-ignored ``sum``); the step is now inf, which callers cap at 1."""
+    h = min(1.0, differences.balanced_step(scheme, 1.0, 8.0, 2.0**-52, 0.0))
+    assert h == 1.0
+    assert differences.difference_error(scheme, h, 1.0, 8.0, 2.0**-52, 0.0) > 0.0
+
+
+def test_impl_self_consistency_of_a_batch_where_nothing_contributes() -> None:
+    """Every sample ignored under ``sum`` (loss 0), and ``empty_mean: zero``, through --impl
+    torch in the full and the fast path: both passed through a zero step before."""
+    pytest.importorskip("torch")
+    import gradcheck_cli as xc
+    from gradcheck_cli.spec import load_text
+
+    text = "logits: [[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]\nlabel: [1, 1]\nignore_index: 1\n"
+    specs = [
+        *load_text(text + "reduction: sum\n"),
+        *load_text(text + "empty_mean: zero\nexpect: {loss: 0.0}\n"),
+    ]
+    for fast in (False, True):
+        report = xc.check(specs, impl="torch", fast=fast)  # type: ignore[arg-type]
+        assert report.passed and len(report.results) == 2, report.summary_text()

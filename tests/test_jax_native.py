@@ -85,3 +85,23 @@ def test_devices_are_placed_or_refused_clearly() -> None:
         load("optax", device="mps")
     with pytest.raises(ImplError, match="a NumPy implementation runs where NumPy does"):
         load("gradcheck_cli.torch_adapter:torch_cross_entropy", device="cuda")
+
+
+def test_optax_has_no_loss_mask_and_its_mean_is_never_empty() -> None:
+    """optax's losses take no per-sample mask (``where`` masks classes): loss_mask is an error
+    naming it; empty_mean is accepted and changes nothing (every sample counts, so the mean's
+    divisor is N >= 1); defaults: torch sets ignore_index, which optax does not have."""
+    (masked,) = xc.load(SPECS / "loss_mask.yaml")[:1]
+    with pytest.raises(ImplError, match="does not accept option 'weight', 'ignore_index', "
+                       "'loss_mask'"):  # fmt: skip
+        run_spec(masked, RunOptions(impl=load("optax"), methods=("analytic",)))
+    only_mask = spec("mean")
+    only_mask = Spec(**{**only_mask.__dict__, "loss_mask": np.ones(5)})
+    with pytest.raises(ImplError, match="does not accept option 'loss_mask'"):
+        run_spec(only_mask, RunOptions(impl=load("optax"), methods=("analytic",)))
+    zero = Spec(**{**spec("mean").__dict__, "empty_mean": "zero"})
+    r = run_spec(zero, RunOptions(impl=load("optax")))
+    assert r.status == "pass", [c for c in r.comparisons if not c.passed]
+    (torch_defaults,) = xc.load(SPECS / "defaults_torch.yaml")
+    with pytest.raises(ImplError, match="does not accept option 'ignore_index'"):
+        run_spec(torch_defaults, RunOptions(impl=load("optax"), methods=("analytic",)))

@@ -9,6 +9,8 @@ shares code or algebra with the other.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mpmath
 import numpy as np
 import pytest
@@ -253,3 +255,195 @@ def test_num_items_in_batch_makes_micro_batch_gradients_add_up() -> None:
         grads.append(METHODS["analytic"](part, DEFAULT_SETTINGS).grad)
     whole = METHODS["analytic"](full, DEFAULT_SETTINGS).grad
     np.testing.assert_allclose(np.vstack(grads), whole, rtol=1e-15, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# loss_mask and empty_mean
+
+
+def masked_reference(
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    targets: np.ndarray | None,
+    weight: np.ndarray | None,
+    mask: np.ndarray,
+    s: float,
+    reduction: str,
+    items: float | None = None,
+) -> object:
+    """docs/losses.md's masked loss, written from PyTorch's per-sample loss (index labels:
+    ``w_y nll``; probability targets: ``-sum_c w_c t_c log p_c``): ``m_n l_n``, and ``mean`` =
+    ``sum m_n ce_n / sum m_n w_{y_n} + sum m_n zl_n / sum m_n`` (M instead with ``items``). Index
+    labels -100 are ignored."""
+    n, k = z.shape
+    w = [mp.mpf(1)] * k if weight is None else [mp.mpf(float(v)) for v in weight]
+    m = [mp.mpf(float(v)) for v in mask]
+
+    def loss(*flat: mpmath.mpf) -> object:
+        ce, zl, norm, count = [], [], mp.mpf(0), mp.mpf(0)
+        for i in range(n):
+            row = list(flat[i * k : (i + 1) * k])
+            lse = mp.log(mp.fsum(mp.exp(v) for v in row))
+            if labels is not None:
+                y = int(labels[i])
+                if y == -100:
+                    ce.append(mp.mpf(0))
+                    zl.append(mp.mpf(0))
+                    continue
+                per = w[y] * (lse - row[y])
+                norm += m[i] * w[y]
+            else:
+                assert targets is not None
+                per = mp.fsum(
+                    w[c] * mp.mpf(float(targets[i, c])) * (lse - row[c]) for c in range(k)
+                )
+                norm += m[i]
+            count += m[i]
+            ce.append(m[i] * per)
+            zl.append(m[i] * s * lse**2)
+        if reduction == "none":
+            return [c + q for c, q in zip(ce, zl, strict=True)]
+        if reduction == "sum":
+            return mp.fsum(ce) + mp.fsum(zl)
+        if items is not None:
+            return (mp.fsum(ce) + mp.fsum(zl)) / items
+        return mp.fsum(ce) / norm + (mp.fsum(zl) / count if s else 0)
+
+    return loss
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_loss_mask_matches_mpmath_by_every_method(seed: int) -> None:
+    rng = np.random.default_rng(500 + seed)
+    n, k = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    z = rng.normal(size=(n, k)) * 2
+    reduction = str(rng.choice(["mean", "sum", "none"]))
+    weight = rng.uniform(0.3, 2.0, size=k) if rng.random() < 0.5 else None
+    s = float(rng.choice([0.0, 0.05]))
+    mask = rng.choice([0.0, 0.25, 1.0, 1.5], size=n)
+    mask[0] = 1.0  # never an empty mean here (own tests below)
+    labels = targets = None
+    if rng.random() < 0.3:
+        targets = rng.dirichlet(np.ones(k), size=n)
+    else:
+        labels = rng.integers(0, k, n)
+        if rng.random() < 0.5:
+            labels[-1] = -100
+    items = float(rng.choice([3.0, 7.5])) if reduction == "mean" and rng.random() < 0.3 else None
+    ref = masked_reference(z, labels, targets, weight, mask, s, reduction, items)
+    want_loss, want_grad = reference_values(ref, z, reduction)
+    problem = CrossEntropyProblem(
+        z,
+        labels=labels,
+        targets=targets,
+        reduction=reduction,  # type: ignore[arg-type]
+        weight=weight,
+        ignore_index=None if labels is None else -100,
+        z_loss=s,
+        loss_mask=mask,
+        num_items_in_batch=items,
+    )
+    np.testing.assert_allclose(reduce_any(problem), want_loss, rtol=1e-13, atol=1e-300)
+    for name in ("analytic", "jacobian", "exact", "complex_step"):
+        got = METHODS[name](problem, DEFAULT).grad
+        np.testing.assert_allclose(got, want_grad, rtol=1e-12, atol=1e-15, err_msg=name)
+    got = METHODS["finite_difference"](problem, DEFAULT).grad
+    np.testing.assert_allclose(got, want_grad, rtol=0, atol=1e-8)
+
+
+def _options_problem(**extra: object) -> CrossEntropyProblem:
+    rng = np.random.default_rng(42)
+    z = rng.normal(size=(5, 4)) * 2
+    return CrossEntropyProblem(
+        z,
+        labels=np.array([0, 3, -100, 1, 2]),
+        ignore_index=-100,
+        weight=np.array([0.5, 2.0, 1.0, 1.5]),
+        label_smoothing=0.1,
+        z_loss=0.01,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+ALL_METHODS = ("analytic", "jacobian", "exact", "complex_step", "finite_difference")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_mask_of_ones_is_no_mask(reduction: str) -> None:
+    plain = _options_problem(reduction=reduction)
+    ones = _options_problem(reduction=reduction, loss_mask=np.ones(5))
+    np.testing.assert_allclose(reduce_any(ones), reduce_any(plain), rtol=1e-15, atol=0)
+    for name in ALL_METHODS:
+        np.testing.assert_allclose(
+            METHODS[name](ones, DEFAULT).grad, METHODS[name](plain, DEFAULT).grad, rtol=1e-14,
+            atol=1e-17, err_msg=name,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_mask_zero_on_a_row_is_ignore_index_on_that_row(reduction: str) -> None:
+    """Row 1 masked (m = 0) == row 1 labelled ignore_index, even where its loss is +inf (its
+    label's logit is -inf): the masked row contributes exactly 0, in loss and gradient."""
+    z = np.random.default_rng(3).normal(size=(4, 3))
+    z[1, 2] = -np.inf
+    masked = CrossEntropyProblem(
+        z, labels=np.array([0, 2, 1, 1]), ignore_index=-100, reduction=reduction,  # type: ignore[arg-type]
+        loss_mask=np.array([1.0, 0.0, 1.0, 1.0]), z_loss=0.02,
+    )  # fmt: skip
+    ignored = CrossEntropyProblem(
+        z, labels=np.array([0, -100, 1, 1]), ignore_index=-100, reduction=reduction,  # type: ignore[arg-type]
+        z_loss=0.02,
+    )  # fmt: skip
+    np.testing.assert_allclose(reduce_any(masked), reduce_any(ignored), rtol=1e-15, atol=0)
+    assert np.all(np.isfinite(reduce_any(masked)))
+    for name in ("analytic", "exact", "complex_step", "finite_difference"):
+        got, want = METHODS[name](masked, DEFAULT).grad, METHODS[name](ignored, DEFAULT).grad
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-17, err_msg=name)
+        assert np.all(got[1] == 0.0)
+
+
+def test_fractional_mask_scales_a_row_like_repeating_it() -> None:
+    """sum with m = 2 on a row == the row written twice; mean with m = 0.5 is a weighted mean."""
+    z = np.array([[1.0, 2.0, 0.5], [0.3, -0.2, 2.2]])
+    y = np.array([1, 2])
+    twice = CrossEntropyProblem(z, labels=y, reduction="sum", loss_mask=np.array([2.0, 1.0]))
+    repeated = CrossEntropyProblem(z[[0, 0, 1]], labels=y[[0, 0, 1]], reduction="sum")
+    np.testing.assert_allclose(reduce_any(twice), reduce_any(repeated), rtol=1e-15)
+    half = CrossEntropyProblem(z, labels=y, loss_mask=np.array([0.5, 1.0]))
+    per = CrossEntropyProblem(z, labels=y, reduction="none")
+    l0, l1 = np.asarray(reduce_any(per))
+    np.testing.assert_allclose(reduce_any(half), (0.5 * l0 + l1) / 1.5, rtol=1e-15)
+
+
+EMPTY = {
+    "all ignored": {"labels": np.array([-100, -100, -100])},
+    "all masked": {"labels": np.array([0, 1, 2]), "loss_mask": np.zeros(3)},
+    "masked or ignored": {"labels": np.array([0, -100, 2]), "loss_mask": np.array([0.0, 1, 0])},
+    "zero weight sum": {"labels": np.array([0, 0, 0]), "weight": np.array([0.0, 1.0, 1.0])},
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY))
+@pytest.mark.parametrize("z_loss", [0.0, 0.1])
+def test_empty_mean_zero_gives_zero_loss_and_zero_gradient(case: str, z_loss: float) -> None:
+    z = np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0], [-1.0, 0.5, 0.0]])
+    options = {"ignore_index": -100, "z_loss": z_loss, "label_smoothing": 0.1, **EMPTY[case]}
+    zero = CrossEntropyProblem(z, empty_mean="zero", **options)  # type: ignore[arg-type]
+    nan = CrossEntropyProblem(z, **options)  # type: ignore[arg-type]
+    assert reduce_any(zero) == 0.0
+    assert np.isnan(reduce_any(nan))  # the default stays PyTorch's 0/0
+    for name in ALL_METHODS:
+        np.testing.assert_array_equal(METHODS[name](zero, DEFAULT).grad, 0.0, err_msg=name)
+        np.testing.assert_array_equal(METHODS[name](nan, DEFAULT).grad, 0.0, err_msg=name)
+
+
+def test_empty_mean_only_changes_an_empty_mean() -> None:
+    z = np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])
+    for reduction in ("mean", "sum", "none"):
+        for labels in (np.array([1, -100]), np.array([-100, -100])):
+            if reduction == "mean" and np.all(labels == -100):
+                continue
+            a = CrossEntropyProblem(z, labels=labels, ignore_index=-100, reduction=reduction)  # type: ignore[arg-type]
+            b = replace(a, empty_mean="zero")
+            np.testing.assert_array_equal(reduce_any(a), reduce_any(b))
+            np.testing.assert_array_equal(METHODS["exact"](a).grad, METHODS["exact"](b).grad)

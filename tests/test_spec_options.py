@@ -124,6 +124,22 @@ OPTION_CORPUS = (
     "opt_sigmoid_minus_inf.yaml",
     "opt_sigmoid_expect_loss_shape.yaml",
     "opt_sigmoid_expect_loss_shape_single.yaml",
+    # loss_mask, empty_mean, defaults
+    "opt_loss_mask_length.yaml",
+    "opt_loss_mask_nested.yaml",
+    "opt_loss_mask_negative.yaml",
+    "opt_loss_mask_nan.yaml",
+    "opt_loss_mask_inf.yaml",
+    "opt_loss_mask_string.yaml",
+    "opt_loss_mask_boolean.yaml",
+    "opt_loss_mask_single_negative.yaml",
+    "opt_loss_mask_sigmoid.yaml",
+    "opt_empty_mean_unknown.yaml",
+    "opt_empty_mean_number.yaml",
+    "opt_empty_mean_dot_nan.yaml",
+    "opt_defaults_unknown.yaml",
+    "opt_defaults_list.yaml",
+    "opt_defaults_explicit_ignore_wins.yaml",
 )
 
 
@@ -896,3 +912,109 @@ def test_layer_logits_respect_max_elements(tmp_path: Path, monkeypatch: pytest.M
     assert isinstance(item, SpecError)
     assert item.field == "layer"
     assert "more than 100 elements" in item.message
+
+
+# --------------------------------------------------------------------------------------------
+# loss_mask, empty_mean and defaults: torch
+
+
+def test_loss_mask_inline_batch_and_single(tmp_path: Path) -> None:
+    spec = spec_of(
+        tmp_path, "logits: [[1, 2], [0, 1], [3, 1]]\nlabel: [0, 1, 1]\nloss_mask: [0, 1, 0.25]\n"
+    )
+    assert spec.loss_mask is not None and spec.loss_mask.dtype == np.float64
+    np.testing.assert_array_equal(spec.loss_mask, [0.0, 1.0, 0.25])
+    for text in ("loss_mask: 0.5\n", "loss_mask: [0.5]\n"):
+        one = spec_of(tmp_path, "logits: [1, 2]\nlabel: 0\n" + text)
+        np.testing.assert_array_equal(one.loss_mask, [0.5])  # type: ignore[arg-type]
+    assert spec_of(tmp_path, "logits: [1, 2]\nlabel: 0\n").loss_mask is None
+
+
+def test_loss_mask_from_a_file(tmp_path: Path) -> None:
+    np.save(tmp_path / "mask.npy", np.array([1, 0], dtype=np.int32))  # integers widen
+    spec = spec_of(
+        tmp_path, "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\nloss_mask: {file: mask.npy}\n"
+    )
+    np.testing.assert_array_equal(spec.loss_mask, [1.0, 0.0])  # type: ignore[arg-type]
+    np.save(tmp_path / "bad.npy", np.array([1.0, -2.0]))
+    message = error_of(
+        tmp_path, "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\nloss_mask: {file: bad.npy}\n"
+    )
+    assert message == "s.yaml:3:12: loss_mask[1]: expected a finite number >= 0, found -2.0"
+    np.save(tmp_path / "long.npy", np.ones(3))
+    message = error_of(
+        tmp_path, "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\nloss_mask: {file: long.npy}\n"
+    )
+    assert message.endswith(
+        "loss_mask: expected 2 mask values (one per row of logits), found shape (3,)"
+    )
+
+
+def test_loss_mask_from_the_top_level_of_a_cases_file_is_checked_per_case(
+    tmp_path: Path,
+) -> None:
+    items = load_file(
+        write(
+            tmp_path,
+            "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\n"
+            "loss_mask: [1, 0]\ncases:\n  - {name: a}\n"
+            "  - {name: b, logits: [1, 2], label: 0}\n",
+        )
+    )
+    assert isinstance(items[0], Spec)
+    assert isinstance(items[1], SpecError)
+    assert str(items[1]).endswith(
+        "3:12: cases[1].loss_mask: expected one number (a single sample), found shape (2,)"
+    )
+
+
+def test_empty_mean_values(tmp_path: Path) -> None:
+    base = "logits: [1, 2]\nlabel: 0\n"
+    assert spec_of(tmp_path, base).empty_mean == "nan"
+    assert spec_of(tmp_path, base + "empty_mean: zero\n").empty_mean == "zero"
+    assert spec_of(tmp_path, base + "empty_mean: nan\n").empty_mean == "nan"  # plain 'nan': text
+    message = error_of(tmp_path, SIGMOID + "logits: [1, 2]\ntarget: [1, 0]\nempty_mean: zero\n")
+    assert (
+        message
+        == "s.yaml:4:13: empty_mean: empty_mean does not apply to loss sigmoid_cross_entropy"
+    )
+
+
+def test_defaults_torch_sets_ignore_index_minus_100(tmp_path: Path) -> None:
+    text = "logits: [[1, 2], [0, 1]]\nlabel: [0, -100]\n"
+    assert "class index -100 out of range" in error_of(tmp_path, text)
+    spec = spec_of(tmp_path, "defaults: torch\n" + text)
+    assert spec.ignore_index == -100
+    explicit = spec_of(
+        tmp_path, "defaults: torch\nignore_index: 1\nlogits: [[1, 2], [0, 1]]\nlabel: [0, 1]\n"
+    )
+    assert explicit.ignore_index == 1  # an explicit ignore_index wins
+    plain = spec_of(tmp_path, "logits: [[1, 2], [0, 1]]\nlabel: [0, 1]\n")
+    assert plain.ignore_index is None  # without defaults: no ignore_index, as before
+
+
+def test_defaults_torch_leaves_targets_and_sigmoid_alone(tmp_path: Path) -> None:
+    target = spec_of(tmp_path, "defaults: torch\nlogits: [1, 2]\ntarget: [0.5, 0.5]\n")
+    assert target.ignore_index is None and target.targets is not None
+    sigmoid = spec_of(tmp_path, "defaults: torch\n" + SIGMOID + "logits: [1, 2]\ntarget: [1, 0]\n")
+    assert sigmoid.ignore_index is None
+
+
+def test_defaults_torch_at_the_top_of_a_cases_file(tmp_path: Path) -> None:
+    items = load_file(
+        write(
+            tmp_path,
+            "defaults: torch\nlogits: [[1, 2], [0, 1]]\ncases:\n"
+            "  - {label: [0, -100]}\n  - {label: [1, 1], ignore_index: 1}\n",
+        )
+    )
+    assert [s.ignore_index for s in cast_specs(items)] == [-100, 1]
+
+
+def test_new_keys_are_in_the_schema() -> None:
+    from gradcheck_cli.schema import spec_schema
+
+    props = spec_schema()["properties"]
+    assert props["defaults"]["enum"] == ["torch"]
+    assert props["empty_mean"]["enum"] == ["nan", "zero"]
+    assert {"type": "number", "minimum": 0} in props["loss_mask"]["oneOf"]

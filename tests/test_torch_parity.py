@@ -225,3 +225,145 @@ def test_layer_parameter_gradients_match_torch() -> None:
         # Finite differences on every parameter: within their truncation error.
         for name, value in layer_methods.finite_differences(layer, problem).items():
             np.testing.assert_allclose(value, want[name], rtol=0, atol=1e-7)
+
+
+def masked_torch(case: dict[str, object], mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The masked loss written by hand in torch (docs/losses.md): PyTorch's ``reduction='none'``
+    losses times the mask; ``mean`` over ``sum m_n w_{y_n}`` (``sum m_n`` for targets)."""
+    z = torch.tensor(case["z"], dtype=torch.float64, requires_grad=True)
+    m = torch.tensor(mask, dtype=torch.float64)
+    kwargs: dict[str, object] = {"label_smoothing": case["smoothing"], "reduction": "none"}
+    w = torch.ones(z.shape[1], dtype=torch.float64)
+    if case["weight"] is not None:
+        w = torch.tensor(case["weight"], dtype=torch.float64)
+        kwargs["weight"] = w
+    if case["labels"] is not None:
+        labels = torch.tensor(case["labels"], dtype=torch.int64)
+        valid = torch.ones_like(labels, dtype=torch.bool)
+        if case["ignore"] is not None:
+            kwargs["ignore_index"] = case["ignore"]
+            valid = labels != case["ignore"]
+        per = F.cross_entropy(z, labels, **kwargs)
+        norm = (m * w[labels.clamp(min=0)] * valid).sum()  # type: ignore[index]
+    else:
+        per = F.cross_entropy(z, torch.tensor(case["targets"]), **kwargs)
+        norm = m.sum()
+    total = {"none": m * per, "sum": (m * per).sum(), "mean": (m * per).sum() / norm}
+    out = total[str(case["reduction"])]
+    out.sum().backward()
+    return out.detach().numpy(), z.grad.numpy()
+
+
+def test_loss_mask_matches_torch_by_hand_and_the_torch_adapter() -> None:
+    from gradcheck_cli.torch_adapter import torch_cross_entropy as adapter
+
+    rng = np.random.default_rng(15)
+    for _ in range(CASES // 2):
+        case = random_softmax_case(rng)
+        n = np.asarray(case["z"]).shape[0]
+        mask = rng.choice([0.0, 0.3, 1.0, 2.0], size=n)
+        mask[0] = 1.0
+        if case["labels"] is not None and case["ignore"] is not None:
+            mask[np.asarray(case["labels"]) == case["ignore"]] = 0.5  # on ignored rows: no effect
+            if case["reduction"] == "mean" and not np.any(mask[case["labels"] != case["ignore"]]):
+                continue  # an empty mean: own test
+        loss, grad = masked_torch(case, mask)
+        problem = ours(case, loss_mask=mask)
+        close(reduce_any(problem), loss)
+        for name in ("analytic", "jacobian", "exact"):
+            close(METHODS[name](problem).grad, grad)
+        options: dict[str, object] = {"reduction": case["reduction"], "loss_mask": mask}
+        options["label_smoothing"] = case["smoothing"]
+        for key, name in (("weight", "weight"), ("labels", "labels"), ("targets", "targets")):
+            if case[key] is not None:
+                options[name] = np.asarray(case[key])
+        if case["ignore"] is not None:
+            options["ignore_index"] = case["ignore"]
+        got_loss, got_grad = adapter(np.asarray(case["z"]), **options)
+        close(got_loss, loss)
+        close(got_grad, grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_adapter_composes_mask_num_items_and_z_loss(reduction: str) -> None:
+    from gradcheck_cli.torch_adapter import torch_cross_entropy as adapter
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(6, 5)) * 3
+    y = np.array([0, -100, 3, 4, 1, 2])
+    mask = np.array([1.0, 1.0, 0.0, 0.5, 2.0, 1.0])
+    for extra in ({}, {"num_items_in_batch": 9.0}, {"softcap": 4.0}):
+        options = {"labels": y, "ignore_index": -100, "loss_mask": mask, "z_loss": 0.03, **extra}
+        problem = CrossEntropyProblem(z, reduction=reduction, **options)  # type: ignore[arg-type]
+        got_loss, got_grad = adapter(z, reduction=reduction, **options)
+        close(got_loss, reduce_any(problem))
+        close(got_grad, METHODS["exact"](problem).grad)
+
+
+@pytest.mark.parametrize("mask_all_zero", [False, True])
+@pytest.mark.parametrize("empty_mean", ["nan", "zero"])
+def test_torch_adapter_empty_mean(mask_all_zero: bool, empty_mean: str) -> None:
+    """An empty mean: PyTorch's own nan with a zero gradient by default; with empty_mean zero
+    the adapter gives 0 and a zero gradient (autograd, no nan leaking through the 0/0)."""
+    from gradcheck_cli.torch_adapter import torch_cross_entropy as adapter
+
+    z = np.array([[1.0, 2.0, -np.inf], [0.0, 1.0, 3.0]])
+    options: dict[str, object] = {"ignore_index": -100, "z_loss": 0.1, "label_smoothing": 0.1}
+    if mask_all_zero:
+        options |= {"labels": np.array([2, 1]), "loss_mask": np.zeros(2)}  # +inf loss on row 0
+    else:
+        options |= {"labels": np.array([-100, -100])}
+    loss, grad = adapter(z, reduction="mean", empty_mean=empty_mean, **options)
+    assert np.isnan(loss) if empty_mean == "nan" else loss == 0.0, loss
+    np.testing.assert_array_equal(grad, 0.0)
+    problem = CrossEntropyProblem(z, empty_mean=empty_mean, **options)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(reduce_any(problem), loss)
+
+
+def test_torch_adapter_empty_mean_zero_with_zero_class_weights() -> None:
+    """Non-ignored labels whose weights sum to 0 with smoothing: PyTorch's mean is nan (and so
+    is its gradient); empty_mean zero gives 0 and a zero gradient, as the reference does."""
+    from gradcheck_cli.torch_adapter import torch_cross_entropy as adapter
+
+    z = np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])
+    options = {"labels": np.array([0, 0]), "weight": np.array([0.0, 1.0, 1.0])}
+    loss, grad = adapter(z, reduction="mean", label_smoothing=0.1, empty_mean="zero", **options)
+    assert loss == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_defaults_torch_is_pytorchs_default_ignore_index() -> None:
+    """defaults: torch with labels -100 == PyTorch's F.cross_entropy with no ignore_index given
+    == an explicit ignore_index -100."""
+    import gradcheck_cli as xc
+    from gradcheck_cli.spec import load_text
+
+    text = "logits: [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-0.5, 1.5, 1.0]]\nlabel: [0, -100, 2]\n"
+    (by_default,) = load_text("defaults: torch\n" + text)
+    (explicit,) = load_text("ignore_index: -100\n" + text)
+    assert by_default.ignore_index == explicit.ignore_index == -100  # type: ignore[union-attr]
+    z = torch.tensor(by_default.logits, requires_grad=True)  # type: ignore[union-attr]
+    loss = F.cross_entropy(z, torch.tensor([0, -100, 2]))  # PyTorch's own default
+    loss.backward()
+    report = xc.check([by_default, explicit], impl="torch")  # type: ignore[list-item]
+    assert report.passed, report.summary_text()
+    problem = CrossEntropyProblem(
+        by_default.logits,  # type: ignore[union-attr]
+        labels=by_default.labels,  # type: ignore[union-attr]
+        ignore_index=by_default.ignore_index,  # type: ignore[union-attr]
+    )
+    close(reduce_any(problem), loss.detach().numpy())
+    close(METHODS["exact"](problem).grad, z.grad.numpy())
+
+
+def test_bundled_convention_specs_pass_with_the_torch_adapter() -> None:
+    from pathlib import Path
+
+    import gradcheck_cli as xc
+
+    specs = Path(__file__).resolve().parents[1] / "specs"
+    names = ("loss_mask.yaml", "empty_mean.yaml", "defaults_torch.yaml", "all_ignored.yaml")
+    for dtype in ("float64", "float32"):
+        report = xc.check([s for n in names for s in xc.load(specs / n)], impl="torch",
+                          dtype=dtype)  # type: ignore[arg-type]  # fmt: skip
+        assert report.passed and len(report.results) == 7, report.summary_text()

@@ -31,8 +31,19 @@ SHORT_NAMES: dict[LossKind, str] = {SOFTMAX: "softmax", SIGMOID: "sigmoid"}
 
 #: An option's type and range in one family. ``class_array``: K finite numbers >= 0;
 #: ``broadcast_array``: a finite number >= 0 or an array of them that broadcasts to the logits
-#: (stored broadcast to (N, K)); ``int64``: an integer that fits in 64 bits.
-Kind = Literal["unit", "positive", "nonnegative", "int64", "class_array", "broadcast_array"]
+#: (stored broadcast to (N, K)); ``int64``: an integer that fits in 64 bits; ``row_array``: N
+#: finite numbers >= 0, one per row (one number for a single sample); ``choice``: one of the
+#: option's ``choices`` (a string).
+Kind = Literal[
+    "unit",
+    "positive",
+    "nonnegative",
+    "int64",
+    "class_array",
+    "broadcast_array",
+    "row_array",
+    "choice",
+]
 #: How docs/spec.md spells each kind.
 KIND_TEXT: dict[Kind, str] = {
     "unit": "number in [0, 1]",
@@ -41,6 +52,8 @@ KIND_TEXT: dict[Kind, str] = {
     "int64": "integer",
     "class_array": "K numbers ≥ 0",
     "broadcast_array": "a number or an array that broadcasts to the logits",
+    "row_array": "N numbers ≥ 0",
+    "choice": "one of the choices",  # docs_value spells the choices out
 }
 
 
@@ -62,6 +75,8 @@ class Option:
     """A rule beyond type and range, for docs/spec.md."""
     explained: bool = True
     """``xentcheck explain`` derives the gradient with this option set."""
+    choices: tuple[str, ...] = ()
+    """For the ``choice`` kind: the values the option accepts, the default first."""
 
     @property
     def families(self) -> tuple[LossKind, ...]:
@@ -130,6 +145,26 @@ OPTIONS: tuple[Option, ...] = (
         rule="with reduction mean; z-loss sum divided by M too",
         explained=False,
     ),
+    Option(
+        "loss_mask",
+        {SOFTMAX: "row_array"},
+        "per-row weights m (N numbers >= 0, one per row of logits; 0 drops a row)",
+        "m_n ≥ 0 per row (SFT prompt masking: 0 for prompt tokens, 1 for completion tokens): "
+        "sample n's loss is m_n·l_n, and `mean` divides by Σ m_n·w_{y_n}",
+        what="mask values",
+        rule="finite; z-loss rows masked too; all zero: an empty mean (`empty_mean`)",
+        explained=False,
+    ),
+    Option(
+        "empty_mean",
+        {SOFTMAX: "choice"},
+        "nan | zero: the mean of a batch with nothing to average (every sample ignored or "
+        "masked, or a zero weight sum)",
+        "`mean` of a batch with nothing to average (every label ignored, every `loss_mask` or "
+        "weight 0): `nan` (PyTorch's 0/0) or `zero` (Keras's 0, gradient 0)",
+        rule="with reduction mean",
+        choices=("nan", "zero"),
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -148,6 +183,10 @@ class OptionValues:
     """Positive-term weights (K,), sigmoid only."""
     num_items_in_batch: float | None = None
     """The divisor of ``mean`` (HuggingFace's gradient-accumulation normaliser), softmax only."""
+    loss_mask: NDArray[np.float64] | None = None
+    """Per-row loss weights (N,), softmax only."""
+    empty_mean: str = "nan"
+    """The ``mean`` of a batch with a zero normaliser: ``"nan"`` or ``"zero"``, softmax only."""
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(OptionValues)}
@@ -172,6 +211,8 @@ def set_options(record: OptionValues) -> dict[str, Any]:
 
 def docs_value(option: Option) -> str:
     """docs/spec.md's "value" column: the type and range, per family where they differ."""
+    if option.choices:
+        return " \\| ".join(f"`{c}`" for c in option.choices)
     texts = {KIND_TEXT[kind] for kind in option.kinds.values()}
     if len(texts) == 1:
         return texts.pop()
@@ -180,7 +221,10 @@ def docs_value(option: Option) -> str:
 
 def docs_rows(option: Option) -> tuple[str, str]:
     """The option's rows of README.md's "Loss options" table and docs/spec.md's keys table."""
-    default = "—" if option.default is None else f"{option.default:g}"
+    default = option.default
+    default = (
+        "—" if default is None else f"`{default}`" if isinstance(default, str) else f"{default:g}"
+    )
     families = " and ".join(SHORT_NAMES[f] for f in option.families)
     rules = "; ".join(part for part in (families, option.rule) if part)
     readme = f"| `{option.name}` | {option.doc} |"

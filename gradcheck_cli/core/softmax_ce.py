@@ -15,9 +15,13 @@ Then the sample's cross-entropy is ``ce = -sum_c q_c log p_c`` (PyTorch's
 Reductions follow ``torch.nn.functional.cross_entropy``: ``sum`` adds everything; ``none`` keeps
 one loss per sample; ``mean`` divides the cross-entropy sum by ``sum_n w_{y_n}`` over non-ignored
 samples for index labels (by N for probability targets) and the z-loss sum by the number of
-non-ignored samples. Because every reduction is linear, each sample's share of the reduced loss is
+non-ignored samples. A ``loss_mask`` m multiplies sample n's cross-entropy and z-loss by m_n,
+and each normalizer's terms by m_n too (``sum_n m_n w_{y_n}``, ``sum_n m_n``). A ``mean`` whose
+normalizer is 0 (nothing to average) is nan (PyTorch) or, with ``empty_mean: zero``, 0 (Keras).
+Because every reduction is linear, each sample's share of the reduced loss is
 ``alpha_n ce_n + beta_n zloss_n`` (:func:`reduction_scales`), which is what the gradient methods
-differentiate; for ``none`` both scales are 1 and row n of a gradient holds ``dl_n/dz_n``.
+differentiate; for ``none`` both scales are 1 (``m_n`` with a mask) and row n of a gradient
+holds ``dl_n/dz_n``.
 
 ``-log p_c`` is never computed as ``log`` of a probability: it is
 ``(m - z'_c) + log1p(sum_{j != j*} exp(z'_j - m))`` (``m = z'_{j*}`` the row maximum), a sum of two
@@ -41,6 +45,8 @@ from gradcheck_cli.core.softmax import softmax_terms
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
+#: What ``mean`` is when there is nothing to average (a zero normalizer).
+EMPTY_MEANS = ("nan", "zero")
 
 FloatArray = NDArray[np.float64]
 #: Real or complex (the complex-step method passes complex logits through the forward pass).
@@ -79,6 +85,11 @@ class CrossEntropyProblem:
     num_items_in_batch: float | None = None
     """``M > 0``: ``mean`` divides the cross-entropy and z-loss sums by M (HuggingFace's
     ``num_items_in_batch``: the same divisor for every micro-batch of an accumulated step)."""
+    loss_mask: FloatArray | None = None
+    """Per-row weights m, shape (N,), finite and >= 0 (None: all 1): sample n's loss is
+    ``m_n l_n`` and ``mean`` divides by ``sum_n m_n w_{y_n}`` (SFT prompt masking)."""
+    empty_mean: str = "nan"
+    """``mean`` with a zero normalizer: ``"nan"`` (PyTorch's 0/0) or ``"zero"`` (Keras's 0)."""
     row_scales: tuple[FloatArray, FloatArray] | None = None
     """The rows' (alpha, beta) when this problem is a slice of a larger batch (their mean
     normalizers come from the whole batch); None: computed from this problem."""
@@ -97,6 +108,10 @@ class CrossEntropyProblem:
             raise ValueError(f"unknown reduction {self.reduction!r}")
         if self.weight is not None and self.weight.shape != (k,):
             raise ValueError(f"weight must have shape ({k},), got {self.weight.shape}")
+        if self.loss_mask is not None and self.loss_mask.shape != (n,):
+            raise ValueError(f"loss_mask must have shape ({n},), got {self.loss_mask.shape}")
+        if self.empty_mean not in EMPTY_MEANS:
+            raise ValueError(f"empty_mean must be one of {EMPTY_MEANS}, got {self.empty_mean!r}")
         if self.ignore_index is not None and self.labels is None:
             raise ValueError("ignore_index needs index labels")
         if self.labels is not None:
@@ -117,6 +132,16 @@ class CrossEntropyProblem:
         if self.labels is None or self.ignore_index is None:
             return np.ones(n, dtype=bool)
         out: BoolArray = self.labels != self.ignore_index
+        return out
+
+    @property
+    def row_weights(self) -> FloatArray:
+        """Each row's factor in the reduction: ``m_n`` for a row that is not ignored, 0 for an
+        ignored one, shape (N,), float64 (1 and 0 without a ``loss_mask``)."""
+        valid = self.valid.astype(np.float64)
+        if self.loss_mask is None:
+            return valid
+        out: FloatArray = np.where(self.valid, self.loss_mask.astype(np.float64), 0.0)
         return out
 
     @property
@@ -150,13 +175,14 @@ def _cast(a: FloatArray | None, dtype: str) -> FloatArray | None:
 
 
 def cast(problem: CrossEntropyProblem, dtype: str) -> CrossEntropyProblem:
-    """The same problem with its floating-point arrays (logits, targets, class weights) rounded
-    to ``dtype``; labels stay int64."""
+    """The same problem with its floating-point arrays (logits, targets, class weights, loss
+    mask) rounded to ``dtype``; labels stay int64."""
     return replace(
         problem,
         logits=problem.logits.astype(dtype, copy=False),
         targets=_cast(problem.targets, dtype),
         weight=_cast(problem.weight, dtype),
+        loss_mask=_cast(problem.loss_mask, dtype),
     )
 
 
@@ -175,6 +201,7 @@ def rows_of(
         labels=None if problem.labels is None else problem.labels[rows],
         targets=_cast(None if problem.targets is None else problem.targets[rows], dtype),
         weight=_cast(problem.weight, dtype),
+        loss_mask=_cast(None if problem.loss_mask is None else problem.loss_mask[rows], dtype),
         row_scales=(alpha[rows].astype(dtype), beta[rows].astype(dtype)),
     )
 
@@ -238,26 +265,36 @@ def mean_normalizers(problem: CrossEntropyProblem) -> tuple[float, float]:
     """The divisors of ``mean``: (cross-entropy normalizer, z-loss normalizer).
 
     Index labels: ``sum_n w_{y_n}`` over non-ignored samples (PyTorch); probability targets: N.
-    The z-loss: the number of non-ignored samples. Either may be 0 (every sample ignored).
-    With ``num_items_in_batch`` M, both are M.
+    The z-loss: the number of non-ignored samples. With a ``loss_mask`` m each sample counts
+    ``m_n`` times: ``sum_n m_n w_{y_n}``, ``sum_n m_n`` (and ``sum_n m_n`` for probability
+    targets). Either may be 0 (every sample ignored or masked). With ``num_items_in_batch`` M,
+    both are M.
     """
     if problem.num_items_in_batch is not None:
         return float(problem.num_items_in_batch), float(problem.num_items_in_batch)
     n, _ = problem.shape
     valid = problem.valid
-    count = float(np.count_nonzero(valid))
+    if problem.loss_mask is None:
+        count = float(np.count_nonzero(valid))
+        if problem.labels is None:
+            return float(n), count
+        w = class_weights(problem).astype(np.float64)
+        return float(np.sum(w[problem.labels[valid]])), count
+    m = problem.row_weights  # m_n, 0 for ignored rows
+    count = float(np.sum(m))
     if problem.labels is None:
-        return float(n), count
+        return count, count
     w = class_weights(problem).astype(np.float64)
-    return float(np.sum(w[problem.labels[valid]])), count
+    return float(np.sum(m * w[label_columns(problem)])), count
 
 
 def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray]:
     """Each sample's factor in the reduced loss: (alpha for the cross-entropy, beta for the
     z-loss), shapes (N,) and (N,); 0 for ignored samples.
 
-    For ``mean`` with a zero normalizer (every sample ignored) the scales are 0: no sample
-    contributes, and :func:`reduce_loss` reports the 0/0 mean as nan, as PyTorch does.
+    A ``loss_mask`` multiplies both by ``m_n``. For ``mean`` with a zero normalizer (every
+    sample ignored or masked) the scales are 0: no sample contributes, and :func:`reduce_loss`
+    reports the 0/0 mean as nan, as PyTorch does (or as 0 with ``empty_mean: zero``).
     """
     if problem.row_scales is not None:
         return problem.row_scales
@@ -268,14 +305,15 @@ def reduction_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArr
 
 def float64_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray]:
     """:func:`reduction_scales` in float64 whatever the logits' dtype (they depend only on the
-    labels, the class weights and the reduction, never on the logits' values)."""
-    valid = problem.valid.astype(np.float64)
+    labels, the class weights, the loss mask and the reduction, never on the logits' values)."""
+    valid = problem.row_weights
     if problem.reduction != "mean":
         return valid, valid.copy()
     ce_norm, z_norm = mean_normalizers(problem)
     if ce_norm == 0.0:
-        # The mean is 0/0 (nan, as in PyTorch): no sample contributes, z-loss included, so the
-        # gradient (0) does not describe a different loss than the one reported.
+        # The mean is 0/0 (nan, as in PyTorch, or 0 with empty_mean zero): no sample
+        # contributes, z-loss included, so the gradient (0) does not describe a different loss
+        # than the one reported.
         return np.zeros_like(valid), np.zeros_like(valid)
     alpha = valid / ce_norm
     beta = valid / z_norm if z_norm != 0.0 else np.zeros_like(valid)
@@ -382,7 +420,8 @@ def contributions(problem: CrossEntropyProblem, logits: AnyArray | None = None) 
 
 
 def per_sample_loss(problem: CrossEntropyProblem, logits: AnyArray | None = None) -> FloatArray:
-    """Each sample's unreduced loss ``ce_n + zloss_n`` (PyTorch's ``reduction='none'``).
+    """Each sample's unreduced loss ``ce_n + zloss_n`` (PyTorch's ``reduction='none'``), before
+    any ``loss_mask`` (:func:`reduce_loss` applies it).
 
     Shape (..., N) for logits of shape (..., N, K).
     """
@@ -392,15 +431,18 @@ def per_sample_loss(problem: CrossEntropyProblem, logits: AnyArray | None = None
 
 
 def reduce_loss(problem: CrossEntropyProblem) -> float | FloatArray:
-    """The reduced loss: a float for ``mean`` and ``sum``, shape (N,) for ``none``.
+    """The reduced loss: a float for ``mean`` and ``sum``, shape (N,) for ``none``
+    (``m_n l_n`` with a ``loss_mask``: 0 on a masked row, even where ``l_n`` is infinite).
 
-    ``mean`` with every sample ignored (or a zero weight sum) is 0/0: nan, as in PyTorch; see
-    :func:`loss_note` for the reason in words.
+    ``mean`` with every sample ignored or masked (or a zero weight sum) is 0/0: nan, as in
+    PyTorch, or 0 with ``empty_mean: zero``; see :func:`loss_note` for the reason in words.
     """
     if problem.reduction == "none":
+        if problem.loss_mask is not None:
+            return contributions(problem)  # alpha = beta = m_n (0 if ignored)
         return per_sample_loss(problem)
     if problem.reduction == "mean" and mean_normalizers(problem)[0] == 0.0:
-        return float("nan")
+        return 0.0 if problem.empty_mean == "zero" else float("nan")
     return float(np.sum(contributions(problem)))
 
 
@@ -412,7 +454,13 @@ def loss_note(problem: CrossEntropyProblem, loss: float | FloatArray) -> str | N
     if problem.reduction == "mean" and mean_normalizers(problem)[0] == 0.0:
         if not np.any(problem.valid):
             return (
-                "every sample is ignored (ignore_index), so the mean is 0/0 = nan (as in PyTorch)"
+                "every sample is ignored (ignore_index), so the mean is 0/0 = nan (as in "
+                "PyTorch; empty_mean: zero makes it 0)"
+            )
+        if not np.any(problem.row_weights):
+            return (
+                "every loss_mask entry of the non-ignored samples is 0, so the mean is 0/0 = nan "
+                "(empty_mean: zero makes it 0)"
             )
         return "the class weights of the non-ignored labels sum to 0, so the mean is 0/0 = nan"
     ce, _ = sample_terms(problem)

@@ -34,6 +34,7 @@ Two kinds of quotient:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,8 +102,14 @@ def balanced_step(
 ) -> float:
     """The step minimising :func:`difference_error`, where one value's rounding is ``delta =
     roundings * eps * scale`` and ``bound`` bounds ``|f^(p+1)|``: ``h = (T R delta / (p
-    bound))^(1/(p+1))`` (Richardson: ``(360 delta / bound)^(1/5)``)."""
+    bound))^(1/(p+1))`` (Richardson: ``(360 delta / bound)^(1/5)``).
+
+    A ``scale`` of 0 (no row contributes: every sample ignored or masked, so the loss is a
+    constant) leaves nothing to balance: the step is ``inf``, and callers cap it (``min(1,
+    h)``), where a step of 0 would divide by zero in :func:`difference_error`."""
     order, divisor, rounding = ERROR_MODEL[scheme]
+    if scale == 0.0:
+        return math.inf
     balance = divisor * rounding / order  # 4, 3 and 360: exact
     return float((balance * roundings * eps * scale / bound) ** (1 / (order + 1)))
 

@@ -2,10 +2,10 @@
 
 The float64 inputs (logits, targets, weights, options) are exact binary numbers; this method
 converts them to 50-significant-digit mpmath numbers, evaluates the gradient formulas of
-``docs/losses.md`` (softmax, weighted targets, reduction scales, z-loss, softcap; or sigmoid
-cross-entropy) without rounding to float64 on the way, and rounds each result once. The outcome
-is the correctly rounded gradient up to a last-bit tie, so every other method can be judged by
-its true error. mpmath is imported only when this method runs.
+``docs/losses.md`` (softmax, weighted targets, reduction scales with the loss mask, z-loss,
+softcap; or sigmoid cross-entropy) without rounding to float64 on the way, and rounds each
+result once. The outcome is the correctly rounded gradient up to a last-bit tie, so every other
+method can be judged by its true error. mpmath is imported only when this method runs.
 
 Cost grows with N x K (about 0.05 ms per element); above :data:`EXACT_MAX_ELEMENTS` the method
 declines with a reason rather than taking more than a few seconds.
@@ -63,18 +63,25 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
     n, k = problem.shape
     w = [mpf(float(v)) for v in class_weights(problem)]
     valid = problem.valid
+    # The loss mask's float64 entries (1 without one), exactly; ignored rows count 0.
+    given = problem.loss_mask
+    mask = [
+        (mpf(1) if given is None else mpf(float(given[i]))) if valid[i] else mpf(0)
+        for i in range(n)
+    ]
     ce_norm, z_norm = mean_normalizers(problem)  # sums of float64 weights: recompute exactly
-    if (
-        problem.reduction == "mean"
-        and problem.labels is not None
-        and problem.num_items_in_batch is None
-    ):
-        ce_norm_mp = ctx.fsum(w[int(y)] for y in problem.labels[valid])
+    if problem.num_items_in_batch is not None or problem.reduction != "mean":
+        ce_norm_mp, z_norm_mp = mpf(ce_norm), mpf(z_norm)
     else:
-        ce_norm_mp = mpf(ce_norm)
+        z_norm_mp = ctx.fsum(mask)
+        if problem.labels is not None:
+            labels = problem.labels
+            ce_norm_mp = ctx.fsum(mask[i] * w[int(labels[i])] for i in range(n) if valid[i])
+        else:
+            ce_norm_mp = z_norm_mp if problem.loss_mask is not None else mpf(n)
     out = np.zeros((n, k))
     for i in range(n):
-        if not valid[i]:
+        if not valid[i] or mask[i] == 0:
             continue
         row = [mpf(float(v)) if np.isfinite(v) else None for v in problem.logits[i]]
         if problem.softcap is not None:
@@ -91,10 +98,10 @@ def _softmax(ctx: Any, problem: CrossEntropyProblem) -> FloatArray:
         lse = m + ctx.log(total)
         q = exact_weighted_target(problem, i, w, mpf)
         if problem.reduction == "mean":
-            alpha = 1 / ce_norm_mp if ce_norm_mp != 0 else mpf(0)
-            beta = 1 / mpf(z_norm) if z_norm != 0 and ce_norm_mp != 0 else mpf(0)
+            alpha = mask[i] / ce_norm_mp if ce_norm_mp != 0 else mpf(0)
+            beta = mask[i] / z_norm_mp if z_norm_mp != 0 and ce_norm_mp != 0 else mpf(0)
         else:
-            alpha = beta = mpf(1)
+            alpha = beta = mask[i]
         sq = ctx.fsum(q)
         zterm = 2 * mpf(problem.z_loss) * beta * lse
         for c in range(k):

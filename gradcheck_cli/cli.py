@@ -48,6 +48,12 @@ class MethodName(str, Enum):
     exact = "exact"
 
 
+class ToleranceModel(str, Enum):
+    rounded = "rounded"
+    baseline = "baseline"
+    fixed = "fixed"
+
+
 class DTypeName(str, Enum):
     float64 = "float64"
     float32 = "float32"
@@ -251,6 +257,24 @@ def run(
             min=0.0,
         ),
     ] = 0.0,
+    tolerance_model: Annotated[
+        ToleranceModel | None,
+        typer.Option(
+            help="How low-precision implementation checks set their allowance: rounded (k "
+            "ulps of the truth + a floor; default for float16/bfloat16), baseline (k times "
+            "the naive same-dtype computation's error + a floor), fixed (the measured tables; "
+            "default for float32).",
+            show_default=False,
+        ),
+    ] = None,
+    model_k: Annotated[
+        float,
+        typer.Option(help="k of the rounded (ulps) and baseline (factor) models.", min=0.0),
+    ] = 4.0,
+    model_floor: Annotated[
+        float,
+        typer.Option(help="The models' floor, in ulps of the output's largest magnitude.", min=0.0),
+    ] = 2.0,
     compile: Annotated[
         bool,
         typer.Option(
@@ -297,6 +321,7 @@ def run(
     from gradcheck_cli.engine import RunOptions
     from gradcheck_cli.impl import NativeChecks
     from gradcheck_cli.report import renderer
+    from gradcheck_cli.tolerance_models import Settings
 
     try:
         renderer("run", format)  # an unsupported format fails before any spec runs
@@ -313,6 +338,9 @@ def run(
             dtype=dtype.value if dtype else None,
             impl=_load_impl(impl, device),
             compiled=_load_impl(impl, device, compile_backend) if compile else None,
+            tolerance_model=Settings(
+                tolerance_model.value if tolerance_model else None, model_k, model_floor
+            ),
             fast=fast,
             full=full,
             directions=directions,

@@ -12,9 +12,13 @@ the reference is 0): the honest figure, never hidden behind the absolute toleran
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from gradcheck_cli.tolerance_models import Precision
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,15 @@ class Comparison:
     diagnosis: str | None = None
     """For a failed implementation check: the common bug the numbers fit exactly, if one does
     (``gradcheck_cli.diagnose``)."""
+    precision: Precision | None = None
+    """For a low-precision implementation check: the tolerance model, the error in ulps, the
+    naive baseline's, and the planted wrong answers the allowance would accept
+    (``gradcheck_cli.tolerance_models``)."""
+
+    @property
+    def loose(self) -> tuple[str, ...]:
+        """Planted wrong answers this comparison's allowance would accept (empty: none)."""
+        return () if self.precision is None else self.precision.loose
 
     @property
     def passed(self) -> bool:
@@ -140,6 +153,7 @@ def compare(
     predicted: float | None = None,
     dtype: str = "float64",
     ulps: float | None = None,
+    allowance: NDArray[np.float64] | None = None,
 ) -> Comparison:
     """Compare ``values`` with ``reference_values`` element by element.
 
@@ -148,6 +162,8 @@ def compare(
     method, reference : names reported in the result.
     values, reference_values : arrays of the same shape (the logits' shape, (K,) or (N, K)).
     tolerance : pass iff ``|a - b| <= atol + rtol |b|`` for every element.
+    allowance : per-element allowances instead of ``atol + rtol |b|`` (the ``baseline`` model
+        of ``tolerance_models``; ``tolerance`` is then only reported).
     ulps : when given, a comparison without failed elements is *inconclusive* if at its worst
         element the allowance is at least the reference's own magnitude (a zero would pass
         there) and the value is more than ``ulps`` units in the last place of ``dtype`` away
@@ -156,7 +172,11 @@ def compare(
     if values.shape != reference_values.shape:
         raise ValueError(f"shape mismatch: {values.shape} vs {reference_values.shape}")
     abs_err, rel_err = elementwise_errors(values, reference_values)
-    allowed = tolerance.atol + tolerance.rtol * np.abs(reference_values)
+    allowed = (
+        tolerance.atol + tolerance.rtol * np.abs(reference_values)
+        if allowance is None
+        else allowance
+    )
     nan_err = np.isnan(abs_err)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(abs_err == 0.0, 0.0, abs_err / allowed)

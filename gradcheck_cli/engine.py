@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import checks, diagnose, fastmode, microbatches
+from gradcheck_cli import checks, diagnose, fastmode, microbatches, tolerance_models
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import (
@@ -77,6 +77,9 @@ class RunOptions:
     """Random directions of fast mode's directional checks."""
     progress: fastmode.ProgressCallback | None = None
     """Called with (chunks done, chunks) while a fast-mode spec runs."""
+    tolerance_model: tolerance_models.Settings | None = None
+    """The low-precision tolerance model of implementation checks (``--tolerance-model``;
+    None: each dtype's default)."""
     compiled: Implementation | None = None
     """The ``torch.compile`` twin of ``impl`` (``--compile``), checked the same way and on its
     own against the reference, not against the eager function."""
@@ -690,6 +693,73 @@ def _microbatch_part(
     ]
 
 
+class _LowpRows:
+    """An implementation's loss or gradient row under the run's tolerance model
+    (``tolerance_models``): below float64, and unless ``--rtol``/``--atol`` fix the tolerance,
+    the model sets the allowance and the row carries its :class:`Precision` (ulps, the naive
+    baseline, the planted answers the allowance would accept)."""
+
+    def __init__(self, name: str, dtype: str, options: RunOptions) -> None:
+        self.name, self.dtype = name, dtype
+        self.settings = options.tolerance_model or tolerance_models.Settings()
+        self.active = dtype != "float64" and options.rtol is None and options.atol is None
+
+    def compare(
+        self,
+        quantity: str,
+        got: np.ndarray,
+        against: str,
+        truth: np.ndarray,
+        fixed: Tolerance,
+        baseline: Callable[[], np.ndarray],
+        planted: dict[str, np.ndarray],
+    ) -> Comparison:
+        """``got`` against ``truth`` (same shapes); ``fixed``: the dtype's fixed tolerance."""
+        dtype, ulps = self.dtype, impl_module.VACUITY_ULPS
+        if not self.active:
+            return compare(self.name, got, against, truth, fixed, quantity, dtype=dtype, ulps=ulps)
+        s = self.settings
+        model, base = s.for_dtype(dtype), baseline()
+        allowance = None
+        if model == "rounded":
+            tol = tolerance_models.rounded(truth, dtype, s.k, s.floor_ulps)
+        elif model == "baseline":
+            tol, allowance = tolerance_models.baseline_allowance(
+                truth, base, dtype, s.k, s.floor_ulps
+            )
+        else:
+            tol = fixed if dtype == "float32" else dtype_tolerance("analytic", "central", dtype)
+
+        def accepts(values: np.ndarray) -> bool:
+            return compare(
+                self.name, values, against, truth, tol, quantity, dtype=dtype, allowance=allowance
+            ).passed
+
+        row = compare(
+            self.name, got, against, truth, tol, quantity, dtype=dtype, ulps=ulps,
+            allowance=allowance,
+        )  # fmt: skip
+        precision = tolerance_models.measure(got, truth, base, dtype, s, planted, accepts)
+        return dataclass_replace(row, precision=precision)
+
+
+def _liger_1268(problem: Problem, dtype: str) -> np.ndarray | None:
+    """The gradient (N, K) of Liger-Kernel #1268 for a plain index-label softmax problem (the
+    float64 ``problem``): ``alpha (fl(p) sum(q) - q)`` with the softmax rounded to ``dtype``
+    before q is subtracted; None where the bug has no such closed form."""
+    if dtype not in ("float16", "bfloat16") or not (  # (in float32 it is float32 arithmetic)
+        isinstance(problem, CrossEntropyProblem) and problem.one_hot and problem.plain
+    ):
+        return None
+    p = softmax(problem.logits.astype(np.float64))
+    with np.errstate(over="ignore", under="ignore"):
+        rounded = p.astype(dtype).astype(np.float64)
+    q = weighted_targets(problem).astype(np.float64)
+    alpha = reduction_scales(problem)[0].astype(np.float64)
+    out: np.ndarray = (rounded * np.sum(q, axis=-1, keepdims=True) - q) * alpha[:, None]
+    return out
+
+
 def _implementations(options: RunOptions) -> list[tuple[Implementation, str]]:
     """The implementations a run checks, each with the tag of its notes and checks: the one
     of ``--impl``, and its compiled twin with ``--compile``."""
@@ -774,14 +844,32 @@ def _impl_part(
         )
 
     shaped = _shaper(spec)
-    name, ulps = f"impl {impl.name}", impl_module.VACUITY_ULPS
-    loss_row = compare(
-        name, got_loss, "reference loss", ref_loss, tol("loss", ref_loss), "loss", dtype=dtype,
-        ulps=ulps,
+    name = f"impl {impl.name}"
+    rows = _LowpRows(name, dtype, options)
+    naive = tolerance_models.naive(under_test) if rows.active else None
+    planted = {"a zero loss": np.zeros_like(ref_loss)}
+    loss_row = rows.compare(
+        "loss", got_loss, "reference loss", ref_loss, tol("loss", ref_loss),
+        lambda: (
+            np.asarray(reduce_any(under_test), dtype=np.float64) if naive is None else naive[0]
+        ).reshape(ref_loss.shape),
+        planted,
     )  # fmt: skip
-    grad_row = compare(
-        name, shaped(got_grad), "reference", shaped(reference), tol("grad", reference),
-        "logits", dtype=dtype, ulps=ulps,
+    bug = _liger_1268(problem, dtype)
+    planted = {"a zero gradient": np.zeros_like(reference)}
+    if bug is not None:
+        planted["the Liger-Kernel #1268 rounding"] = bug * factor
+    grad_row = rows.compare(
+        "logits", shaped(got_grad), "reference", shaped(reference), tol("grad", reference),
+        lambda: shaped(
+            (
+                METHODS["analytic"](under_test, DEFAULT_SETTINGS).grad.astype(np.float64)
+                if naive is None
+                else naive[1]
+            )
+            * factor
+        ),
+        {k: shaped(v) for k, v in planted.items()},
     )  # fmt: skip
     if not loss_row.passed:
         why = diagnose.loss(got_loss, ref_loss, problem, dtype)

@@ -37,6 +37,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli.compare import Tolerance, ulp
+from gradcheck_cli.core import CrossEntropyProblem, Problem
+from gradcheck_cli.core.softmax_ce import reduction_scales, weighted_targets
 
 FloatArray = NDArray[np.float64]
 
@@ -44,6 +46,45 @@ MODELS = ("rounded", "baseline", "fixed")
 DEFAULT_K = 4.0
 DEFAULT_FLOOR_ULPS = 2.0
 LOW_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def naive(problem: Problem) -> tuple[np.ndarray, FloatArray] | None:
+    """The naive baseline of a plain softmax problem in its logits' dtype: the loss in the
+    problem's reduction and the gradient (N, K), both widened to float64 at the end.
+
+    Every step is rounded to the dtype, with nothing cancellation-free: ``m = max z``,
+    ``e = exp(z - m)``, ``s = sum e``, ``p = e / s``, ``lse = m + log s``; the loss is
+    ``sum_c q_c (lse - z_c)`` per row and the gradient ``alpha (p sum(q) - q)``, with the
+    weighted targets ``q`` and the reduction scales ``alpha`` rounded to the dtype. This is how
+    a half-precision tensor operation on a CPU computes it (PyTorch's CPU ``F.cross_entropy``
+    in bfloat16 gives the same true-class gradient: exactly 0 at ``p_y >= 0.999``). None for
+    softcap, z-loss and sigmoid problems (no naive form is defined for them here).
+    """
+    if not isinstance(problem, CrossEntropyProblem) or not problem.plain:
+        return None
+    z = problem.logits
+    dtype = z.dtype
+    with np.errstate(all="ignore"):
+        m = np.max(z, axis=-1, keepdims=True)
+        e = np.exp((z - m).astype(dtype))
+        total = np.sum(e, axis=-1, keepdims=True, dtype=dtype)
+        p = (e / total).astype(dtype)
+        lse = (m + np.log(total)).astype(dtype)
+        q = weighted_targets(problem).astype(dtype)
+        alpha = reduction_scales(problem)[0].astype(dtype)
+        gap = np.where(q > 0, (lse - z).astype(dtype), 0).astype(dtype)
+        per = np.sum((q * gap).astype(dtype), axis=-1, dtype=dtype)
+        mass = np.sum(q, axis=-1, keepdims=True, dtype=dtype)
+        grad = ((p * mass).astype(dtype) - q).astype(dtype) * alpha[:, None]
+        shares = (per * alpha).astype(dtype)
+    loss: np.ndarray = (
+        shares.astype(np.float64)
+        if problem.reduction == "none"
+        else np.asarray(np.sum(shares, dtype=dtype), dtype=np.float64)
+    )
+    if problem.reduction == "mean" and not np.any(alpha):
+        loss = np.asarray(np.nan)
+    return loss, grad.astype(np.float64)
 
 
 def default_model(dtype: str) -> str:
@@ -161,9 +202,9 @@ def measure(
     base_ulps = ratio = None
     if baseline is not None:
         base_ulps = float(np.max(ulp_errors(baseline, truth, dtype), initial=0.0))
-        with np.errstate(invalid="ignore"):
-            base_gap = float(np.nanmax(np.abs(np.asarray(baseline) - truth), initial=0.0))
-            own_gap = float(np.nanmax(np.abs(np.asarray(got) - truth), initial=0.0))
+        with np.errstate(invalid="ignore"):  # inf - inf where the loss is infinite
+            base_gap = _finite_max(np.asarray(baseline, dtype=np.float64) - truth)
+            own_gap = _finite_max(np.asarray(got, dtype=np.float64) - truth)
         ratio = own_gap / base_gap if base_gap > 0 else None
     model = settings.for_dtype(dtype)
     loose = []
@@ -183,3 +224,11 @@ def measure(
         baseline_ratio=ratio,
         loose=tuple(loose),
     )
+
+
+def _finite_max(diff: np.ndarray) -> float:
+    """``max |diff|`` over its finite entries (0 for none; inf - inf and nan are skipped)."""
+    with np.errstate(invalid="ignore"):
+        values = np.abs(diff)
+    finite = values[np.isfinite(values)]
+    return float(np.max(finite)) if finite.size else 0.0

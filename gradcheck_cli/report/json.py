@@ -59,6 +59,25 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         "predicted": c.predicted,
         "inconclusive": c.inconclusive,
         "diagnosis": c.diagnosis,
+        "loose": list(c.loose),
+        "precision": None if c.precision is None else precision_dict(c),
+    }
+
+
+def precision_dict(c: Comparison) -> dict[str, Any]:
+    """A low-precision comparison's model and ulp statistics (``tolerance_models``)."""
+    p = c.precision
+    assert p is not None
+    return {
+        "model": p.model,
+        "k": p.k,
+        "floor_ulps": p.floor_ulps,
+        "ulps_worst": p.ulps_worst,
+        "ulps_median": p.ulps_median,
+        "ulps_p99": p.ulps_p99,
+        "rounded_ulps": p.rounded_ulps,
+        "baseline_ulps": p.baseline_ulps,
+        "baseline_ratio": p.baseline_ratio,
     }
 
 

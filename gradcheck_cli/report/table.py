@@ -190,6 +190,8 @@ def comparison_table(r: SpecResult) -> Fitted | None:
             result.append(f" ({c.failed_elements} element{'s' if c.failed_elements != 1 else ''})")
         elif c.inconclusive is not None:
             result = Text("inconclusive", style="yellow")
+        elif c.loose:
+            result = Text("pass (loose)", style="yellow")
         rows.append(
             [
                 *([c.quantity] if layered else []),
@@ -285,6 +287,15 @@ def spec_block(r: SpecResult) -> RenderableType:
         if c.passed and c.inconclusive is not None:
             line = f"{c.method} ({c.quantity}): inconclusive: {c.inconclusive}"
             parts.append(Text(line, style="yellow"))
+        if c.loose:
+            line = (
+                f"{_method_label(c.method)} ({c.quantity}): tolerance too loose to catch "
+                f"{' or '.join(c.loose)} (it would pass)"
+            )
+            parts.append(Text(line, style="bold yellow"))
+        if c.precision is not None:
+            line = f"{_method_label(c.method)} ({c.quantity}): {c.precision.summary()}"
+            parts.append(Text(line, style="dim"))
     for method, reason in r.not_computable.items():
         parts.append(Text(f"{method}: not computable: {reason}", style="yellow"))
     checks = check_table(r)

@@ -12,13 +12,9 @@ the reference is 0): the honest figure, never hidden behind the absolute toleran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-
-if TYPE_CHECKING:
-    from gradcheck_cli.tolerance_models import Precision
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,43 @@ def default_tolerance(method: str, scheme: str = "central") -> Tolerance:
     if method == "finite_difference":
         return SCHEME_TOLERANCES[scheme]
     return DEFAULT_TOLERANCES.get(method, FALLBACK_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a low-precision comparison measured besides pass/fail (``tolerance_models``)."""
+
+    model: str
+    k: float
+    floor_ulps: float
+    ulps_worst: float
+    """The error in ulps of the dtype at the worst element."""
+    ulps_median: float
+    ulps_p99: float
+    rounded_ulps: float
+    """The correctly rounded truth's worst error in ulps (at most 0.5)."""
+    baseline_ulps: float | None
+    """The naive baseline's worst error in ulps."""
+    baseline_ratio: float | None
+    """``max |impl - truth| / max |baseline - truth|`` (None when the baseline is exact)."""
+    loose: tuple[str, ...] = ()
+    """Planted wrong answers the allowance would accept ("a zero gradient", ...)."""
+
+    def summary(self) -> str:
+        base = (
+            ""
+            if self.baseline_ulps is None
+            else f"; naive baseline {self.baseline_ulps:.3g} ulps"
+            + ("" if self.baseline_ratio is None else f", impl/baseline {self.baseline_ratio:.3g}")
+        )
+        floor_text = (
+            f", floor {self.floor_ulps:g} ulps of the scale" if self.model != "fixed" else ""
+        )
+        return (
+            f"model {self.model} (k = {self.k:g}{floor_text}): error {self.ulps_worst:.3g} ulps "
+            f"at the worst element (median {self.ulps_median:.3g}, p99 {self.ulps_p99:.3g}); "
+            f"correctly rounded {self.rounded_ulps:.2g}{base}"
+        )
 
 
 @dataclass(frozen=True)

@@ -535,8 +535,18 @@ class _FastImpl:
         )
 
     def tol(self, check: str, values: np.ndarray | None = None) -> Tolerance:
-        default = impl_module.tolerance(check, self.dtype, self.natural, values)
-        scale = float(np.max(np.abs(self.factor))) if check == "grad" else 1.0
+        """The tolerance of a check: the rounded model (``--model-k``, ``--model-floor``) in
+        half precision, whose floor ``values`` (already scaled by grad_output) set; the fixed
+        tables, scaled by grad_output, otherwise. The baseline model needs the whole arrays
+        and is not run here (the notes say so)."""
+        settings = self.options.tolerance_model or tolerance_models.Settings()
+        half = self.dtype in impl_module.HALF_DTYPES and check != "self"
+        if half and values is not None and settings.for_dtype(self.dtype) != "fixed":
+            default = tolerance_models.rounded(values, self.dtype, settings.k, settings.floor_ulps)
+            scale = 1.0
+        else:
+            default = impl_module.tolerance(check, self.dtype, self.natural, values)
+            scale = float(np.max(np.abs(self.factor))) if check == "grad" and not half else 1.0
         return Tolerance(
             rtol=default.rtol if self.options.rtol is None else self.options.rtol,
             atol=default.atol * scale if self.options.atol is None else self.options.atol,
@@ -562,6 +572,11 @@ class _FastImpl:
             grad_row = dataclass_replace(grad_row, diagnosis=self._diagnose(grad_row))
         if self.upstream is not None:
             notes[f"{self.tag} grad_output"] = _upstream_note(self.upstream)
+        settings = self.options.tolerance_model or tolerance_models.Settings()
+        if dtype != "float64" and settings.model == "baseline":
+            notes[f"{self.tag} tolerance model"] = (
+                "the baseline model needs the whole arrays: fast mode used rounded"
+            )
         notes[f"{self.tag} at scale"] = (
             "called once on the whole batch; its gradient (kept in "
             f"{self.grad.dtype}) compared with the float64 reference in chunks of "

@@ -87,3 +87,12 @@ def test_torch_bfloat16_kernels() -> None:
         r = run_spec(spec(confident), RunOptions(impl=load(target), methods=()))
         assert ("logits" in failing(r)) is fails, (target, r.comparisons)
         assert {"impl_side_effects", "impl_deterministic"} <= {c.name for c in r.checks}
+
+
+def test_fast_mode_holds_bfloat16_kernels_to_the_rounded_model() -> None:
+    for target, fails in (
+        (f"torch:{KERNELS}:torch_accurate", False),
+        (f"torch:{KERNELS}:torch_liger_1268", True),
+    ):
+        r = run_spec(spec(True), RunOptions(impl=load(target), fast=True))
+        assert ("logits" in failing(r)) is fails, (target, r.comparisons)

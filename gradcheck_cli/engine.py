@@ -527,9 +527,12 @@ class _FastImpl:
             impl, problem.logits, given, self.shape, widen=False
         )
         self.natural = impl_module.scales(problem, self.rows_per)
-        # |reference| <= the gradient scale times the largest upstream factor: the bound sets
-        # the floor of the half-precision model (the values themselves are not kept)
-        bound = np.asarray(self.natural.grad * float(np.max(np.abs(self.factor))))
+        # max |reference| is bounded (tightly for index labels) times the largest upstream
+        # factor: the bound sets the floor of the rounded model (the values are not kept)
+        from gradcheck_cli.impl_scale import gradient_bound
+
+        largest = gradient_bound(problem, self.rows_per, self.natural.grad)
+        bound = np.asarray(largest * float(np.max(np.abs(self.factor))))
         self.gradient = fastmode.ImplGradient(
             f"impl {impl.name}", self.grad, self.factor, self.tol("grad", bound)
         )

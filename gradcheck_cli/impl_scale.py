@@ -226,3 +226,36 @@ def _torch_values(tensor: Any) -> np.ndarray:
     from gradcheck_cli.torch_native import to_numpy
 
     return to_numpy(tensor)
+
+
+def gradient_bound(problem: Problem, rows_per: int, fallback: float) -> float:
+    """An upper bound on ``max |reference gradient|`` without forming it, for the floor of the
+    rounded model in fast mode: for a plain index-label softmax problem the largest element of
+    row n is ``alpha_n w_{y_n} (1 - p_{y_n})`` (every other p_c is at most 1 - p_y), tight at
+    confident logits where the scale ``alpha w`` is 1000 times too large; ``fallback`` (the
+    gradient scale) otherwise. Row chunks in float64, one exp pass."""
+    from gradcheck_cli.core import CrossEntropyProblem, batch_scales, rows_of
+    from gradcheck_cli.core.softmax_ce import label_columns, label_weights
+
+    if not (
+        isinstance(problem, CrossEntropyProblem)
+        and problem.one_hot
+        and problem.softcap is None
+        and problem.z_loss == 0.0
+    ):
+        return fallback
+    whole = batch_scales(problem)
+    top = 0.0
+    for s in range(0, problem.shape[0], rows_per):
+        part = rows_of(problem, slice(s, s + rows_per), whole, "float64")
+        assert isinstance(part, CrossEntropyProblem) and part.row_scales is not None
+        z = part.logits
+        m = np.max(z, axis=-1)
+        lse = m + np.log(np.sum(np.exp(z - m[:, None]), axis=-1))
+        z_y = z[np.arange(z.shape[0]), label_columns(part)]
+        with np.errstate(invalid="ignore"):
+            gap = -np.expm1(z_y - lse)  # 1 - p_y, without cancellation
+        weight = part.row_scales[0].astype(np.float64) * label_weights(part).astype(np.float64)
+        values = np.where(np.isfinite(gap), weight * gap, weight)
+        top = max(top, float(np.max(values, initial=0.0)))
+    return top

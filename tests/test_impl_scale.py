@@ -179,3 +179,22 @@ def test_determinism_by_fingerprint_calls_again_only_when_results_differ() -> No
     changed[2, 3] = np.nextafter(changed[2, 3], np.float32(2))
     assert call_spread(loss, changed, fingerprint(loss, grad), again) > 0.0
     assert calls == [1]
+
+
+@pytest.mark.parametrize("confident", [False, True])
+def test_gradient_bound_is_an_upper_bound_and_tight_for_index_labels(confident: bool) -> None:
+    from gradcheck_cli.impl_scale import gradient_bound
+    from gradcheck_cli.methods import DEFAULT_SETTINGS, METHODS
+
+    s = spec("mean")
+    logits = s.logits.copy()
+    if confident:
+        logits[np.arange(10), s.labels] = 15.0  # type: ignore[index]
+    problem = build_problem(
+        "softmax_cross_entropy", logits, s.labels, None, "mean",
+        {"weight": np.linspace(0.5, 2.0, 20)},
+    )  # fmt: skip
+    true_max = float(np.max(np.abs(METHODS["analytic"](problem, DEFAULT_SETTINGS).grad)))
+    bound = gradient_bound(problem, 3, fallback=1.0)
+    assert true_max <= bound * (1 + 1e-12)
+    assert bound <= 1.5 * true_max  # tight: the label column of the worst row

@@ -531,7 +531,11 @@ class _FastImpl:
         # factor: the bound sets the floor of the rounded model (the values are not kept)
         from gradcheck_cli.impl_scale import gradient_bound
 
-        largest = gradient_bound(problem, self.rows_per, self.natural.grad)
+        largest = (  # (only the half-precision rounded model has a floor to set)
+            gradient_bound(problem, self.rows_per, self.natural.grad)
+            if dtype in impl_module.HALF_DTYPES
+            else self.natural.grad
+        )
         bound = np.asarray(largest * float(np.max(np.abs(self.factor))))
         self.gradient = fastmode.ImplGradient(
             f"impl {impl.name}", self.grad, self.factor, self.tol("grad", bound)

@@ -153,3 +153,13 @@ def test_cli_model_options_and_json(tmp_path: Path) -> None:
     )
     assert table.exit_code == 1
     assert "model rounded (k = 4" in table.output and "ulps at the worst element" in table.output
+
+
+def test_built_in_methods_in_low_precision_report_ulps_and_loose_tables() -> None:
+    r = run_spec(spec(True, "float16"), RunOptions(methods=("analytic", "finite_difference")))
+    rows = {c.method: c for c in r.comparisons}
+    assert rows["analytic"].precision is not None and rows["analytic"].precision.model == "fixed"
+    # float16's fixed tables (atol 5e-3, 0.2) accept a zero gradient of magnitude 1e-4
+    assert "a zero gradient" in rows["finite_difference"].loose
+    wide = run_spec(spec(True, "float64"), RunOptions(methods=("analytic",)))
+    assert all(c.precision is None for c in wide.comparisons)

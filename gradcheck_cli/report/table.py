@@ -293,7 +293,7 @@ def spec_block(r: SpecResult) -> RenderableType:
                 f"{' or '.join(c.loose)} (it would pass)"
             )
             parts.append(Text(line, style="bold yellow"))
-        if c.precision is not None:
+        if c.precision is not None and c.method.startswith("impl"):  # (JSON has every row's)
             line = f"{_method_label(c.method)} ({c.quantity}): {c.precision.summary()}"
             parts.append(Text(line, style="dim"))
     for method, reason in r.not_computable.items():

@@ -43,7 +43,9 @@ def test_bundled_style_inline_spec_and_cli_dtype(tmp_path: Path) -> None:
     assert s.dtype == "bfloat16"
     r = run_spec(s)
     assert r.status == "pass"
-    assert {c.dtype for c in r.comparisons} == {"bfloat16"}
+    dtypes = {c.method: c.dtype for c in r.comparisons}
+    assert dtypes["analytic"] == dtypes["jacobian"] == "bfloat16"
+    assert dtypes["finite_difference"] == "float64"  # run on float64 up-cast copies
 
 
 def test_npy_bfloat16_is_read_as_bfloat16(tmp_path: Path) -> None:
@@ -96,3 +98,12 @@ def test_fast_mode_holds_bfloat16_kernels_to_the_rounded_model() -> None:
     ):
         r = run_spec(spec(True), RunOptions(impl=load(target), fast=True))
         assert ("logits" in failing(r)) is fails, (target, r.comparisons)
+
+
+def test_numerical_derivatives_run_on_float64_upcasts_and_say_so() -> None:
+    r = run_spec(spec(False), RunOptions(methods=("analytic", "finite_difference", "complex_step")))
+    rows = {c.method: c for c in r.comparisons}
+    assert rows["analytic"].dtype == "bfloat16"
+    assert rows["finite_difference"].dtype == "float64" == rows["complex_step"].dtype
+    assert rows["complex_step"].max_abs_error < 1e-12  # at the rounded logits, in float64
+    assert "up-cast copies of the bfloat16 logits" in r.method_notes["finite_difference"]

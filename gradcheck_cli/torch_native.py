@@ -190,9 +190,7 @@ class TorchNative:
         )
         (g,) = torch.autograd.grad(out, z, grad_outputs=upstream, allow_unused=True)
         g = torch.zeros_like(z) if g is None else g
-        return max(
-            _spread(to_numpy(out), loss), _spread(to_numpy(g), grad)
-        )
+        return max(_spread(to_numpy(out), loss), _spread(to_numpy(g), grad))
 
     def side_effects(
         self,

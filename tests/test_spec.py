@@ -449,8 +449,8 @@ def test_huge_integer_is_an_error_not_a_crash(
         (
             "<<: {logits: [1, 2]}\nlabel: 0\n",
             "1:1: <<: unknown key (known keys: name, description, classes, num_classes, loss, "
-            "logits, layer, label, target, reduction, weight, ignore_index, label_smoothing, "
-            "softcap, z_loss, pos_weight, num_items_in_batch, methods, tolerance, "
+            "logits, layer, regime, label, target, reduction, weight, ignore_index, "
+            "label_smoothing, softcap, z_loss, pos_weight, num_items_in_batch, methods, tolerance, "
             "finite_difference, dtype, expect, microbatches, "
             "cases)",
         ),

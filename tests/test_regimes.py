@@ -1,18 +1,26 @@
-"""regime: logits and labels built from a seed (gradcheck_cli.regimes), and the loader's key."""
+"""regime: logits and labels built from a seed (gradcheck_cli.regimes), the loader's key, and the
+bundled low-precision specs (specs/lowp/) against an accurate kernel and the Liger-Kernel #1268
+bug."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from gradcheck_cli.engine import run_spec
+from gradcheck_cli.api import load as load_specs
+from gradcheck_cli.engine import RunOptions, run_spec
 from gradcheck_cli.errors import SpecError
 from gradcheck_cli.model import Spec
 from gradcheck_cli.regimes import Regime, RegimeError, generate
 from gradcheck_cli.spec import load_text
+
+ROOT = Path(__file__).resolve().parents[1]
+LOWP = ROOT / "specs" / "lowp"
+KERNELS = ROOT / "tests" / "data" / "impl" / "lowp_kernels.py"
 
 
 def probs(z: np.ndarray) -> np.ndarray:
@@ -193,3 +201,55 @@ def test_loader_errors_are_located(text: str, expected: str) -> None:
 def test_classes_must_agree_with_the_regime() -> None:
     item = one("regime: {kind: uniform, rows: 2, num_classes: 3}\nnum_classes: 4\n")
     assert "num_classes is 4 but the logits have 3 classes" in str(item)
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled low-precision specs
+
+
+def lowp_specs() -> list[Spec]:
+    specs = [s for path in sorted(LOWP.glob("*.yaml")) for s in load_specs(path)]
+    assert len(specs) == 8 and all(isinstance(s, Spec) for s in specs)
+    return specs
+
+
+def confident_without_smoothing(s: Spec) -> bool:
+    return "-p." in s.name and not s.label_smoothing
+
+
+def failing(result: object, impl_only: bool = False) -> set[str]:
+    return {
+        c.quantity
+        for c in result.comparisons  # type: ignore[attr-defined]
+        if not c.passed and (not impl_only or c.method.startswith("impl"))
+    }
+
+
+def test_the_bundled_lowp_specs_pass_in_their_dtypes() -> None:
+    specs = lowp_specs()
+    assert {s.dtype for s in specs} == {"bfloat16", "float16"}
+    assert {s.logits.shape[1] for s in specs} == {32000, 50257, 50304}
+    assert all(run_spec(s).status == "pass" for s in specs)
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("kernel", ["torch_accurate", "torch_liger_1268"])
+def test_lowp_specs_against_an_accurate_kernel_and_the_liger_1268_bug(kernel: str) -> None:
+    """Element by element (full mode), what xentcheck run specs/lowp/ --full --impl
+    torch:tests/data/impl/lowp_kernels.py:KERNEL reports for the kernel."""
+    from gradcheck_cli.impl import load
+
+    impl = load(f"torch:{KERNELS}:{kernel}")
+    caught = []
+    for s in lowp_specs():
+        r = run_spec(s, RunOptions(impl=impl, methods=("analytic",), full=True))
+        assert r.status != "error", r.message
+        assert not failing(r) - {"logits"}, (s.name, r.comparisons)
+        if "logits" in failing(r, impl_only=True):
+            caught.append(s.name)
+    expected = [] if kernel == "torch_accurate" else [
+        s.name for s in lowp_specs() if confident_without_smoothing(s)
+    ]  # fmt: skip
+    assert caught == expected

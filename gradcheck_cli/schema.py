@@ -16,6 +16,7 @@ from gradcheck_cli.core.options import LOSS_KINDS, OPTIONS, Kind, Option
 from gradcheck_cli.core.softmax_ce import REDUCTIONS
 from gradcheck_cli.methods import METHODS, SCHEMES
 from gradcheck_cli.model import DTYPES
+from gradcheck_cli.regimes import COMMON, DESCRIPTIONS, PARAMETERS
 from gradcheck_cli.spec import (
     CASE_KEYS,
     DEFAULTS,
@@ -79,6 +80,29 @@ _KIND_ALTERNATIVES: dict[Kind, tuple[str, ...]] = {
 }
 
 
+def regime_schema() -> dict[str, Any]:
+    """``regime``: one alternative per kind, with that kind's own parameters."""
+    types: dict[str, dict[str, Any]] = {
+        "rows": {"type": "integer", "minimum": 1},
+        "num_classes": {"type": "integer", "minimum": 2},
+        "seed": {"type": "integer", "minimum": 0},
+        "ignored": {"type": "number", "minimum": 0, "maximum": 1},
+        "p": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "scale": {"type": "number", "exclusiveMinimum": 0},
+        "pad": {"type": "integer", "minimum": 1},
+    }
+    assert set(types) | {"kind"} == set(DESCRIPTIONS)
+    kinds = []
+    for kind, (required, optional) in PARAMETERS.items():
+        keys = [k for k in (*COMMON, *required, *optional) if k != "kind"]
+        properties = {"kind": {"const": kind}} | {
+            k: types[k] | {"description": DESCRIPTIONS[k]} for k in keys
+        }
+        closed = _closed(properties, f"regime {kind}")
+        kinds.append(closed | {"required": ["kind", "rows", "num_classes", *required]})
+    return {"oneOf": kinds}
+
+
 def option_schema(option: Option) -> dict[str, Any]:
     """What a loss option accepts in any family (the loader checks the family's own rule)."""
     if option.choices:
@@ -111,6 +135,7 @@ def case_properties() -> dict[str, Any]:
             "oneOf": [label_item, {"type": "array", "items": label_item, "minItems": 1}, FILE_REF]
         },
         "target": _array({"type": "number", "minimum": 0, "maximum": 1}),
+        "regime": regime_schema(),
         "reduction": {"enum": list(REDUCTIONS)},
         "defaults": {"enum": list(DEFAULTS)},
         **{option.name: option_schema(option) for option in OPTIONS},

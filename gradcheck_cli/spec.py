@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gradcheck_cli import limits
+from gradcheck_cli import limits, regimes
 from gradcheck_cli.arrays import ArrayFileError, load_array
 from gradcheck_cli.core.lowp import bfloat16, register
 from gradcheck_cli.core.options import (
@@ -64,6 +64,7 @@ CASE_KEYS: dict[str, str] = {
     "loss": "softmax_cross_entropy | sigmoid_cross_entropy",
     "logits": "K numbers, or N lists of K numbers",
     "layer": "a linear layer {inputs, weights, bias} that computes the logits",
+    "regime": "logits and labels built from a seed: {kind, rows, num_classes, seed, ...}",
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
     "reduction": "mean | sum | none",
@@ -723,6 +724,7 @@ _FOUNDATIONS = frozenset(
         "label",
         "target",
         "layer",
+        "regime",
         "loss",
         "classes",
         "num_classes",
@@ -802,13 +804,18 @@ def _build_spec(
     description = case.string("description")
     loss = cast(LossKind, case.choice("loss", LOSS_KINDS) or SOFTMAX)
     _reject_foreign_options(case, loss)
-    layer, logits, logits_node = _logits(case, loss)
+    regime = _regime(case, loss)  # (logits, labels, node) built from a seed, or None
+    layer, logits, logits_node = (None, regime[0], regime[2]) if regime else _logits(case, loss)
     single = logits.ndim == 1
     batch = logits[None, :] if single else logits
     classes = _classes_and_count(case, batch.shape[1])
     options = _loss_options(case, loss, logits.shape, lambda key: key in _LABEL_OPTIONS)
     options |= _defaults(case, loss, options)
-    labels, targets = _labels_or_targets(case, loss, logits, classes, options.get("ignore_index"))
+    labels, targets = (
+        (regime[1], None)
+        if regime
+        else _labels_or_targets(case, loss, logits, classes, options.get("ignore_index"))
+    )
     options |= _loss_options(case, loss, logits.shape, lambda key: key not in _LABEL_OPTIONS)
     reduction = cast(Reduction, case.choice("reduction", REDUCTIONS) or "mean")
     methods = None
@@ -914,6 +921,53 @@ def _logits(case: _Case, loss: LossKind) -> tuple[Layer | None, np.ndarray, Node
     logits = _float_array(case.ctx, logits_node, field, what, keep_dtype=True)
     _check_logits(case.ctx, logits_node, field, logits, allow_minus_inf=loss == SOFTMAX)
     return None, logits, logits_node
+
+
+def _regime(case: _Case, loss: LossKind) -> tuple[np.ndarray, np.ndarray, Node] | None:
+    """``regime:``: the logits (N, K), in the spec's dtype, and the labels (N,) that
+    :mod:`gradcheck_cli.regimes` builds from a seed, with the regime's node; None without one."""
+    node = case.value("regime")
+    if node is None:
+        return None
+    ctx, field = case.ctx, case.field("regime")
+    for other in ("logits", "layer", "label", "target"):
+        if other in case.entries:
+            raise ctx.error(
+                case.entries[other][0],
+                case.field(other),
+                f"give either 'regime' or '{other}', not both (the regime builds the logits "
+                "and the labels)",
+            )
+    if loss != SOFTMAX:
+        raise ctx.error(node, field, f"regime applies to loss {SOFTMAX} (it draws class labels)")
+    entries = _mapping(ctx, node, field, regimes.DESCRIPTIONS, "a mapping {kind, rows, ...}")
+    read = {"kind": _string, "p": _number, "scale": _number, "ignored": _number}
+    values: dict[str, Any] = {}
+    for key, (_, sub) in entries.items():
+        values[key] = read.get(key, _integer)(ctx, sub, f"{field}.{key}")
+    for key in ("kind", "rows", "num_classes"):
+        if key not in values:
+            what = regimes.DESCRIPTIONS[key]
+            raise ctx.error(node, f"{field}.{key}", f"missing required key: {what}")
+    dtype = case.choice("dtype", DTYPES) or "float64"
+    register(dtype)
+    shape = (values["rows"], values["num_classes"])
+    ignore = _loss_options(case, loss, shape, lambda key: key == "ignore_index")
+    regime = regimes.Regime(**values)
+    try:
+        regimes.validate(regime, ignore.get("ignore_index"))
+        size = regimes.nbytes(regime, dtype)
+        if size > ctx.max_array_bytes:
+            raise regimes.RegimeError(
+                "rows",
+                f"the logits would take {size / 2**20:,.1f} MiB in {dtype}, more than the "
+                f"limit of {ctx.max_array_bytes / 2**20:,.0f} MiB (--max-array-mb)",
+            )
+        logits, labels = regimes.generate(regime, dtype, ignore.get("ignore_index"))
+    except regimes.RegimeError as exc:
+        at = entries[exc.field][1] if exc.field in entries else node
+        raise ctx.error(at, f"{field}.{exc.field}", exc.message) from None
+    return logits, labels, node
 
 
 def _classes_and_count(case: _Case, k: int) -> tuple[str, ...] | None:

@@ -23,8 +23,11 @@ def test_tests_run_against_the_installed_wheel() -> None:
 
 def test_wheel_ships_bundled_specs() -> None:
     shipped = Path(str(files("gradcheck_cli"))) / "specs"
-    repo = sorted(p.name for p in (ROOT / "specs").glob("*.yaml"))
-    assert sorted(p.name for p in shipped.glob("*.yaml")) == repo
+    repo = sorted(
+        p.relative_to(ROOT / "specs").as_posix() for p in (ROOT / "specs").rglob("*.yaml")
+    )
+    assert sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.yaml")) == repo
+    assert "lowp/bfloat16.yaml" in repo
     for name in repo:
         assert (shipped / name).read_bytes() == (ROOT / "specs" / name).read_bytes()
 

@@ -10,39 +10,51 @@ from typing import Any
 import numpy as np
 
 
-def _f32(logits: np.ndarray, labels: np.ndarray, reduction: str) -> tuple[Any, Any, Any]:
+def _f32(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    reduction: str,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> tuple[Any, Any, Any, Any]:
+    """float32: the loss, p, the target q (label smoothing; 0 in ignored rows) and the
+    reduction's scale per row (mean: 1 / the number of rows not ignored)."""
     z = logits.astype(np.float32)
     m = z.max(axis=1, keepdims=True)
     logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-    n = len(labels)
-    per = -logp[np.arange(n), labels]
+    n, k = z.shape
+    live = labels != ignore_index
+    safe = np.where(live, labels, 0)
+    a = np.float32(label_smoothing)
+    q = np.full(z.shape, a / k, dtype=np.float32)
+    q[np.arange(n), safe] += 1 - a
+    q[~live] = 0
+    per = -(q * logp).sum(axis=1)
     p = np.exp(logp)
-    scale = np.float32(1.0 / n) if reduction == "mean" else np.float32(1.0)
-    loss = per if reduction == "none" else (per.mean() if reduction == "mean" else per.sum())
-    return loss, p, scale
+    count = max(int(live.sum()), 1)
+    scale = np.where(live, np.float32(1.0 / count) if reduction == "mean" else 1, 0)
+    scale = scale.astype(np.float32)[:, None]
+    loss = per if reduction == "none" else (per.sum() / count if reduction == "mean" else per.sum())
+    return loss, p, q, scale
 
 
-def accurate(logits, *, labels, reduction):  # type: ignore[no-untyped-def]
+def accurate(logits, *, labels, reduction, ignore_index=-100, label_smoothing=0.0):  # type: ignore[no-untyped-def]
     """float32 inside, the loss and the gradient rounded once to the logits' dtype."""
-    loss, p, scale = _f32(logits, labels, reduction)
-    grad = p.copy()
-    grad[np.arange(len(labels)), labels] -= 1.0
-    return np.asarray(loss).astype(logits.dtype), (grad * scale).astype(logits.dtype)
+    loss, p, q, scale = _f32(logits, labels, reduction, ignore_index, label_smoothing)
+    grad = (p - q) * scale
+    return np.asarray(loss).astype(logits.dtype), grad.astype(logits.dtype)
 
 
-def liger_1268(logits, *, labels, reduction):  # type: ignore[no-untyped-def]
-    """Liger-Kernel #1268: p is rounded to the low dtype, then 1 is subtracted at the label."""
-    loss, p, scale = _f32(logits, labels, reduction)
-    grad = p.astype(logits.dtype)
-    rows = np.arange(len(labels))
-    grad[rows, labels] = (grad[rows, labels] - np.asarray(1.0, dtype=logits.dtype)).astype(
-        logits.dtype
-    )
-    return np.asarray(loss).astype(logits.dtype), (grad * scale).astype(logits.dtype)
+def liger_1268(logits, *, labels, reduction, ignore_index=-100, label_smoothing=0.0):  # type: ignore[no-untyped-def]
+    """Liger-Kernel #1268: p is rounded to the low dtype, then the target is subtracted."""
+    loss, p, q, scale = _f32(logits, labels, reduction, ignore_index, label_smoothing)
+    low = logits.dtype
+    grad = (p.astype(low) - q.astype(low)).astype(low)
+    return np.asarray(loss).astype(low), (grad * scale.astype(low)).astype(low)
 
 
-def zero_gradient(logits, *, labels, reduction):  # type: ignore[no-untyped-def]
-    loss, _, _ = _f32(logits, labels, reduction)
+def zero_gradient(logits, *, labels, reduction, ignore_index=-100, label_smoothing=0.0):  # type: ignore[no-untyped-def]
+    loss, _, _, _ = _f32(logits, labels, reduction, ignore_index, label_smoothing)
     return np.asarray(loss).astype(logits.dtype), np.zeros_like(logits)
 
 
@@ -53,26 +65,53 @@ except ImportError:  # the NumPy kernels above still work
 
 if torch is not None:
 
-    def torch_accurate(logits: Any, *, labels: Any, reduction: str) -> Any:
+    def torch_accurate(
+        logits: Any,
+        *,
+        labels: Any,
+        reduction: str,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> Any:
         """float32 inside; autograd rounds the gradient once on the way back to bfloat16."""
-        out = torch.nn.functional.cross_entropy(logits.float(), labels, reduction=reduction)
+        out = torch.nn.functional.cross_entropy(
+            logits.float(),
+            labels,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
         return out.to(logits.dtype)
 
     class _Liger1268(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, logits: Any, labels: Any) -> Any:  # type: ignore[override]
+        def forward(ctx: Any, logits: Any, labels: Any, ignore_index: int, smoothing: float) -> Any:  # type: ignore[override]
             z = logits.float()
-            loss = torch.nn.functional.cross_entropy(z, labels)
+            loss = torch.nn.functional.cross_entropy(
+                z, labels, ignore_index=ignore_index, label_smoothing=smoothing
+            )
+            n, k = z.shape
+            live = labels != ignore_index
             grad = torch.softmax(z, dim=-1).to(logits.dtype)  # rounded first: the bug
-            grad[torch.arange(len(labels)), labels] -= 1
-            ctx.save_for_backward(grad / len(labels))
+            grad -= smoothing / k
+            rows = torch.arange(n)[live]
+            grad[rows, labels[live]] -= 1 - smoothing
+            grad[~live] = 0
+            ctx.save_for_backward(grad / max(int(live.sum()), 1))
             return loss.to(logits.dtype)
 
         @staticmethod
         def backward(ctx: Any, grad_output: Any) -> Any:  # type: ignore[override]
             (grad,) = ctx.saved_tensors
-            return grad * grad_output, None
+            return grad * grad_output, None, None, None
 
-    def torch_liger_1268(logits: Any, *, labels: Any, reduction: str) -> Any:
+    def torch_liger_1268(
+        logits: Any,
+        *,
+        labels: Any,
+        reduction: str,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> Any:
         assert reduction == "mean"
-        return _Liger1268.apply(logits, labels)
+        return _Liger1268.apply(logits, labels, ignore_index, label_smoothing)

@@ -253,3 +253,21 @@ def test_lowp_specs_against_an_accurate_kernel_and_the_liger_1268_bug(kernel: st
         s.name for s in lowp_specs() if confident_without_smoothing(s)
     ]  # fmt: skip
     assert caught == expected
+
+
+@pytest.mark.parametrize("kernel", ["torch_accurate", "torch_liger_1268"])
+def test_fast_mode_reaches_the_same_verdicts_on_the_lowp_specs(kernel: str) -> None:
+    """The default mode for these sizes (fast: the rounded model's floor from a tight bound on
+    max |gradient|, not the gradient scale): the same specs are caught as element by element."""
+    from gradcheck_cli.impl import load
+
+    impl = load(f"torch:{KERNELS}:{kernel}")
+    caught = [
+        s.name
+        for s in lowp_specs()
+        if "logits" in failing(run_spec(s, RunOptions(impl=impl, fast=True)), impl_only=True)
+    ]
+    expected = [] if kernel == "torch_accurate" else [
+        s.name for s in lowp_specs() if confident_without_smoothing(s)
+    ]  # fmt: skip
+    assert caught == expected

@@ -607,7 +607,14 @@ def explain(
         str | None, typer.Option(help="True class (index or name) with --logits.")
     ] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
-    sample: Annotated[int, typer.Option(help="Which row of a batch to explain.", min=0)] = 0,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            help="Which row of a batch to explain (default: the first row that counts).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     case: Annotated[str | None, typer.Option(help="Which case of a cases file.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:

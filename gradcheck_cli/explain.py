@@ -36,16 +36,31 @@ from gradcheck_cli.model import Spec, Walkthrough
 FloatArray = NDArray[np.float64]
 
 
-def walkthrough(spec: Spec, sample: int = 0) -> Walkthrough:
-    """The derivation for row ``sample`` of a softmax cross-entropy spec."""
+def walkthrough(spec: Spec, sample: int | None = None) -> Walkthrough:
+    """The derivation for row ``sample`` of a softmax cross-entropy spec (None: the first row
+    that counts; a row whose label is ``ignore_index`` contributes nothing to derive)."""
     if spec.loss != "softmax_cross_entropy":
         raise XentcheckError("explain covers softmax cross-entropy (not sigmoid) for now")
     _require_explained(spec)
     n, k = spec.logits.shape
-    if not 0 <= sample < n:
-        raise XentcheckError(f"--sample {sample}: expected 0 to {n - 1} (the batch has {n} rows)")
     batch = build_problem(spec)
     assert isinstance(batch, CrossEntropyProblem)
+    counted = np.flatnonzero(batch.valid)
+    if sample is None:
+        if counted.size == 0:
+            raise XentcheckError(
+                f"every row's label is ignore_index ({batch.ignore_index}): no sample "
+                "contributes to the loss, so there is no derivation to show"
+            )
+        sample = int(counted[0])
+    if not 0 <= sample < n:
+        raise XentcheckError(f"--sample {sample}: expected 0 to {n - 1} (the batch has {n} rows)")
+    if not batch.valid[sample]:
+        rows = ", ".join(str(int(i)) for i in counted[:10]) or "none"
+        raise XentcheckError(
+            f"--sample {sample}: that row's label is ignore_index ({batch.ignore_index}), so it "
+            f"contributes nothing to the loss; rows that count: {rows}"
+        )
     batch = replace(batch, logits=batch.logits.astype(np.float64))
     row = slice(sample, sample + 1)
     alpha, _ = reduction_scales(batch)

@@ -130,3 +130,19 @@ def test_terminal_explain_has_no_raw_latex() -> None:
     assert unicode_math(r"-z_y + \log \sum_j e^{z_j}") == "−z_y + log Σ_j e^(z_j)"
     # the Markdown for course notes keeps its LaTeX
     assert "\\frac{\\partial p_i}" in markdown(walkthrough(bundled("cat_dog_bird.yaml")))
+
+
+def test_ignored_rows_are_skipped_by_default_and_refused_by_name(tmp_path: Path) -> None:
+    from gradcheck_cli.api import load
+    from gradcheck_cli.errors import XentcheckError
+
+    path = tmp_path / "ig.yaml"
+    path.write_text("logits: [[1, 2, 0.5], [0.3, 0.1, 2]]\nlabel: [-100, 1]\nignore_index: -100\n")
+    (s,) = load(path)
+    assert walkthrough(s).sample == 1  # the first row that counts
+    with pytest.raises(XentcheckError, match=r"--sample 0: that row's label is ignore_index"):
+        walkthrough(s, sample=0)
+    path.write_text("logits: [[1, 2, 0.5]]\nlabel: [-100]\nignore_index: -100\n")
+    (s,) = load(path)
+    with pytest.raises(XentcheckError, match="every row's label is ignore_index"):
+        walkthrough(s)

@@ -198,3 +198,15 @@ def test_gradient_bound_is_an_upper_bound_and_tight_for_index_labels(confident: 
     bound = gradient_bound(problem, 3, fallback=1.0)
     assert true_max <= bound * (1 + 1e-12)
     assert bound <= 1.5 * true_max  # tight: the label column of the worst row
+
+
+def test_golden_values_are_checked_at_the_specs_own_inputs_in_fast_mode() -> None:
+    """Below float64, fast mode runs on the rounded logits but, as in full mode, golden values
+    describe the spec's own float64 inputs (class_weights.yaml: 1e-12-tight golden loss)."""
+    from gradcheck_cli.api import load as load_specs
+
+    root = Path(__file__).resolve().parents[1] / "specs"
+    (s,) = load_specs(root / "class_weights.yaml")
+    r = run_spec(s, RunOptions(fast=True, dtype="float32"))
+    (check,) = [c for c in r.checks if c.name == "expect.loss"]
+    assert check.passed, check.detail

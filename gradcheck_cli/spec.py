@@ -914,7 +914,8 @@ def _logits(case: _Case, loss: LossKind) -> tuple[Layer | None, np.ndarray, Node
         raise case.ctx.error(
             case.node,
             case.field("logits"),
-            "missing required key: K numbers, or N lists of K numbers (or a 'layer')",
+            "missing required key: K numbers, or N lists of K numbers "
+            "(or a 'layer', or a 'regime')",
         )
     field = case.field("logits")
     what = "K numbers, or N lists of K numbers"

@@ -46,8 +46,8 @@ from gradcheck_cli.impl import (
     Scales,
     _combine,
     _forward_roundings,
+    _summed_loss,
     accepted_options,
-    call,
 )
 from gradcheck_cli.methods.differences import (
     SELF_CHECK_SEED,
@@ -71,11 +71,10 @@ def forward_total(impl: Implementation, options: dict[str, Any]) -> Callable[[np
 
         return total
 
+    summed = _summed_loss(impl, given)
+
     def total_numpy(values: np.ndarray) -> float:
-        loss, _ = call(impl, values, given)
-        if hasattr(loss, "detach"):
-            loss = _torch_values(loss)
-        return float(np.sum(np.asarray(loss, dtype=np.float64)))
+        return float(np.real(summed(values)))
 
     return total_numpy
 
@@ -219,13 +218,6 @@ class _Directions:
 def _max_abs(a: np.ndarray) -> float:
     """``max |a|`` over the finite entries (0 for none)."""
     return float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0))
-
-
-def _torch_values(tensor: Any) -> np.ndarray:
-    """A torch tensor that slipped through, as NumPy (bfloat16 included)."""
-    from gradcheck_cli.torch_native import to_numpy
-
-    return to_numpy(tensor)
 
 
 def gradient_bound(problem: Problem, rows_per: int, fallback: float) -> float:

@@ -67,11 +67,7 @@ class JaxNative:
         import jax.numpy as jnp
 
         with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
-            z = jax.device_put(jnp.asarray(logits), self.device)
-            given = {
-                k: jax.device_put(jnp.asarray(v), self.device) if isinstance(v, np.ndarray) else v
-                for k, v in options.items()
-            }
+            z, given = self._place(logits, options)
             loss, pullback = jax.vjp(lambda x: self.function(x, **given), z)
             upstream = (
                 jnp.ones_like(loss)
@@ -84,16 +80,23 @@ class JaxNative:
     def forward(self, logits: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         """The loss alone (no pull-back)."""
         jax = _jax()
-        import jax.numpy as jnp
 
         with jax.enable_x64(logits.dtype == np.float64 or np.iscomplexobj(logits)):
-            given = {
-                k: jax.device_put(jnp.asarray(v), self.device) if isinstance(v, np.ndarray) else v
-                for k, v in options.items()
-            }
-            return np.asarray(
-                self.function(jax.device_put(jnp.asarray(logits), self.device), **given)
-            )
+            z, given = self._place(logits, options)
+            return np.asarray(self.function(z, **given))
+
+    def _place(self, logits: np.ndarray, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The logits and the array options as JAX arrays on the device (inside the caller's
+        x64 setting); other options as they are."""
+        jax = _jax()
+        import jax.numpy as jnp
+
+        def put(value: Any) -> Any:
+            return jax.device_put(jnp.asarray(value), self.device)
+
+        return put(logits), {
+            k: put(v) if isinstance(v, np.ndarray) else v for k, v in options.items()
+        }
 
     def side_effects(
         self,

@@ -40,6 +40,19 @@ def _torch() -> Any:
     return torch
 
 
+def _backward(loss: Any, z: Any, grad_output: np.ndarray | None) -> Any:
+    """d(sum(grad_output * loss))/dz by torch's autograd (``grad_output`` None: ones), zeros
+    when the loss does not depend on ``z``."""
+    torch = _torch()
+    upstream = (
+        torch.ones_like(loss)
+        if grad_output is None
+        else torch.tensor(grad_output, dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    )
+    (grad,) = torch.autograd.grad(loss, z, grad_outputs=upstream, allow_unused=True)
+    return torch.zeros_like(z) if grad is None else grad
+
+
 def _tensor(value: Any, device: str = "cpu") -> Any:
     """NumPy arrays as tensors on ``device`` (a copy; integers stay int64); anything else as
     it is."""
@@ -129,16 +142,7 @@ class TorchNative:
         loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
-        if grad_output is None:
-            upstream = torch.ones_like(loss)
-        else:
-            upstream = torch.tensor(grad_output, dtype=loss.dtype, device=loss.device).reshape(
-                loss.shape
-            )
-        (grad,) = torch.autograd.grad(loss, z, grad_outputs=upstream, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(z)
-        tensors["__grad__"] = grad
+        tensors["__grad__"] = _backward(loss, z, grad_output)
         return z, loss, tensors
 
     def __call__(
@@ -183,13 +187,7 @@ class TorchNative:
             longer[1:] = labels
             tensors["labels"] = longer[1:]
         out = self.function(z, **tensors)
-        upstream = (
-            torch.ones_like(out)
-            if grad_output is None
-            else torch.tensor(grad_output, dtype=out.dtype, device=out.device).reshape(out.shape)
-        )
-        (g,) = torch.autograd.grad(out, z, grad_outputs=upstream, allow_unused=True)
-        g = torch.zeros_like(z) if g is None else g
+        g = _backward(out, z, grad_output)
         return max(_spread(to_numpy(out), loss), _spread(to_numpy(g), grad))
 
     def side_effects(

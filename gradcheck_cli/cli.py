@@ -290,6 +290,22 @@ def run(
             "without code generation)."
         ),
     ] = "inductor",
+    chunks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated chunk counts (e.g. 1,4,7): on linear specs the fused kernel "
+            "is called once per count, each call held to the reference.",
+            show_default=False,
+        ),
+    ] = None,
+    chunk_option: Annotated[
+        str | None,
+        typer.Option(
+            help="The kernel's chunk-count parameter for --chunks (default: chunks, "
+            "num_chunks, n_chunks or chunk_count, whichever it takes).",
+            show_default=False,
+        ),
+    ] = None,
     views: Annotated[
         bool,
         typer.Option(
@@ -345,6 +361,8 @@ def run(
             full=full,
             directions=directions,
             native=NativeChecks(allow_inplace, nondeterministic_tol, views),
+            chunks=_chunk_counts(chunks),
+            chunk_option=chunk_option,
         )
     except XentcheckError as exc:
         _fail(str(exc))
@@ -363,6 +381,19 @@ def run(
         _fail(str(exc))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _chunk_counts(text: str | None) -> tuple[int, ...] | None:
+    """``--chunks 1,4,7`` as positive integers."""
+    if text is None:
+        return None
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 1 for c in counts):
+        raise UsageError(f"--chunks {text}: expected positive integers separated by commas")
+    return counts
 
 
 def _announce(spec_name: str, operations: float) -> None:

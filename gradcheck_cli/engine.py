@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import checks, diagnose, fastmode, microbatches, tolerance_models
+from gradcheck_cli import (
+    checks,
+    diagnose,
+    fastmode,
+    linear_check,
+    microbatches,
+    tolerance_models,
+)
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import (
@@ -50,6 +57,8 @@ from gradcheck_cli.methods import (
     reference_of,
 )
 from gradcheck_cli.methods import layer as layer_methods
+from gradcheck_cli.methods import linear as linear_methods
+from gradcheck_cli.methods.differences import SELF_CHECK_SEED
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
 from gradcheck_cli.model import Check, DType, JacobianView, Layer, Spec, SpecResult
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
@@ -89,6 +98,17 @@ class RunOptions:
     announce: Callable[[str, float], None] | None = None
     """Called with (spec name, element operations) before an element-wise check that ``full``
     forces above the fast-mode budget (the command line says the estimated cost)."""
+    chunks: tuple[int, ...] | None = None
+    """``--chunks``: a fused linear kernel is called once per chunk count, each call held to
+    the reference."""
+    chunk_option: str | None = None
+    """``--chunk-option``: the kernel's chunk-count parameter (default: found by name)."""
+
+    def linear(self) -> linear_check.LinearOptions:
+        """What a ``linear:`` spec's kernel check reads."""
+        return linear_check.LinearOptions(
+            self.rtol, self.atol, self.tolerance_model, self.chunks, self.chunk_option
+        )
 
 
 def resolve_tolerance(
@@ -137,6 +157,8 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     lowp.register(dtype)
     problem = build_problem(spec)
     n, k = problem.shape
+    if spec.layer is not None and spec.layer.fused and spec.logits.strides == (0, 0):
+        return _run_linear(spec, options, problem, dtype)  # the logits do not fit: chunks
     if options.fast or (not options.full and fastmode.needs_fast(n, k)):
         return _run_fast(spec, options, problem, dtype)
     if options.announce is not None and fastmode.needs_fast(n, k):
@@ -171,8 +193,15 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
     if spec.microbatches is not None:
         found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
+    fused = spec.layer is not None and spec.layer.fused
     for impl, tag in _implementations(options):
         try:
+            if fused:
+                assert isinstance(problem, CrossEntropyProblem)
+                impl_rows, impl_checks = _linear_impl(spec, options, impl, problem, dtype, run, tag)
+                comparisons += impl_rows
+                found += impl_checks
+                continue
             impl_rows, impl_checks = _impl_part(
                 spec, options, impl, (problem, under_test), dtype, forward.loss, reference, run,
                 tag,
@@ -356,6 +385,132 @@ def _layer_part(
     out = _layer_gradients(spec.layer, layer_problem, layer_grads, run.not_computable)
     if spec.single:  # the inputs were one vector (D,)
         out["inputs"] = {m: (None if g is None else g[0]) for m, g in out["inputs"].items()}
+    layer, names = spec.layer, spec.layer.names()  # a linear: spec's names and weight layout
+    return {
+        names[q]: {
+            m: (g if g is None or q != "weights" else layer.given_weight(g)) for m, g in by.items()
+        }
+        for q, by in out.items()
+    }
+
+
+def _linear_impl(
+    spec: Spec,
+    options: RunOptions,
+    impl: Implementation,
+    problem: CrossEntropyProblem,
+    dtype: str,
+    run: _Gradients,
+    tag: str,
+) -> tuple[list[Comparison], list[Check]]:
+    """A fused linear kernel (``linear:`` spec) against the chunked float64 reference
+    (``linear_check``); its notes join the run's."""
+    template = linear_methods.template_problem(problem)
+    outcome = linear_check.check(spec, impl, template, dtype, options.linear(), tag)
+    run.notes.update(outcome.notes)
+    return outcome.comparisons, _tagged(outcome.checks, tag)
+
+
+#: Random directions of the reference's own check on a ``linear:`` spec too large for the
+#: element-wise methods.
+LINEAR_DIRECTIONS = 2
+
+
+def _run_linear(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> SpecResult:
+    """A ``linear:`` spec whose (N, V) logits are not held: the reference in row chunks
+    (``methods.linear``); with ``--impl`` the kernel against it, else the reference against
+    central differences of its own loss along seeded random directions of (H, W, b)."""
+    assert spec.layer is not None and isinstance(problem, CrossEntropyProblem)
+    template = linear_methods.template_problem(problem)
+    comparisons: list[Comparison] = []
+    found: list[Check] = []
+    notes: dict[str, str] = {}
+    not_computable: dict[str, str] = {}
+    loss: np.ndarray | None = None
+    for impl, tag in _implementations(options):
+        try:
+            outcome = linear_check.check(spec, impl, template, dtype, options.linear(), tag)
+        except impl_module.ImplError as exc:
+            if tag == "impl":
+                raise
+            found += _compile_failure(exc, not_computable)
+            continue
+        comparisons += outcome.comparisons
+        found += _tagged(outcome.checks, tag)
+        notes.update(outcome.notes)
+        loss = outcome.reference_loss
+    if options.impl is None:
+        _, wide = linear_check.kernel_inputs(spec.layer, dtype)
+        ref = linear_methods.reference(wide, template)
+        loss = ref.loss
+        comparisons += _linear_directions(spec, wide, template, ref)
+        notes["reference"] = (
+            "float64 in row chunks (methods.linear); checked against central differences of "
+            f"its own loss along {LINEAR_DIRECTIONS} seeded random directions of (hidden, "
+            "weight, bias)"
+        )
+    if spec.methods or options.methods:
+        not_computable["methods"] = (
+            "the logits' own methods need the (N, V) logits, which this linear spec is too "
+            "large to hold; its reference is checked instead"
+        )
+    assert loss is not None
+    value: float | np.ndarray = float(loss) if loss.ndim == 0 else loss
+    if not np.all(np.isfinite(loss)):
+        expected = spec.expect is not None and spec.expect.loss is not None
+        found.append(Check("loss_is_finite", expected, "the loss is not finite"))
+    if spec.expect is not None:
+        expect = dataclass_replace(spec.expect, probs=None, grad=None)
+        found.extend(checks.expectations(expect, value, np.zeros(0), None))
+    return _result(
+        spec,
+        comparisons,
+        found,
+        loss=value,
+        gradients={},
+        not_computable=not_computable,
+        method_notes=notes,
+        reference=FLOAT64_REFERENCE,
+    )
+
+
+def _linear_directions(
+    spec: Spec,
+    wide: Layer,
+    template: CrossEntropyProblem,
+    ref: linear_methods.LinearResult,
+) -> list[Comparison]:
+    """The reference's directional derivatives ``sum_theta dL/dtheta . d_theta`` against
+    central differences of the chunked float64 loss, one comparison per seeded direction
+    (with ``reduction: none`` of the sum of the per-sample losses)."""
+    rng = np.random.default_rng([SELF_CHECK_SEED, 17])
+    names = {"inputs": wide.inputs, "weights": wide.weights, "bias": wide.bias}
+    out = []
+    for i in range(LINEAR_DIRECTIONS):
+        dirs = {k: rng.standard_normal(a.shape) for k, a in names.items() if a is not None}
+        exact = sum(float(np.sum(ref.grads[k] * d)) for k, d in dirs.items())
+        scale = sum(float(np.sum(np.abs(ref.grads[k] * d))) for k, d in dirs.items())
+        top = max(float(np.max(np.abs(a), initial=1.0)) for a in names.values() if a is not None)
+        h = float(np.finfo(np.float64).eps) ** (1 / 3) * max(1.0, top)
+        values = []
+        for sign in (1.0, -1.0):
+            moved = {k: names[k] + sign * h * d for k, d in dirs.items()}
+            layer = dataclass_replace(
+                wide, inputs=moved["inputs"], weights=moved["weights"], bias=moved.get("bias")
+            )
+            values.append(float(np.sum(linear_methods.forward_loss(layer, template))))
+        quotient = (values[0] - values[1]) / (2 * h)
+        tol = Tolerance(rtol=1e-6, atol=1e-6 * max(scale, 1e-300))
+        out.append(
+            compare(
+                f"finite_difference (direction {i + 1})",
+                np.asarray(quotient),
+                "reference",
+                np.asarray(exact),
+                tol,
+                "direction",
+            )
+        )
     return out
 
 

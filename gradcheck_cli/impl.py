@@ -153,6 +153,14 @@ class Implementation:
     """For a framework-native loss (``torch:...``): its adapter (``torch_native.TorchNative``),
     which back-propagates a ``grad_output`` and checks side effects; None for the NumPy
     ``(loss, grad)`` protocol."""
+    builtin: str | None = None
+    """``torch`` or ``optax`` for xentcheck's built-in framework loss (a ``linear:`` spec swaps
+    in its fused twin, ``torch_adapter.torch_linear_loss`` or ``jax_native.optax_linear_loss``);
+    None for a user's function."""
+    device: str = "cpu"
+    """Where a framework-native implementation places its tensors (``--device``)."""
+    compile_backend: str | None = None
+    """The ``torch.compile`` backend (``--compile``), or None."""
 
 
 def load(target: str, device: str = "cpu", compile_backend: str | None = None) -> Implementation:
@@ -205,7 +213,15 @@ def _native(
         raise ImplError(str(exc)) from None
     accepts = None if user.accepts is None else user.accepts | {"grad_output"}
     name = target if compile_backend is None else f"{target} [compiled: {compile_backend}]"
-    return Implementation(name, adapter, accepts, native=adapter)
+    return Implementation(
+        name,
+        adapter,
+        accepts,
+        native=adapter,
+        builtin=builtin if target == builtin else None,
+        device=device,
+        compile_backend=compile_backend,
+    )
 
 
 def _import_function(target: str, location: str) -> ImplFunction:

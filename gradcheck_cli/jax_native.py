@@ -77,6 +77,37 @@ class JaxNative:
             (grad,) = pullback(upstream)
             return np.asarray(loss), np.asarray(grad)
 
+    def linear(
+        self,
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+        grad_output: np.ndarray | None,
+        options: dict[str, Any],
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """A fused linear cross-entropy ``f(hidden, weight, bias, **options) -> loss``: the
+        loss and the pull-backs of ``grad_output`` for hidden, weight and bias (None for an
+        absent bias)."""
+        jax = _jax()
+        import jax.numpy as jnp
+
+        hidden, weight, bias = arrays
+        with jax.enable_x64(hidden.dtype == np.float64):
+            h, given = self._place(hidden, options)
+            w = self._place(weight, {})[0]
+            if bias is None:
+                loss, pullback = jax.vjp(lambda a, b: self.function(a, b, None, **given), h, w)
+            else:
+                b = self._place(bias, {})[0]
+                loss, pullback = jax.vjp(lambda a, b, c: self.function(a, b, c, **given), h, w, b)
+            upstream = (
+                jnp.ones_like(loss)
+                if grad_output is None
+                else jnp.asarray(grad_output, dtype=loss.dtype).reshape(loss.shape)
+            )
+            grads: list[np.ndarray | None] = [np.asarray(g) for g in pullback(upstream)]
+            if bias is None:
+                grads.append(None)
+            return np.asarray(loss), grads
+
     def forward(self, logits: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         """The loss alone (no pull-back)."""
         jax = _jax()
@@ -159,3 +190,16 @@ def optax_loss(
     if reduction == "none":
         return per
     return per.sum() if reduction == "sum" else per.mean()
+
+
+def optax_linear_loss(
+    hidden: Any, weight: Any, bias: Any = None, *, weight_layout: str = "vd", **options: Any
+) -> Any:
+    """``--impl optax`` on a ``linear:`` spec: the logits in the inputs' dtype, then
+    :func:`optax_loss` on them up-cast to at least float32."""
+    import jax.numpy as jnp
+
+    z = hidden @ (weight.T if weight_layout == "vd" else weight)
+    if bias is not None:
+        z = z + bias
+    return optax_loss(z.astype(jnp.promote_types(z.dtype, jnp.float32)), **options)

@@ -23,6 +23,7 @@ from gradcheck_cli.spec import (
     EXPECT_KEYS,
     FILE_KEYS,
     LAYER_KEYS,
+    LINEAR_KEYS,
     TOLERANCE_KEYS,
 )
 
@@ -131,6 +132,21 @@ def case_properties() -> dict[str, Any]:
             "logits = inputs @ weights + bias",
         )
         | {"required": ["inputs", "weights"]},
+        "linear": _closed(
+            {
+                "hidden": _array(NUMBER),
+                "weight": _array(NUMBER),
+                "bias": _array(NUMBER),
+                "weight_layout": {"enum": ["vd", "dv"]},
+                "seed": {"type": "integer", "minimum": 0},
+                "rows": {"type": "integer", "minimum": 1},
+                "hidden_size": {"type": "integer", "minimum": 1},
+                "vocab_size": {"type": "integer", "minimum": 1},
+                "margin": NUMBER,
+                "with_bias": {"type": "boolean"},
+            },
+            "logits = hidden @ weight^T + bias (weight (V, D)), given or generated from a seed",
+        ),
         "label": {
             "oneOf": [label_item, {"type": "array", "items": label_item, "minItems": 1}, FILE_REF]
         },
@@ -173,6 +189,7 @@ def case_properties() -> dict[str, Any]:
     }
     assert set(types) == set(CASE_KEYS), "every loader key needs a schema entry"
     assert set(LAYER_KEYS) == set(types["layer"]["properties"])
+    assert set(LINEAR_KEYS) == set(types["linear"]["properties"])
     return {key: types[key] | {"description": CASE_KEYS[key]} for key in CASE_KEYS}
 
 

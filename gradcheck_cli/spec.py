@@ -38,6 +38,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gradcheck_cli import limits, regimes
 from gradcheck_cli.arrays import ArrayFileError, load_array
+from gradcheck_cli.core.layer import LAYOUTS, Layout
 from gradcheck_cli.core.lowp import bfloat16, register
 from gradcheck_cli.core.options import (
     LOSS_KINDS,
@@ -51,6 +52,7 @@ from gradcheck_cli.core.options import (
 )
 from gradcheck_cli.core.softmax_ce import REDUCTIONS, Reduction
 from gradcheck_cli.errors import SpecError
+from gradcheck_cli.fastmode import needs_fast
 from gradcheck_cli.methods import METHODS, SCHEMES, Scheme
 from gradcheck_cli.model import DTYPES, DType, Expect, Layer, Spec, ToleranceOverride
 from gradcheck_cli.precision import dtype_overflow
@@ -64,6 +66,8 @@ CASE_KEYS: dict[str, str] = {
     "loss": "softmax_cross_entropy | sigmoid_cross_entropy",
     "logits": "K numbers, or N lists of K numbers",
     "layer": "a linear layer {inputs, weights, bias} that computes the logits",
+    "linear": "hidden states, lm_head weight and bias {hidden, weight, bias, weight_layout}, "
+    "or generated {seed, rows, hidden_size, vocab_size, ...}: logits = hidden @ weight^T + bias",
     "regime": "logits and labels built from a seed: {kind, rows, num_classes, seed, ...}",
     "label": "class index or name; a list of N for a batch",
     "target": "probability distribution(s), shaped like the logits",
@@ -79,6 +83,10 @@ CASE_KEYS: dict[str, str] = {
 }
 FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
+#: ``linear:`` keys: the arrays, or what generates them from a seed (:func:`_generated_linear`).
+LINEAR_ARRAY_KEYS = ("hidden", "weight", "bias", "weight_layout")
+LINEAR_GENERATED_KEYS = ("seed", "rows", "hidden_size", "vocab_size", "margin", "with_bias")
+LINEAR_KEYS = LINEAR_ARRAY_KEYS + LINEAR_GENERATED_KEYS
 EXPECT_KEYS = ("loss", "probs", "grad", "rtol", "atol")
 TOLERANCE_KEYS = ("rtol", "atol")
 
@@ -724,6 +732,7 @@ _FOUNDATIONS = frozenset(
         "label",
         "target",
         "layer",
+        "linear",
         "regime",
         "loss",
         "classes",
@@ -805,7 +814,15 @@ def _build_spec(
     loss = cast(LossKind, case.choice("loss", LOSS_KINDS) or SOFTMAX)
     _reject_foreign_options(case, loss)
     regime = _regime(case, loss)  # (logits, labels, node) built from a seed, or None
-    layer, logits, logits_node = (None, regime[0], regime[2]) if regime else _logits(case, loss)
+    linear = None if regime else _linear(case, loss)  # (layer, logits, node, drawn labels)
+    if regime:
+        layer, logits, logits_node = None, regime[0], regime[2]
+    elif linear:
+        layer, logits, logits_node = linear[0], linear[1], linear[2]
+        if linear[3] is not None and "label" not in case.entries:
+            regime = (logits, linear[3], logits_node)  # the seed drew the labels too
+    else:
+        layer, logits, logits_node = _logits(case, loss)
     single = logits.ndim == 1
     batch = logits[None, :] if single else logits
     classes = _classes_and_count(case, batch.shape[1])
@@ -825,7 +842,11 @@ def _build_spec(
     fd_step = None
     if (node := case.value("finite_difference")) is not None:
         fd_scheme, fd_step = _fd_settings(ctx, node, case.field("finite_difference"))
-    dtype, batch = _dtype(case, batch, logits_node)
+    if linear:
+        assert layer is not None
+        dtype = _linear_dtype(case, layer)
+    else:
+        dtype, batch = _dtype(case, batch, logits_node)
     tolerance = ToleranceOverride()
     per_method: dict[str, ToleranceOverride] = {}
     if (node := case.value("tolerance")) is not None:
@@ -838,7 +859,7 @@ def _build_spec(
     return Spec(
         name=default_name if name is None else name,
         file=ctx.file,
-        logits=np.ascontiguousarray(batch),
+        logits=batch if _placeholder(batch) else np.ascontiguousarray(batch),
         single=single,
         labels=labels,
         targets=targets,
@@ -931,7 +952,7 @@ def _regime(case: _Case, loss: LossKind) -> tuple[np.ndarray, np.ndarray, Node] 
     if node is None:
         return None
     ctx, field = case.ctx, case.field("regime")
-    for other in ("logits", "layer", "label", "target"):
+    for other in ("logits", "layer", "linear", "label", "target"):
         if other in case.entries:
             raise ctx.error(
                 case.entries[other][0],
@@ -1422,6 +1443,167 @@ def _layer(ctx: _Ctx, node: Node, field: str) -> tuple[Layer, np.ndarray]:
     if not np.all(np.isfinite(logits)):
         raise ctx.error(node, field, "the logits (inputs @ weights + bias) overflow float64")
     return layer, logits[0] if inputs.ndim == 1 else logits
+
+
+def _linear(
+    case: _Case, loss: LossKind
+) -> tuple[Layer, np.ndarray, Node, np.ndarray | None] | None:
+    """``linear:``: the fused layer (weights stored (D, V)), the logits it computes ((V,) or
+    (N, V); a zero-strided placeholder when the element-wise check would not fit, see
+    :func:`_placeholder`), its node, and the labels a generated block drew (else None)."""
+    node = case.value("linear")
+    if node is None:
+        return None
+    ctx, field = case.ctx, case.field("linear")
+    for other in ("logits", "layer"):
+        if other in case.entries:
+            raise ctx.error(
+                case.entries[other][0],
+                case.field(other),
+                f"give either 'linear' or '{other}', not both",
+            )
+    if loss != SOFTMAX:
+        raise ctx.error(node, field, f"linear applies to loss {SOFTMAX} (an lm_head's softmax)")
+    entries = _mapping(ctx, node, field, LINEAR_KEYS, "a mapping {hidden, weight, bias}")
+    drawn = None
+    if "seed" in entries:
+        given = [k for k in ("hidden", "weight", "bias", "weight_layout") if k in entries]
+        if given:
+            raise ctx.error(
+                entries[given[0]][0],
+                f"{field}.{given[0]}",
+                "a generated linear block (seed) builds the arrays: give either 'seed' or "
+                "'hidden'/'weight'/'bias'",
+            )
+        hidden, weight, bias, drawn = _generated_linear(ctx, entries, node, field)
+        layout: Layout = "vd"
+    else:
+        extra = [k for k in LINEAR_GENERATED_KEYS if k in entries]
+        if extra:
+            raise ctx.error(
+                entries[extra[0]][0], f"{field}.{extra[0]}", "applies only with 'seed' (generated)"
+            )
+        hidden, weight, bias, layout = _given_linear(ctx, entries, node, field)
+    single = hidden.ndim == 1
+    batch = hidden[None, :] if single else hidden
+    n, v = batch.shape[0], weight.shape[0]
+    layer = Layer(np.ascontiguousarray(batch), weight.T, bias, fused=True, layout=layout)
+    if needs_fast(n, v):
+        logits: np.ndarray = np.broadcast_to(np.zeros((), dtype=np.float64), (n, v))
+    else:
+        logits = layer.logits()
+        if not np.all(np.isfinite(logits)):
+            raise ctx.error(node, field, "the logits (hidden @ weight^T + bias) overflow float64")
+    return layer, logits[0] if single else logits, node, drawn
+
+
+def _given_linear(
+    ctx: _Ctx, entries: dict[str, tuple[Node, Node]], node: Node, field: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Layout]:
+    """The arrays of ``linear: {hidden, weight, bias, weight_layout}``; the weight as (V, D)."""
+    for key in ("hidden", "weight"):
+        if key not in entries:
+            raise ctx.error(node, f"{field}.{key}", "missing required key")
+    layout: Layout = "vd"
+    if "weight_layout" in entries:
+        layout = cast(
+            Layout, _one_of(ctx, entries["weight_layout"][1], f"{field}.weight_layout", LAYOUTS)
+        )
+    h_node, w_node = entries["hidden"][1], entries["weight"][1]
+    hidden = _float_array(ctx, h_node, f"{field}.hidden", "D numbers, or N lists of D numbers")
+    _finite(ctx, h_node, f"{field}.hidden", hidden)
+    shape_text = "(V, D)" if layout == "vd" else "(D, V)"
+    weight = _float_array(ctx, w_node, f"{field}.weight", f"a {shape_text} matrix")
+    _finite(ctx, w_node, f"{field}.weight", weight)
+    d = hidden.shape[-1]
+    axis = 1 if layout == "vd" else 0
+    if weight.ndim != 2 or weight.shape[axis] != d:
+        one = "one row per class" if layout == "vd" else "one row per hidden feature"
+        raise ctx.error(
+            w_node,
+            f"{field}.weight",
+            f"expected shape {shape_text} with D = {d} ({one}; weight_layout: {layout}), found "
+            f"shape {_shape(weight.shape)}",
+        )
+    weight = weight if layout == "vd" else weight.T
+    v = weight.shape[0]
+    bias = None
+    if "bias" in entries:
+        b_node = entries["bias"][1]
+        bias = _shaped(
+            ctx, b_node, f"{field}.bias", (v,), f"{v} numbers", like="(one number per class)"
+        )
+        _finite(ctx, b_node, f"{field}.bias", bias)
+    return hidden, weight, bias, layout
+
+
+def _generated_linear(
+    ctx: _Ctx, entries: dict[str, tuple[Node, Node]], node: Node, field: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """``linear: {seed, rows, hidden_size, vocab_size, margin, with_bias}``: an LLM-shaped
+    case from a seed (NumPy's PCG64). The weight's rows are N(0, 1/D) (unit norm on average),
+    the hidden states N(0, 1) plus ``margin`` times the label's weight row over its squared
+    norm, so the label's logit is raised by exactly ``margin`` (confident rows: p_y near 1 for
+    margins well above log V); labels uniform in [0, V); the bias (``with_bias``, default
+    true) N(0, 0.1^2)."""
+    values: dict[str, Any] = {}
+    for key in ("seed", "rows", "hidden_size", "vocab_size"):
+        if key not in entries:
+            raise ctx.error(node, f"{field}.{key}", "missing required key (a positive integer)")
+        sub = entries[key][1]
+        values[key] = _integer(ctx, sub, f"{field}.{key}")
+        if values[key] < (0 if key == "seed" else 1):
+            raise ctx.error(
+                sub, f"{field}.{key}", f"expected a positive integer, found {values[key]}"
+            )
+    margin = 0.0
+    if "margin" in entries:
+        margin = _number(ctx, entries["margin"][1], f"{field}.margin")
+    with_bias = True
+    if "with_bias" in entries:
+        sub = entries["with_bias"][1]
+        flag = _scalar(sub) if isinstance(sub, ScalarNode) else None
+        if not isinstance(flag, bool):
+            raise ctx.error(
+                sub, f"{field}.with_bias", f"expected true or false, found {_describe(sub)}"
+            )
+        with_bias = flag
+    n, d, v = values["rows"], values["hidden_size"], values["vocab_size"]
+    size = (n * d + v * d + v) * 8
+    if size > ctx.max_array_bytes:
+        raise ctx.error(
+            node,
+            field,
+            f"the arrays would take {size / 2**20:.0f} MiB, more than the "
+            f"{ctx.max_array_bytes / 2**20:.0f} MiB an array may",
+        )
+    rng = np.random.default_rng(values["seed"])
+    weight = rng.standard_normal((v, d)) / np.sqrt(d)
+    labels = rng.integers(0, v, size=n)
+    hidden = rng.standard_normal((n, d))
+    if margin:
+        rows = weight[labels]
+        hidden += margin * rows / np.sum(rows * rows, axis=1, keepdims=True)
+    bias = 0.1 * rng.standard_normal(v) if with_bias else None
+    return hidden, weight, bias, labels.astype(np.int64)
+
+
+def _linear_dtype(case: _Case, layer: Layer) -> DType:
+    """The dtype of a ``linear:`` spec (default float64); its arrays must stay finite when
+    rounded to it (the logits are computed from them, never rounded themselves)."""
+    text = case.choice("dtype", DTYPES)
+    dtype = cast(DType, text or "float64")
+    register(dtype)
+    field = case.field("linear")
+    for name, arr in (("hidden", layer.inputs), ("weight", layer.weights), ("bias", layer.bias)):
+        if arr is not None:
+            _check_dtype_range(case.ctx, case.value("linear"), f"{field}.{name}", arr, dtype)
+    return dtype
+
+
+def _placeholder(batch: np.ndarray) -> bool:
+    """True for the zero-strided logits of a ``linear:`` spec too large to hold them."""
+    return batch.ndim == 2 and batch.size > 0 and batch.strides == (0, 0)
 
 
 def _methods(ctx: _Ctx, node: Node, field: str) -> tuple[str, ...]:

@@ -89,6 +89,20 @@ def torch_loss(
     return out + zl.sum() / (num_items_in_batch if by_items else valid.sum())
 
 
+def torch_linear_loss(
+    hidden: Any, weight: Any, bias: Any = None, *, weight_layout: str = "vd", **options: Any
+) -> Any:
+    """``--impl torch`` on a ``linear:`` spec: ``F.linear`` in the inputs' dtype, then
+    :func:`torch_loss` on the logits up-cast to at least float32 (Liger-Kernel's reference for
+    its fused linear cross-entropy). ``weight_layout`` ``dv`` takes a (D, V) weight."""
+    torch = _torch()
+    if weight_layout == "vd":
+        z = torch.nn.functional.linear(hidden, weight, bias)
+    else:
+        z = hidden @ weight if bias is None else torch.addmm(bias, hidden, weight)
+    return torch_loss(z.to(torch.promote_types(z.dtype, torch.float32)), **options)
+
+
 def _masked_reduction(
     per: Any,
     zc: Any,

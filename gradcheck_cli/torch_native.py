@@ -44,13 +44,18 @@ def _backward(loss: Any, z: Any, grad_output: np.ndarray | None) -> Any:
     """d(sum(grad_output * loss))/dz by torch's autograd (``grad_output`` None: ones), zeros
     when the loss does not depend on ``z``."""
     torch = _torch()
-    upstream = (
-        torch.ones_like(loss)
-        if grad_output is None
-        else torch.tensor(grad_output, dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    (grad,) = torch.autograd.grad(
+        loss, z, grad_outputs=_upstream(loss, grad_output), allow_unused=True
     )
-    (grad,) = torch.autograd.grad(loss, z, grad_outputs=upstream, allow_unused=True)
     return torch.zeros_like(z) if grad is None else grad
+
+
+def _upstream(loss: Any, grad_output: np.ndarray | None) -> Any:
+    """``grad_output`` as a tensor shaped like the loss (ones when None)."""
+    torch = _torch()
+    if grad_output is None:
+        return torch.ones_like(loss)
+    return torch.tensor(grad_output, dtype=loss.dtype, device=loss.device).reshape(loss.shape)
 
 
 def _tensor(value: Any, device: str = "cpu") -> Any:
@@ -151,6 +156,36 @@ class TorchNative:
         """The loss and the gradient of ``sum(grad_output * loss)`` as NumPy arrays."""
         _, loss, tensors = self.run(logits, grad_output, options)
         return to_numpy(loss), to_numpy(tensors["__grad__"])
+
+    def linear(
+        self,
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+        grad_output: np.ndarray | None,
+        options: dict[str, Any],
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """A fused linear cross-entropy ``f(hidden, weight, bias, **options) -> loss`` (bias
+        None when the layer has none) on fresh leaf tensors: the loss and the gradients of
+        ``sum(grad_output * loss)`` for hidden, weight and bias, as NumPy arrays."""
+        torch = _torch()
+        leaves = [
+            None if a is None else from_numpy(a, self.device).requires_grad_(True) for a in arrays
+        ]
+        tensors = {k: _tensor(v, self.device) for k, v in options.items()}
+        loss = self.function(*leaves, **tensors)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
+        wanted = [t for t in leaves if t is not None]
+        found = iter(
+            torch.autograd.grad(loss, wanted, _upstream(loss, grad_output), allow_unused=True)
+        )
+        grads: list[np.ndarray | None] = []
+        for t in leaves:
+            if t is None:
+                grads.append(None)
+                continue
+            g = next(found)
+            grads.append(to_numpy(torch.zeros_like(t) if g is None else g))
+        return to_numpy(loss), grads
 
     def forward(self, logits: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         """The loss alone, without building a graph (``torch.no_grad``): what the

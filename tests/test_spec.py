@@ -449,10 +449,10 @@ def test_huge_integer_is_an_error_not_a_crash(
         (
             "<<: {logits: [1, 2]}\nlabel: 0\n",
             "1:1: <<: unknown key (known keys: name, description, classes, num_classes, loss, "
-            "logits, layer, regime, label, target, reduction, defaults, weight, ignore_index, "
-            "label_smoothing, softcap, z_loss, pos_weight, num_items_in_batch, loss_mask, "
-            "empty_mean, methods, tolerance, finite_difference, dtype, expect, microbatches, "
-            "cases)",
+            "logits, layer, linear, regime, label, target, reduction, defaults, weight, "
+            "ignore_index, label_smoothing, softcap, z_loss, pos_weight, num_items_in_batch, "
+            "loss_mask, empty_mean, methods, tolerance, finite_difference, dtype, expect, "
+            "microbatches, cases)",
         ),
         (
             "hello\n",

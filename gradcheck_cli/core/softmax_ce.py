@@ -191,13 +191,15 @@ def rows_of(
     rows: slice,
     scales: tuple[FloatArray, FloatArray],
     dtype: str,
+    logits: FloatArray | None = None,
 ) -> CrossEntropyProblem:
     """Rows ``rows`` as a problem of their own in ``dtype``, carrying the whole batch's
-    reduction ``scales`` (:func:`float64_scales` of the batch)."""
+    reduction ``scales`` (:func:`float64_scales` of the batch). ``logits``: those rows' logits
+    when the problem does not hold them (a ``linear:`` spec computes them chunk by chunk)."""
     alpha, beta = scales
     return replace(
         problem,
-        logits=problem.logits[rows].astype(dtype),
+        logits=(problem.logits[rows] if logits is None else logits).astype(dtype),
         labels=None if problem.labels is None else problem.labels[rows],
         targets=_cast(None if problem.targets is None else problem.targets[rows], dtype),
         weight=_cast(problem.weight, dtype),

@@ -47,6 +47,8 @@ from gradcheck_cli.core.softmax_ce import (
     capped,
     contributions,
     float64_scales,
+    label_columns,
+    label_weights,
     mean_normalizers,
     per_sample_loss,
     rows_of,
@@ -190,7 +192,7 @@ class _Budget:
         self.layer, self.r = layer, r
         n, d, v = layer.shape
         self.h_norm = np.linalg.norm(layer.inputs, axis=1)
-        self.w_norm = np.linalg.norm(layer.weights, axis=0)
+        self.w_norm = np.linalg.norm(layer.weights, axis=0).astype(np.float32)
         self.abs_b = np.zeros(v) if layer.bias is None else np.abs(layer.bias)
         # magnitudes only: float32 products are accurate enough and twice as fast
         self.abs_w = np.abs(layer.weights).astype(np.float32)
@@ -204,29 +206,44 @@ class _Budget:
     def add(
         self, rows: slice, chunk: CrossEntropyProblem, g: FloatArray, factor: FloatArray | None
     ) -> None:
+        """Accumulate one chunk's budgets (in float32: these are magnitudes, and their own
+        relative rounding of 1e-7 is immaterial)."""
         r, (n, _, v) = self.r, self.layer.shape
+        f32 = np.float32
         z = chunk.logits
-        finite = np.isfinite(z)
-        abs_z = np.where(finite, np.abs(z), 0.0)
-        delta = r.u * abs_z + r.a * (self.h_norm[rows, None] * self.w_norm[None, :] + self.abs_b)
-        delta = np.where(finite, delta, 0.0)  # a -inf lane is exact: p = 0 there in any kernel
         zc = capped(chunk, z)
-        p = softmax(zc)
-        spread = np.sum(p * delta, axis=-1)
-        alpha, beta = (np.abs(s) for s in chunk.row_scales or (0.0, 0.0))
         lse = logsumexp(zc)
+        p = softmax(zc.astype(f32))
+        abs_z = np.abs(z.astype(f32))
+        finite = bool(np.all(np.isfinite(abs_z)))
+        if not finite:  # a -inf lane is exact: p = 0 there in any kernel
+            abs_z[~np.isfinite(abs_z)] = 0.0
+        delta = np.multiply.outer((r.a * self.h_norm[rows]).astype(f32), self.w_norm)
+        delta += r.u * abs_z
+        delta += (r.a * self.abs_b).astype(f32)
+        spread = np.einsum("ij,ij->i", p, delta)
+        alpha, beta = (np.abs(s) for s in chunk.row_scales or (0.0, 0.0))
         coef = alpha + 2.0 * self.z_loss * beta * (np.abs(lse) + 1.0)
         if factor is not None:
             coef = coef * np.abs(factor)
-        abs_g = np.abs(g)
-        e = coef[:, None] * p * (delta + spread[:, None]) + r.u * abs_g
-        self.h[rows] = (e + r.a * np.sqrt(v) * abs_g).astype(np.float32) @ self.abs_w.T
-        wide = (e + r.a * np.sqrt(n) * abs_g).astype(np.float32)
-        self.w += self.abs_x[rows].T @ wide
-        self.b += np.sum(wide, axis=0, dtype=np.float64)
-        q = weighted_targets(chunk)
-        mass = np.sum(q, axis=-1)
-        gathered = np.sum(np.where(q > 0, q * (delta + r.a * abs_z), 0.0), axis=-1)
+        abs_g = np.abs(g).astype(f32)
+        e = delta + spread[:, None]
+        e *= p
+        e *= coef.astype(f32)[:, None]
+        e += f32(r.u) * abs_g
+        self.h[rows] = (e + f32(r.a * np.sqrt(v)) * abs_g) @ self.abs_w.T
+        e += f32(r.a * np.sqrt(n)) * abs_g
+        self.w += self.abs_x[rows].T @ e
+        self.b += np.sum(e, axis=0, dtype=np.float64)
+        if chunk.one_hot:  # q = w_y at the label: gather
+            cols = label_columns(chunk)
+            at = np.arange(cols.size)
+            mass = label_weights(chunk).astype(np.float64)
+            gathered = mass * (delta[at, cols] + r.a * abs_z[at, cols])
+        else:
+            q = weighted_targets(chunk)
+            mass = np.sum(q, axis=-1)
+            gathered = np.sum(np.where(q > 0, q * (delta + r.a * abs_z), 0.0), axis=-1)
         per = alpha * (spread * mass + gathered + r.a * np.abs(lse) * mass)
         per += 2.0 * self.z_loss * beta * np.abs(lse) * (spread + r.a * np.abs(lse))
         self.loss_rows.append(per)

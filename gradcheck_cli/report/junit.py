@@ -22,7 +22,7 @@ def comparison_line(c: Comparison) -> str:
         ""
         if c.quantity == "logits"
         else f"d/d{c.quantity} "
-        if c.quantity in ("weights", "bias", "inputs")
+        if c.quantity in ("weights", "bias", "inputs", "weight", "hidden")
         else f"{c.quantity} "
     )
     verdict = (

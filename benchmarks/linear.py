@@ -3,7 +3,7 @@ which planted bugs the check catches.
 
 Usage: python benchmarks/linear.py [--runs N] [--skip-bugs]
 
-Times ``xentcheck run specs/scale/llm_linear.yaml --impl torch:examples/fused_linear_ce.py:
+Times ``xentcheck run benchmarks/specs/llm_linear.yaml --impl torch:examples/fused_linear_ce.py:
 chunked_linear_ce --chunks 1,4,7`` on its float32 case (N = 2048, D = 512, V = 32000, a bias,
 confident rows): the chunked float64 reference with its error budgets, the naive baseline, and
 three calls of the kernel (forward and backward each), every call compared element-wise on dH,
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import command, timed
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = ROOT / "specs" / "scale" / "llm_linear.yaml"
+SPECS = ROOT / "benchmarks" / "specs" / "llm_linear.yaml"
 KERNEL = ROOT / "examples" / "fused_linear_ce.py"
 JSON = ("--format", "json", "--quiet")
 

@@ -18,8 +18,8 @@ catch every one and name the gradient):
 
 ``numpy_linear_ce`` is the NumPy protocol: it returns ``(loss, dhidden, dweight, dbias)``.
 
-    xentcheck run specs/linear --impl torch:examples/fused_linear_ce.py:chunked_linear_ce \\
-        --chunks 1,4,7
+    xentcheck run benchmarks/specs/llm_linear.yaml \\
+        --impl torch:examples/fused_linear_ce.py:chunked_linear_ce --chunks 1,4,7
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _chunk_grad(
     z = h @ weight.T
     if bias is not None and use_bias:
         z = z + bias
-    z = z.float()
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # float32 at least, float64 stays
     logp = torch.log_softmax(z, dim=-1)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, 0)
@@ -82,13 +82,14 @@ class _ChunkedLinearCE(torch.autograd.Function):
         bug: str | None,
     ) -> torch.Tensor:
         n = hidden.shape[0]
-        per = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        wide = torch.promote_types(hidden.dtype, torch.float32)
+        per = torch.zeros(n, dtype=wide, device=hidden.device)
         for s, e in _bounds(n, chunks, bug == "drop_last"):
             part, _ = _chunk_grad(
                 hidden[s:e], weight, bias, labels[s:e], ignore_index, smoothing, bug != "no_bias"
             )
             per[s:e] = part
-        count = (labels != ignore_index).sum().clamp(min=1).float()
+        count = (labels != ignore_index).sum().clamp(min=1).to(wide)
         ctx.save_for_backward(hidden, weight, bias, labels, count)
         ctx.options = (reduction, ignore_index, smoothing, chunks, bug)
         if reduction == "none":
@@ -100,22 +101,23 @@ class _ChunkedLinearCE(torch.autograd.Function):
         hidden, weight, bias, labels, count = ctx.saved_tensors
         reduction, ignore_index, smoothing, chunks, bug = ctx.options
         n = hidden.shape[0]
-        acc = torch.bfloat16 if bug == "bf16_dw" else torch.float32
+        wide = torch.promote_types(hidden.dtype, torch.float32)
+        acc = torch.bfloat16 if bug == "bf16_dw" else wide
         d_h = torch.zeros_like(hidden)
         d_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        d_b = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32)
+        d_b = None if bias is None else torch.zeros(bias.shape, dtype=wide)
         for s, e in _bounds(n, chunks, bug == "drop_last"):
             _, g = _chunk_grad(
                 hidden[s:e], weight, bias, labels[s:e], ignore_index, smoothing, bug != "no_bias"
             )
             if reduction == "none":
                 up = grad_output[:1] if bug == "grad_output0" else grad_output[s:e]
-                g = g * up[:, None].float()
+                g = g * up[:, None].to(wide)
             else:
-                g = g * (grad_output.float() / (count if reduction == "mean" else 1.0))
+                g = g * (grad_output.to(wide) / (count if reduction == "mean" else 1.0))
             gd = g.to(hidden.dtype)
             d_h[s:e] = gd @ weight
-            d_w += (g.T @ hidden[s:e].float()).to(acc)
+            d_w += (g.T @ hidden[s:e].to(wide)).to(acc)
             if d_b is not None:
                 d_b += g.sum(dim=0)
         out_b = None if d_b is None or bias is None else d_b.to(bias.dtype)

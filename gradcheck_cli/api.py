@@ -212,11 +212,6 @@ def run_paths(
     return results
 
 
-#: The bundled specs' folder of LLM-sized cases (seconds each): left out of a run without
-#: paths, run by path (``xentcheck run specs/scale``).
-BUNDLED_SCALE_DIR = "scale"
-
-
 def bundled_specs_dir() -> Path:
     """The example specs shipped in the wheel (``gradcheck_cli/specs``; the package is
     installed as files, so no ``importlib.resources`` is needed, nor its import time)."""

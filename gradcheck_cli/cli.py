@@ -430,15 +430,11 @@ def _run_report(
 
     err = _stderr()
     if not paths:
-        from gradcheck_cli.api import BUNDLED_SCALE_DIR
-
         paths = [str(bundled_specs_dir())]
-        exclude = [*exclude, BUNDLED_SCALE_DIR]  # LLM-sized: seconds each, run by path
         if not quiet:
             err.print(
                 "No paths given: running the bundled example specs (specs/ of the installed "
-                f"package, without the LLM-sized specs/{BUNDLED_SCALE_DIR}; xentcheck run DIR "
-                "or FILE checks your own)",
+                "package; xentcheck run DIR or FILE checks your own)",
                 markup=False,
             )
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())

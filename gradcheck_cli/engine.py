@@ -157,8 +157,9 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     lowp.register(dtype)
     problem = build_problem(spec)
     n, k = problem.shape
-    if spec.layer is not None and spec.layer.fused and spec.logits.strides == (0, 0):
-        return _run_linear(spec, options, problem, dtype)  # the logits do not fit: chunks
+    fused = spec.layer is not None and spec.layer.fused
+    if fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
+        return _run_linear(spec, options, problem, dtype)
     if options.fast or (not options.full and fastmode.needs_fast(n, k)):
         return _run_fast(spec, options, problem, dtype)
     if options.announce is not None and fastmode.needs_fast(n, k):
@@ -193,7 +194,6 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
     if spec.microbatches is not None:
         found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
-    fused = spec.layer is not None and spec.layer.fused
     for impl, tag in _implementations(options):
         try:
             if fused:

@@ -193,12 +193,20 @@ def optax_loss(
 
 
 def optax_linear_loss(
-    hidden: Any, weight: Any, bias: Any = None, *, weight_layout: str = "vd", **options: Any
+    hidden: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    weight_layout: str = "vd",
+    class_weight: Any = None,
+    **options: Any,
 ) -> Any:
     """``--impl optax`` on a ``linear:`` spec: the logits in the inputs' dtype, then
     :func:`optax_loss` on them up-cast to at least float32."""
     import jax.numpy as jnp
 
+    if class_weight is not None:
+        options["weight"] = class_weight  # optax has none: an error naming the option
     z = hidden @ (weight.T if weight_layout == "vd" else weight)
     if bias is not None:
         z = z + bias

@@ -34,14 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from gradcheck_cli import diagnose, tolerance_models
 from gradcheck_cli import impl as impl_module
+from gradcheck_cli import tolerance_models
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core.layer import Layer
 from gradcheck_cli.core.softmax_ce import CrossEntropyProblem
+from gradcheck_cli.errors import CannotCheck
 from gradcheck_cli.impl import Implementation, ImplError
 from gradcheck_cli.methods import linear as linear_methods
 from gradcheck_cli.model import Check, Spec
+from gradcheck_cli.precision import dtype_overflow
 
 #: Parameter names ``--chunks`` looks for when ``--chunk-option`` names none.
 CHUNK_PARAMETERS = ("chunks", "num_chunks", "n_chunks", "chunk_count")
@@ -75,7 +77,18 @@ def kernel_inputs(
     layer: Layer, dtype: str
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None], Layer]:
     """The kernel's arrays in ``dtype`` (hidden (N, D), the weight in the spec's layout, the
-    bias), and the same values widened to float64 as a layer (the reference's inputs)."""
+    bias), and the same values widened to float64 as a layer (the reference's inputs).
+    CannotCheck when one of them leaves the dtype's range (``--dtype`` over a spec's own)."""
+    if dtype != "float64":
+        names = layer.names()
+        for key, arr in (
+            ("inputs", layer.inputs),
+            ("weights", layer.weights),
+            ("bias", layer.bias),
+        ):
+            overflow = None if arr is None else dtype_overflow(arr, dtype)
+            if overflow is not None:
+                raise CannotCheck(f"cannot run in {dtype}: {names[key]}: {overflow}")
     with np.errstate(over="ignore", under="ignore"):
         h = layer.inputs.astype(dtype)
         w_dk = layer.weights.astype(dtype)
@@ -107,7 +120,18 @@ def fused(impl: Implementation, layer: Layer) -> Implementation:
         adapter = jax_native.JaxNative(function, device=impl.device)
     else:
         return impl
-    return replace(impl, function=adapter, native=adapter)
+    accepts = None if impl.accepts is None else impl.accepts | {"class_weight"}
+    return replace(impl, function=adapter, native=adapter, accepts=accepts)
+
+
+def linear_options(spec: Spec, dtype: str) -> dict[str, Any]:
+    """The keyword options of a fused kernel: those of a logits kernel
+    (:func:`~gradcheck_cli.impl.options_for`), with the class weights as ``class_weight`` (the
+    lm_head's ``weight`` is the second argument)."""
+    given = impl_module.options_for(spec, dtype)
+    if "weight" in given:
+        given["class_weight"] = given.pop("weight")
+    return given
 
 
 def chunk_option(impl: Implementation, options: LinearOptions) -> str | None:
@@ -168,8 +192,15 @@ def check(
             )
             + "; the reference gradients are of the same weighted sum"
         )
+    if dtype != "float64" and (ref.max_logit or 0.0) > float(np.finfo(np.dtype(dtype)).max):
+        raise CannotCheck(
+            f"cannot run in {dtype}: the logits reach {ref.max_logit:.6g}, beyond {dtype}'s "
+            "largest finite number"
+        )
     name = chunk_option(impl, options)
-    given = impl_module.options_for(spec, dtype)
+    given = linear_options(spec, dtype)
+    if name is not None and name in given:
+        raise ImplError(f"--chunk-option {name}: that is an option this spec sets")
     judge = _Judge(spec, layer, wide, template, dtype, settings, options, ref, base, upstream)
     for count in options.chunks or (None,):
         kwargs = given if name is None else {**given, name: count}
@@ -366,8 +397,23 @@ class _Judge:
         if self._plain is None:
             self._plain = linear_methods.reference(self.wide, self.template)
         plain = self._plain.grads[key]
-        found = diagnose.upstream(got, plain, self.upstream)
-        return found and f"{found}, in d{self.layer.names()[key]}"
+        what = f"d{self.layer.names()[key]}"
+        scale = float(np.max(np.abs(plain), initial=0.0)) or 1.0
+        if _near(got, plain, scale):
+            return f"{what} is the gradient of the plain sum: the backward ignores grad_output"
+        head = float(np.ravel(self.upstream)[0])
+        if self.upstream.ndim and _near(got, plain * head, scale * abs(head)):
+            return (
+                f"{what} is the plain gradient times grad_output[0] = {head:.6g}: every row "
+                "scaled by the first row's grad_output instead of its own (Liger-Kernel #1298)"
+            )
+        return None
+
+
+def _near(got: np.ndarray, other: np.ndarray, scale: float) -> bool:
+    """Agreement to 1e-4 of the scale: far tighter than the wrong answers a diagnosis tells
+    apart, loose enough for a float32 kernel."""
+    return bool(np.max(np.abs(got - other), initial=0.0) <= 1e-4 * scale)
 
 
 def _of(result: linear_methods.LinearResult | None, key: str) -> np.ndarray | None:

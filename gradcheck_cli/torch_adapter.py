@@ -90,12 +90,21 @@ def torch_loss(
 
 
 def torch_linear_loss(
-    hidden: Any, weight: Any, bias: Any = None, *, weight_layout: str = "vd", **options: Any
+    hidden: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    weight_layout: str = "vd",
+    class_weight: Any = None,
+    **options: Any,
 ) -> Any:
     """``--impl torch`` on a ``linear:`` spec: ``F.linear`` in the inputs' dtype, then
     :func:`torch_loss` on the logits up-cast to at least float32 (Liger-Kernel's reference for
-    its fused linear cross-entropy). ``weight_layout`` ``dv`` takes a (D, V) weight."""
+    its fused linear cross-entropy). ``weight_layout`` ``dv`` takes a (D, V) weight;
+    ``class_weight``: the loss's class weights."""
     torch = _torch()
+    if class_weight is not None:
+        options["weight"] = class_weight
     if weight_layout == "vd":
         z = torch.nn.functional.linear(hidden, weight, bias)
     else:

@@ -88,6 +88,8 @@ class LinearResult:
     budget: dict[str, FloatArray] | None = None
     """Per-element error budgets, the same keys and shapes plus ``loss`` (see the module
     docstring); None when not asked for."""
+    max_logit: float | None = None
+    """``max |z|`` over the finite logits (with the budgets only)."""
 
 
 def row_chunks(n: int, v: int, rows_per: int | None = None) -> Iterator[slice]:
@@ -173,9 +175,10 @@ def reference(
     if b is not None:
         grads["bias"] = d_b
     loss = _loss_of(template, parts)
-    return LinearResult(
-        loss, grads, None if bound is None else bound.finish(grads, loss, np.concatenate(parts))
-    )
+    if bound is None:
+        return LinearResult(loss, grads)
+    budget = bound.finish(grads, loss, np.concatenate(parts))
+    return LinearResult(loss, grads, budget, bound.max_logit)
 
 
 def _upstream_rows(upstream: FloatArray | None, n: int) -> FloatArray | None:
@@ -192,11 +195,16 @@ class _Budget:
         self.layer, self.r = layer, r
         n, d, v = layer.shape
         self.h_norm = np.linalg.norm(layer.inputs, axis=1)
-        self.w_norm = np.linalg.norm(layer.weights, axis=0).astype(np.float32)
+        self.w_norm = np.linalg.norm(layer.weights, axis=0)
         self.abs_b = np.zeros(v) if layer.bias is None else np.abs(layer.bias)
-        # magnitudes only: float32 products are accurate enough and twice as fast
-        self.abs_w = np.abs(layer.weights).astype(np.float32)
-        self.abs_x = np.abs(layer.inputs).astype(np.float32)
+        # magnitudes only: float32 products are accurate enough and twice as fast, unless the
+        # logits could leave float32's range (|z| <= ||h|| ||w|| + |b|)
+        top = float(np.max(self.h_norm, initial=0.0)) * float(np.max(self.w_norm, initial=0.0))
+        self.t = np.float32 if top + float(np.max(self.abs_b, initial=0.0)) < 1e30 else np.float64
+        self.w_norm = self.w_norm.astype(self.t)
+        self.abs_w = np.abs(layer.weights).astype(self.t)
+        self.abs_x = np.abs(layer.inputs).astype(self.t)
+        self.max_logit = 0.0
         self.h = np.zeros((n, d))
         self.w = np.zeros((d, v))
         self.b = np.zeros(v)
@@ -209,7 +217,7 @@ class _Budget:
         """Accumulate one chunk's budgets (in float32: these are magnitudes, and their own
         relative rounding of 1e-7 is immaterial)."""
         r, (n, _, v) = self.r, self.layer.shape
-        f32 = np.float32
+        f32 = self.t
         z = chunk.logits
         zc = capped(chunk, z)
         lse = logsumexp(zc)
@@ -218,21 +226,24 @@ class _Budget:
         finite = bool(np.all(np.isfinite(abs_z)))
         if not finite:  # a -inf lane is exact: p = 0 there in any kernel
             abs_z[~np.isfinite(abs_z)] = 0.0
+        self.max_logit = max(self.max_logit, float(np.max(abs_z, initial=0.0)))
         delta = np.multiply.outer((r.a * self.h_norm[rows]).astype(f32), self.w_norm)
         delta += r.u * abs_z
         delta += (r.a * self.abs_b).astype(f32)
-        spread = np.einsum("ij,ij->i", p, delta)
+        # the row's p-weighted logit error, and the normaliser's own sum over V (its rounding
+        # scales every p of the row alike: a sqrt(V) relative)
+        spread = np.einsum("ij,ij->i", p, delta) + float(r.a * np.sqrt(v))
         alpha, beta = (np.abs(s) for s in chunk.row_scales or (0.0, 0.0))
         coef = alpha + 2.0 * self.z_loss * beta * (np.abs(lse) + 1.0)
         if factor is not None:
             coef = coef * np.abs(factor)
-        abs_g = np.abs(g).astype(f32)
+        abs_g: FloatArray = np.abs(g).astype(f32)
         e = delta + spread[:, None]
         e *= p
         e *= coef.astype(f32)[:, None]
-        e += f32(r.u) * abs_g
-        self.h[rows] = (e + f32(r.a * np.sqrt(v)) * abs_g) @ self.abs_w.T
-        e += f32(r.a * np.sqrt(n)) * abs_g
+        e += r.u * abs_g
+        self.h[rows] = (e + float(r.a * np.sqrt(v)) * abs_g) @ self.abs_w.T
+        e += float(r.a * np.sqrt(n)) * abs_g
         self.w += self.abs_x[rows].T @ e
         self.b += np.sum(e, axis=0, dtype=np.float64)
         if chunk.one_hot:  # q = w_y at the label: gather

@@ -1423,13 +1423,7 @@ def _layer(ctx: _Ctx, node: Node, field: str) -> tuple[Layer, np.ndarray]:
             f"{_shape(weights.shape)}",
         )
     k = weights.shape[1]
-    bias = None
-    if "bias" in entries:
-        b_node = entries["bias"][1]
-        bias = _shaped(
-            ctx, b_node, f"{field}.bias", (k,), f"{k} numbers", like="(one number per class)"
-        )
-        _finite(ctx, b_node, f"{field}.bias", bias)
+    bias = _bias(ctx, entries, field, k)
     batch = inputs[None, :] if inputs.ndim == 1 else inputs
     if batch.shape[0] * k > ctx.max_elements:
         raise ctx.error(
@@ -1526,15 +1520,21 @@ def _given_linear(
             f"shape {_shape(weight.shape)}",
         )
     weight = weight if layout == "vd" else weight.T
-    v = weight.shape[0]
-    bias = None
-    if "bias" in entries:
-        b_node = entries["bias"][1]
-        bias = _shaped(
-            ctx, b_node, f"{field}.bias", (v,), f"{v} numbers", like="(one number per class)"
-        )
-        _finite(ctx, b_node, f"{field}.bias", bias)
-    return hidden, weight, bias, layout
+    return hidden, weight, _bias(ctx, entries, field, weight.shape[0]), layout
+
+
+def _bias(
+    ctx: _Ctx, entries: dict[str, tuple[Node, Node]], field: str, k: int
+) -> np.ndarray | None:
+    """A layer's optional ``bias``: K finite numbers (one per class), or None."""
+    if "bias" not in entries:
+        return None
+    b_node = entries["bias"][1]
+    bias = _shaped(
+        ctx, b_node, f"{field}.bias", (k,), f"{k} numbers", like="(one number per class)"
+    )
+    _finite(ctx, b_node, f"{field}.bias", bias)
+    return bias
 
 
 def _generated_linear(

@@ -243,9 +243,9 @@ def compare(
 
 def ulp(x: float, dtype: str) -> float:
     """The spacing of ``dtype``'s numbers at ``|x|`` (its smallest subnormal at 0)."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and nan have no spacing (nan)
         cast = np.abs(np.asarray(x, dtype=dtype))
-    return float(np.spacing(cast))
+        return float(np.spacing(cast))
 
 
 def vacuity(value: float, reference: float, allowed: float, dtype: str, ulps: float) -> str | None:

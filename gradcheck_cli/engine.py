@@ -753,7 +753,12 @@ class _FastImpl:
         settings = self.options.tolerance_model or tolerance_models.Settings()
         half = self.dtype in impl_module.HALF_DTYPES and check != "self"
         if half and values is not None and settings.for_dtype(self.dtype) != "fixed":
-            default = tolerance_models.rounded(values, self.dtype, settings.k, settings.floor_ulps)
+            inner = impl_module.inner_rounding(check, self.natural)
+            if check == "grad":
+                inner *= float(np.max(np.abs(self.factor)))
+            default = tolerance_models.rounded(
+                values, self.dtype, settings.k, settings.floor_ulps, inner
+            )
             scale = 1.0
         else:
             default = impl_module.tolerance(check, self.dtype, self.natural, values)
@@ -939,8 +944,10 @@ class _LowpRows:
         fixed: Tolerance,
         baseline: Callable[[], np.ndarray],
         planted: dict[str, np.ndarray],
+        inner: float = 0.0,
     ) -> Comparison:
-        """``got`` against ``truth`` (same shapes); ``fixed``: the dtype's fixed tolerance."""
+        """``got`` against ``truth`` (same shapes); ``fixed``: the dtype's fixed tolerance;
+        ``inner``: the float32 rounding an accurate kernel may add (``impl.inner_rounding``)."""
         dtype, ulps = self.dtype, impl_module.VACUITY_ULPS
         if not self.active:
             return compare(self.name, got, against, truth, fixed, quantity, dtype=dtype, ulps=ulps)
@@ -948,10 +955,10 @@ class _LowpRows:
         model, base = s.for_dtype(dtype), baseline()
         allowance = None
         if model == "rounded":
-            tol = tolerance_models.rounded(truth, dtype, s.k, s.floor_ulps)
+            tol = tolerance_models.rounded(truth, dtype, s.k, s.floor_ulps, inner)
         elif model == "baseline":
             tol, allowance = tolerance_models.baseline_allowance(
-                truth, base, dtype, s.k, s.floor_ulps
+                truth, base, dtype, s.k, s.floor_ulps, inner
             )
         else:
             tol = fixed if dtype == "float32" else dtype_tolerance("analytic", "central", dtype)
@@ -1080,6 +1087,7 @@ def _impl_part(
             np.asarray(reduce_any(under_test), dtype=np.float64) if naive is None else naive[0]
         ).reshape(ref_loss.shape),
         planted,
+        impl_module.inner_rounding("loss", natural),
     )  # fmt: skip
     bug = _liger_1268(problem, dtype)
     planted = {"a zero gradient": np.zeros_like(reference)}
@@ -1096,6 +1104,7 @@ def _impl_part(
             * factor
         ),
         {k: shaped(v) for k, v in planted.items()},
+        impl_module.inner_rounding("grad", natural) * float(np.max(np.abs(factor))),
     )  # fmt: skip
     if not loss_row.passed:
         why = diagnose.loss(got_loss, ref_loss, problem, dtype)

@@ -104,27 +104,36 @@ class Settings:
         return self.model or default_model(dtype)
 
 
-def floor(truth: np.ndarray, dtype: str, floor_ulps: float) -> float:
-    """``floor_ulps`` ulps of ``max |truth|`` in ``dtype`` plus 4 of its smallest subnormal."""
+def floor(truth: np.ndarray, dtype: str, floor_ulps: float, inner: float = 0.0) -> float:
+    """``floor_ulps`` ulps of ``max |truth|`` in ``dtype`` plus 4 of its smallest subnormal,
+    plus ``inner`` (the float32 rounding of the terms an accurate kernel combines:
+    ``impl.inner_rounding``)."""
     values = np.abs(np.asarray(truth, dtype=np.float64))
     finite = values[np.isfinite(values)]
     top = float(np.max(finite)) if finite.size else 0.0
     tiny = float(np.finfo(np.dtype(dtype)).smallest_subnormal)
-    return floor_ulps * ulp(top, dtype) + 4.0 * tiny
+    return floor_ulps * ulp(top, dtype) + 4.0 * tiny + inner
 
 
-def rounded(truth: np.ndarray, dtype: str, k: float, floor_ulps: float) -> Tolerance:
+def rounded(
+    truth: np.ndarray, dtype: str, k: float, floor_ulps: float, inner: float = 0.0
+) -> Tolerance:
     """The ``rounded`` model as a tolerance: rtol ``k eps``, atol the floor."""
     eps = float(np.finfo(np.dtype(dtype)).eps)
-    return Tolerance(rtol=k * eps, atol=floor(truth, dtype, floor_ulps))
+    return Tolerance(rtol=k * eps, atol=floor(truth, dtype, floor_ulps, inner))
 
 
 def baseline_allowance(
-    truth: np.ndarray, baseline: np.ndarray, dtype: str, k: float, floor_ulps: float
+    truth: np.ndarray,
+    baseline: np.ndarray,
+    dtype: str,
+    k: float,
+    floor_ulps: float,
+    inner: float = 0.0,
 ) -> tuple[Tolerance, FloatArray]:
     """The ``baseline`` model: per element ``k |baseline - truth| + floor`` (the tolerance
     carries the floor as atol and rtol 0, for display)."""
-    at = floor(truth, dtype, floor_ulps)
+    at = floor(truth, dtype, floor_ulps, inner)
     with np.errstate(invalid="ignore"):
         gap = np.abs(np.asarray(baseline, dtype=np.float64) - truth)
     allowance: FloatArray = k * np.where(np.isfinite(gap), gap, 0.0) + at

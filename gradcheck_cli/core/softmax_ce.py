@@ -359,7 +359,8 @@ def sample_terms(
     # ce = sum_c q_c (log_norm - shifted_c) = sum(q) log_norm + sum_c q_c (-shifted_c): two
     # non-negative terms, one pass over the logits for the dot product.
     if shifted.dtype.kind != "f":  # bfloat16 (ml_dtypes): einsum has no loop for it
-        dot = np.sum(np.where(q > 0, q * shifted, 0.0).astype(shifted.dtype), axis=-1)
+        with np.errstate(invalid="ignore"):  # 0 * -inf at a masked lane, dropped by the where
+            dot = np.sum(np.where(q > 0, q * shifted, 0.0).astype(shifted.dtype), axis=-1)
     elif np.all(np.isfinite(problem.logits)) or problem.softcap is not None:
         dot = np.einsum("...k,...k->...", shifted, q)
     else:  # q = 0 at a -inf logit: its 0 * inf term is dropped, not nan

@@ -594,6 +594,145 @@ def sweep(
         _fail(str(exc))
 
 
+@app.command()
+def hunt(
+    impl: Annotated[
+        str,
+        typer.Option(
+            help="The implementation to search: package.module:function, path/file.py:function, "
+            "torch, torch:..., optax or jax:... (as run --impl).",
+            show_default=False,
+        ),
+    ],
+    budget: Annotated[
+        str, typer.Option(help="Wall-time budget: seconds, or with a unit (90s, 2m, 1h).")
+    ] = "60s",
+    seed: Annotated[int, typer.Option(help="The search's seed (same seed, same inputs).")] = 0,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Where to write the failing spec.", dir_okay=False),
+    ] = Path("failing.yaml"),
+    dtype: Annotated[
+        str,
+        typer.Option(help="Comma-separated dtypes to search (float64,float32,float16,bfloat16)."),
+    ] = "float64,float32,float16,bfloat16",
+    max_rows: Annotated[int, typer.Option(help="Largest batch size N drawn.", min=1)] = 8,
+    max_classes: Annotated[int, typer.Option(help="Largest vocabulary K drawn.", min=1)] = 4099,
+    tolerance_model: Annotated[
+        ToleranceModel | None,
+        typer.Option(
+            help="The low-precision tolerance model (as run --tolerance-model; default: "
+            "rounded for float16/bfloat16, fixed above).",
+            show_default=False,
+        ),
+    ] = None,
+    database: Annotated[
+        Path,
+        typer.Option(help="Directory of the example database (failures found are tried first)."),
+    ] = Path(".xentcheck"),
+    no_database: Annotated[
+        bool, typer.Option("--no-database", help="Neither read nor write the example database.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Search an implementation for an input that fails run --impl's checks; shrink it and write
+    it as a spec file. Exit 1 with the reproducer written, 0 when nothing failed within the
+    budget (with what was covered), 2 on bad arguments."""
+    from gradcheck_cli import hunt as search
+    from gradcheck_cli.engine import RunOptions
+    from gradcheck_cli.tolerance_models import Settings
+
+    try:
+        seconds = _budget(budget)
+        dtypes = _dtypes(dtype)
+        implementation = _load_impl(impl)
+        if not out.resolve().parent.is_dir():
+            raise UsageError(f"--out {out}: the directory {out.resolve().parent} does not exist")
+    except XentcheckError as exc:
+        _fail(str(exc))
+    options = RunOptions(
+        tolerance_model=Settings(tolerance_model.value if tolerance_model else None)
+    )
+    space = search.space_for(implementation, dtypes, max_rows, max_classes)
+    where = None if no_database else search.database_dir(database, implementation, space)
+    err = _stderr()
+    live = not quiet and sys.stderr.isatty()
+    last = [0.0]
+
+    def progress(coverage: Any, elapsed: float) -> None:
+        if quiet or (elapsed - last[0] < (0.2 if live else 10.0)):
+            return
+        last[0] = elapsed
+        line = f"hunt: {coverage.inputs} inputs, {elapsed:.0f}/{seconds:.0f} s" + (
+            f", {sum(coverage.rejected.values())} rejected" if coverage.rejected else ""
+        )
+        if live:
+            sys.stderr.write("\r" + line.ljust(60))
+            sys.stderr.flush()
+        else:
+            err.print(line, markup=False)
+
+    if not quiet:
+        err.print(
+            f"hunt: searching {implementation.name} for {seconds:g} s (seed {seed}; "
+            f"dtypes {', '.join(dtypes)}; options {', '.join(space.options) or 'none'}"
+            + ("" if where is None else f"; database {where}")
+            + ")",
+            markup=False,
+        )
+    result = search.hunt(
+        implementation, options, space=space, budget=seconds, seed=seed, database=where,
+        progress=progress,
+    )  # fmt: skip
+    if live:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+    out_console = _stdout()
+    if result.finding is None:
+        out_console.print(
+            f"hunt: no failing input for {implementation.name} in {result.seconds:.1f} s "
+            f"({result.coverage.inputs} inputs judged). Covered:",
+            markup=False,
+        )
+        for line in search.coverage_text(result.coverage):
+            out_console.print(f"  {line}", markup=False)
+        return
+    command = f"xentcheck run --impl {implementation.name} {out}"
+    _write(search.reproducer(result, command), out)
+    out_console.print(search.diagnosis(result), markup=False, soft_wrap=True)
+    out_console.print(
+        f"Wrote the shrunk input to {out} ({result.finding.candidate.size} logits); reproduce "
+        f"with: {command}" + (" (replayed from the example database)" if result.replayed else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_FAIL)
+
+
+def _budget(text: str) -> float:
+    """``--budget``: 60, 60s, 2m, 1h as seconds (> 0)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"--budget {text}: expected a positive duration such as 60s, 2m or 90")
+    return value
+
+
+def _dtypes(text: str) -> tuple[str, ...]:
+    """``--dtype float32,bfloat16`` as dtype names."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [n for n in names if n not in DTypeName.__members__]
+    if not names or bad:
+        raise UsageError(
+            f"--dtype {text}: expected dtypes from float64, float32, float16, bfloat16 "
+            "separated by commas"
+        )
+    return names
+
+
 #: Element operations per second of an element-wise check on this kind of machine (measured:
 #: 32 x 1000 central differences, 3.2e7 element operations, in about 0.5 s): for estimates only.
 ELEMENT_OPS_PER_SECOND = 6e7

@@ -385,7 +385,8 @@ def upstream_note(upstream: np.ndarray, given: bool) -> str:
     shown = ", ".join(f"{float(x):.6g}" for x in flat[:NOTE_VALUES])
     if upstream.ndim:
         more = f", ... ({flat.size} values)" if flat.size > NOTE_VALUES else ""
-        shown = f"[{shown}{more}]"
+        shape = f" (shape {upstream.shape}, row by row)" if upstream.ndim > 1 else ""
+        shown = f"[{shown}{more}]{shape}"
     blind = []
     if not np.any(flat):
         blind.append("a backward that returns zeros")

@@ -349,6 +349,21 @@ def test_the_correct_kernel_passes_with_given_values(
         assert "impl self-consistency" not in r.not_computable
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_builtin_torch_per_element_sigmoid_and_float32(dtype: str) -> None:
+    pytest.importorskip("torch")
+    sigmoid = (
+        "loss: sigmoid_cross_entropy\nlogits: [[1, -2], [0.5, 3]]\ntarget: [[1, 0], [0, 1]]\n"
+        "reduction: none\ngrad_output: [[1, 2], [0.5, -1]]\n"
+    )
+    options = RunOptions(impl=load("torch"), methods=("analytic",), dtype=dtype)
+    for text in (sigmoid, batch("none", "[-1.5, 0.25, 0.0]"), batch("mean", "-3")):
+        r = run_spec(only(text), options)
+        assert r.status == "pass", [(c.quantity, c.diagnosis) for c in r.comparisons]
+    note = run_spec(only(sigmoid), options).method_notes["impl grad_output"]
+    assert "[1, 2, 0.5, -1] (shape (2, 2), row by row)" in note
+
+
 RECORDING = """\
 import json
 import torch

@@ -202,12 +202,15 @@ def upstream(
     """How a backward mishandles ``grad_output``: ``plain`` is the reference gradient of the
     plain sum of the losses (N, K), ``grad_output`` what was back-propagated (a scalar, (N,)
     or (N, K)); ``first``: the whole batch's ``grad_output[0]`` when these are a window of its
-    rows."""
-    if _close(got, plain):
-        return "the backward ignores grad_output (it returns the gradient of the plain sum)"
+    rows. A spec may give any ``grad_output``: where it is all ones the plain gradient *is* the
+    reference, and where every value equals ``grad_output[0]`` so is the first row's scaling,
+    so neither is said there."""
     flat = np.ravel(grad_output)
+    if not np.all(flat == 1.0) and _close(got, plain):
+        return "the backward ignores grad_output (it returns the gradient of the plain sum)"
     head = flat[0] if first is None else first
-    if (flat.size > 1 or first is not None) and _close(got, plain * head):
+    spread = not np.all(flat == head)
+    if (flat.size > 1 or first is not None) and spread and _close(got, plain * head):
         return (
             "every row is scaled by grad_output[0] instead of its own grad_output "
             "(Liger-Kernel #1298)"

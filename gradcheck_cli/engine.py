@@ -150,9 +150,39 @@ def run_spec(spec: Spec, options: RunOptions | None = None) -> SpecResult:
     With a ``dtype`` below float64 the methods under test run on the logits rounded to that
     dtype, and the reference (``exact``, else the float64 closed form) is computed in float64
     from the same rounded values, so the comparison measures the computation, not the rounding
-    of the inputs.
+    of the inputs. A spec's ``grad_output`` that no implementation of the run uses is said in
+    the notes (``grad_output``).
     """
     options = options or RunOptions()
+    result = _run_spec(spec, options)
+    unused = _unused_grad_output(spec, options)
+    if unused is None:
+        return result
+    return dataclass_replace(result, method_notes={**result.method_notes, "grad_output": unused})
+
+
+def _unused_grad_output(spec: Spec, options: RunOptions) -> str | None:
+    """Why the spec's ``grad_output`` is not used in this run (None: it is, or there is none):
+    only a framework-native implementation is back-propagated; the NumPy protocol returns the
+    plain gradient."""
+    if spec.grad_output is None:
+        return None
+    impls = [impl for impl, _ in _implementations(options)]
+    if any(impl.native is not None for impl in impls):
+        return None
+    why = (
+        f"implementation {impls[0].name} follows the NumPy protocol (it returns the plain gradient)"
+        if impls
+        else "no --impl"
+    )
+    return (
+        f"the spec's grad_output is not used: {why}; it is the upstream gradient of a "
+        "framework-native implementation (--impl torch:..., jax:..., torch, optax)"
+    )
+
+
+def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
+    """:func:`run_spec` without the note on an unused ``grad_output``."""
     dtype = options.dtype or spec.dtype
     lowp.register(dtype)
     problem = build_problem(spec)
@@ -718,9 +748,7 @@ class _FastImpl:
         self.rows_per = max(1, fastmode.ROW_CHUNK_ELEMENTS // k)
         self.shape = _loss_shape(spec, n, k)
         self.kwargs = impl_module.options_for(spec, dtype)
-        self.upstream = (
-            impl_module.upstream_gradient(self.shape) if impl.native is not None else None
-        )
+        self.upstream = impl_module.upstream_for(impl, spec, self.shape)
         self.factor = (
             np.ones(()) if self.upstream is None else np.asarray(_per_row(self.upstream, spec))
         )
@@ -787,7 +815,7 @@ class _FastImpl:
         if not grad_row.passed and grad_row.worst_index:
             grad_row = dataclass_replace(grad_row, diagnosis=self._diagnose(grad_row))
         if self.upstream is not None:
-            notes[f"{self.tag} grad_output"] = _upstream_note(self.upstream)
+            notes[f"{self.tag} grad_output"] = _upstream_note(self.upstream, self.spec)
         settings = self.options.tolerance_model or tolerance_models.Settings()
         if dtype != "float64" and settings.model == "baseline":
             notes[f"{self.tag} tolerance model"] = (
@@ -800,7 +828,9 @@ class _FastImpl:
         )
         out, found = [loss_row, grad_row], self._finite(ref_loss, outcome.impl_nonfinite)
         finite = bool(np.all(np.isfinite(self.loss))) and outcome.impl_nonfinite is None
-        if finite:  # (a nan or inf loss has no derivative to check)
+        if finite and not np.any(self.factor):
+            not_computable[f"{self.tag} self-consistency"] = _ZERO_UPSTREAM
+        elif finite:  # (a nan or inf loss has no derivative to check)
             from gradcheck_cli import impl_scale
 
             check, how = impl_scale.self_consistency(
@@ -892,7 +922,7 @@ def _microbatch_part(
         return [check]
     n, k = under_test.shape
     shape = _loss_shape(spec, n, k)
-    upstream = impl_module.upstream_gradient(shape) if impl.native is not None else None
+    upstream = impl_module.upstream_for(impl, spec, shape)
     factor = np.ones(1) if upstream is None else _per_row(upstream, spec)
     grads = []
     for rows in split:
@@ -1026,12 +1056,19 @@ def _compile_failure(exc: impl_module.ImplError, not_computable: dict[str, str])
     return [Check("impl_compiled", False, f"under torch.compile: {exc}")]
 
 
-def _upstream_note(upstream: np.ndarray) -> str:
+def _upstream_note(upstream: np.ndarray, spec: Spec) -> str:
     return (
-        "back-propagated through the implementation's autograd with a seeded grad_output "
-        + (f"of {float(upstream):.6g}" if upstream.ndim == 0 else "uniform in [0.5, 2] per sample")
+        "back-propagated through the implementation's autograd "
+        + impl_module.upstream_note(upstream, given=spec.grad_output is not None)
         + "; the reference gradient is scaled the same way"
     )
+
+
+#: Why the self-consistency check is not run when every upstream factor is 0.
+_ZERO_UPSTREAM = (
+    "grad_output is 0 everywhere, so the gradient (0) says nothing about the backward to "
+    "compare with the forward"
+)
 
 
 def _impl_part(
@@ -1056,9 +1093,10 @@ def _impl_part(
     shape = _loss_shape(spec, n, k)
     ref_loss = np.asarray(loss, dtype=np.float64).reshape(shape)
     kwargs = impl_module.options_for(spec, dtype)
-    # A framework-native loss is back-propagated with a seeded grad_output (the reference
-    # gradient is scaled the same way); the NumPy protocol returns the plain gradient.
-    upstream = impl_module.upstream_gradient(shape) if impl.native is not None else None
+    # A framework-native loss is back-propagated with the spec's grad_output or a seeded one
+    # (the reference gradient is scaled the same way); the NumPy protocol returns the plain
+    # gradient.
+    upstream = impl_module.upstream_for(impl, spec, shape)
     factor = np.ones(1) if upstream is None else _per_row(upstream, spec)
     call_kwargs = kwargs if upstream is None else {**kwargs, "grad_output": upstream}
     got_loss, got_grad = impl_module.checked_outputs(impl, under_test.logits, call_kwargs, shape)
@@ -1066,7 +1104,7 @@ def _impl_part(
     natural = impl_module.scales(under_test)
     plain, reference = reference, reference * factor
     if upstream is not None:
-        run.notes[f"{tag} grad_output"] = _upstream_note(upstream)
+        run.notes[f"{tag} grad_output"] = _upstream_note(upstream, spec)
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
         default = impl_module.tolerance(check, dtype, natural, values)
@@ -1121,9 +1159,15 @@ def _impl_part(
         finite += impl_module.native_checks(
             impl, under_test.logits, kwargs, upstream, options.native, (got_loss, got_grad)
         )
-    if np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad)):
+    finite_outputs = np.all(np.isfinite(got_loss)) and np.all(np.isfinite(got_grad))
+    if finite_outputs and not np.any(factor):
+        run.not_computable[f"{tag} self-consistency"] = _ZERO_UPSTREAM
+    elif finite_outputs:
+        # per unit of grad_output; rows whose grad_output is 0 carry nothing to check
+        known = np.broadcast_to(factor != 0, got_grad.shape)
+        per_unit = np.divide(got_grad, factor, out=np.zeros_like(got_grad), where=known)
         check, how = impl_module.self_consistency(
-            impl, under_test, kwargs, got_grad / factor, tol("self"), dtype
+            impl, under_test, kwargs, per_unit, tol("self"), dtype, known=known
         )
         run.notes[f"{tag} self-consistency"] = how
         if check.inconclusive is None:

@@ -61,7 +61,7 @@ from gradcheck_cli.core.softmax_ce import (
     label_weights,
     weighted_targets,
 )
-from gradcheck_cli.errors import XentcheckError
+from gradcheck_cli.errors import SpecError, XentcheckError
 from gradcheck_cli.methods.complex_step import COMPLEX_STEP
 from gradcheck_cli.methods.differences import (
     PROBE_SEED,
@@ -355,6 +355,54 @@ def upstream_gradient(shape: tuple[int, ...]) -> np.ndarray:
     if not shape:
         return np.asarray(rng.uniform(1.25, 2.0))
     return rng.uniform(0.5, 2.0, size=shape)
+
+
+def upstream_for(impl: Implementation, spec: Spec, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The ``grad_output`` a loss of shape ``shape`` ((), (N,) or (N, K)) is back-propagated
+    with: the spec's own ``grad_output`` when it gives one, else the seeded
+    :func:`upstream_gradient`; None for the NumPy protocol, which returns the plain gradient."""
+    if impl.native is None:
+        return None
+    if spec.grad_output is None:
+        return upstream_gradient(shape)
+    given = np.asarray(spec.grad_output, dtype=np.float64)
+    if given.shape != shape or not np.all(np.isfinite(given)):
+        raise SpecError(
+            spec.file,
+            f"expected finite numbers of shape {shape} like the loss, found shape "
+            f"{given.shape}" + ("" if np.all(np.isfinite(given)) else " with a nan or inf"),
+            field="grad_output",
+        )
+    return given
+
+
+#: Most values of a given ``grad_output`` a note prints.
+NOTE_VALUES = 8
+
+
+def upstream_note(upstream: np.ndarray, given: bool) -> str:
+    """How the implementation was back-propagated (``impl grad_output`` in the notes): the
+    seeded default, or the spec's ``grad_output`` with its values (ones included: the user
+    chose them) and what such values cannot show."""
+    if not given:
+        return "with a seeded grad_output " + (
+            f"of {float(upstream):.6g}" if upstream.ndim == 0 else "uniform in [0.5, 2] per sample"
+        )
+    flat = np.ravel(upstream)
+    shown = ", ".join(f"{float(x):.6g}" for x in flat[:NOTE_VALUES])
+    if upstream.ndim:
+        more = f", ... ({flat.size} values)" if flat.size > NOTE_VALUES else ""
+        shape = f" (shape {upstream.shape}, row by row)" if upstream.ndim > 1 else ""
+        shown = f"[{shown}{more}]{shape}"
+    blind = []
+    if not np.any(flat):
+        blind.append("a backward that returns zeros")
+    if np.all(flat == 1.0):
+        blind.append("a backward that ignores grad_output")
+    if flat.size > 1 and np.all(flat == flat[0]):
+        blind.append("a backward that uses grad_output[0] for every row")
+    caveat = f" ({'; '.join(blind)}: each would pass with these values)" if blind else ""
+    return f"with the spec's grad_output {shown}{caveat}"
 
 
 def native_checks(
@@ -686,19 +734,22 @@ def self_consistency(
     grad: FloatArray,
     tol: Tolerance,
     dtype: str,
+    known: np.ndarray | None = None,
 ) -> tuple[Comparison, str]:
     """The implementation's gradient against the derivative of its own loss along
     :data:`DIRECTIONS` seeded random unit directions ``d`` (zero on -inf logits; projected to
     sum zero per row where the loss is shift-invariant, which removes the common component that
     only adds rounding), and a note saying how the derivatives were taken and why.
 
-    Shapes: ``problem.logits`` and ``grad`` (N, K). The derivative is a complex step when the
+    Shapes: ``problem.logits`` and ``grad`` (N, K); ``known`` (N, K) bool, where ``grad`` is
+    known (None: everywhere; the directions are 0 elsewhere: rows whose upstream gradient was
+    0 tell nothing of the gradient per unit of it). The derivative is a complex step when the
     implementation demonstrably supports one (:func:`_complex_step_agrees`), else Richardson
     differences (:func:`_richardson`), whose predicted error is added to the absolute tolerance.
     """
     z = problem.logits
     finite = np.isfinite(z)
-    dirs = _directions(problem, finite)
+    dirs = _directions(problem, finite if known is None else finite & known)
     natural = scales(problem)
     total = _summed_loss(impl, options)
     with warnings.catch_warnings():

@@ -173,12 +173,20 @@ class _Directions:
     def _scale(self, rows: slice) -> FloatArray:
         return self.factor if self.factor.ndim == 0 else self.factor[rows]
 
+    def _per_unit(self, values: FloatArray, rows: slice) -> FloatArray:
+        """``values / factor`` for ``rows``, 0 where the factor is 0 (a row whose upstream
+        gradient is 0 carries nothing to differentiate along)."""
+        factor = self._scale(rows)
+        shape = np.broadcast_shapes(values.shape, factor.shape)
+        out: FloatArray = np.divide(values, factor, out=np.zeros(shape), where=factor != 0)
+        return out
+
     def statistics(self) -> tuple[list[float], list[float], float]:
         """Per direction ``g . d`` and ``|d|``, and ``|g|_1`` (float64)."""
 
         def part(s: int) -> list[float]:
             rows = slice(s, s + self.rows_per)
-            g = self.grad[rows].astype(np.float64) / self._scale(rows)
+            g = self._per_unit(self.grad[rows].astype(np.float64), rows)
             if not self.all_finite:
                 g[~np.isfinite(self.z[rows])] = 0.0
             gg = g * g
@@ -200,7 +208,7 @@ class _Directions:
 
         def part(s: int) -> list[float]:
             rows = slice(s, s + self.rows_per)
-            coef = np.asarray(scale / self._scale(rows))  # float64: a scalar or (rows, 1)
+            coef = self._per_unit(np.asarray(scale, dtype=np.float64), rows)  # scalar or (rows, 1)
             if r:
                 a, b = self.weights[r - 1]
                 step = (coef * a[rows, None]).astype(dtype) * b.astype(dtype)[None, :]

@@ -167,7 +167,7 @@ def check(
     arrays, wide = kernel_inputs(layer, dtype)
     n, _, v = layer.shape
     shape: tuple[int, ...] = (n,) if spec.reduction == "none" else ()
-    upstream = impl_module.upstream_gradient(shape) if impl.native is not None else None
+    upstream = impl_module.upstream_for(impl, spec, shape)
     roundoff = linear_methods.Roundoff.of(dtype)
     ref = linear_methods.reference(wide, template, upstream, roundoff)
     settings = options.tolerance_model or tolerance_models.Settings()
@@ -184,12 +184,8 @@ def check(
     )
     if upstream is not None:
         outcome.notes[f"{tag} grad_output"] = (
-            "back-propagated through the kernel's autograd with a seeded grad_output "
-            + (
-                f"of {float(upstream):.6g}"
-                if upstream.ndim == 0
-                else "uniform in [0.5, 2] per sample"
-            )
+            "back-propagated through the kernel's autograd "
+            + impl_module.upstream_note(upstream, given=spec.grad_output is not None)
             + "; the reference gradients are of the same weighted sum"
         )
     if dtype != "float64" and (ref.max_logit or 0.0) > float(np.finfo(np.dtype(dtype)).max):
@@ -399,10 +395,12 @@ class _Judge:
         plain = self._plain.grads[key]
         what = f"d{self.layer.names()[key]}"
         scale = float(np.max(np.abs(plain), initial=0.0)) or 1.0
-        if _near(got, plain, scale):
+        flat = np.ravel(self.upstream)  # (a spec's all-ones or constant one tells neither)
+        if not np.all(flat == 1.0) and _near(got, plain, scale):
             return f"{what} is the gradient of the plain sum: the backward ignores grad_output"
-        head = float(np.ravel(self.upstream)[0])
-        if self.upstream.ndim and _near(got, plain * head, scale * abs(head)):
+        head = float(flat[0])
+        spread = not np.all(flat == head)
+        if self.upstream.ndim and spread and _near(got, plain * head, scale * abs(head)):
             return (
                 f"{what} is the plain gradient times grad_output[0] = {head:.6g}: every row "
                 "scaled by the first row's grad_output instead of its own (Liger-Kernel #1298)"

@@ -49,6 +49,8 @@ def rows_of_spec(spec: Spec, rows: slice, logits: np.ndarray) -> Spec:
         changes["labels"] = spec.labels[rows]
     if spec.targets is not None:
         changes["targets"] = spec.targets[rows]
+    if spec.grad_output is not None and spec.grad_output.ndim:  # (a reduced loss's: unchanged)
+        changes["grad_output"] = spec.grad_output[rows]
     for name, value in set_options(spec).items():
         kind = BY_NAME[name].kinds.get(spec.loss)
         per_row = isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n

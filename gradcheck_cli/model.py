@@ -92,6 +92,11 @@ class Spec(OptionValues):
     microbatches: int | None = None
     """k: the rows split into k contiguous micro-batches whose gradients (gradient
     accumulation) must add up to the whole batch's (``checks.microbatches``)."""
+    grad_output: FloatArray | None = None
+    """The upstream gradient a framework-native implementation is back-propagated with,
+    shaped like the loss it returns: () for a reduced loss, (N,) per sample with reduction
+    ``none`` (softmax), (N, K) per element (sigmoid with ``none``); finite. None: the seeded
+    default (``impl.upstream_gradient``). Unused by the NumPy protocol and without ``--impl``."""
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,7 @@ def case_properties() -> dict[str, Any]:
             "golden values",
         ),
         "microbatches": {"type": "integer", "minimum": 2},
+        "grad_output": {"oneOf": [NUMBER, _array(NUMBER)]},
     }
     assert set(types) == set(CASE_KEYS), "every loader key needs a schema entry"
     assert set(LAYER_KEYS) == set(types["layer"]["properties"])

@@ -80,6 +80,8 @@ CASE_KEYS: dict[str, str] = {
     "dtype": "float64 | float32 | float16 | bfloat16: precision of the methods under test",
     "expect": "golden values: {loss, probs, grad, rtol, atol}",
     "microbatches": "k >= 2: check that k micro-batch gradients add up to the batch's",
+    "grad_output": "the upstream gradient a framework-native --impl is back-propagated with: "
+    "a number (reduction mean or sum), or one per sample (reduction none)",
 }
 FILE_KEYS = ("cases",)
 LAYER_KEYS = ("inputs", "weights", "bias")
@@ -856,6 +858,7 @@ def _build_spec(
         loss_shape = logits.shape if loss == SIGMOID else (batch.shape[0],)
         expect = _expect(ctx, node, case.field("expect"), logits.shape, loss_shape, reduction)
     microbatches = _microbatches(case, batch.shape[0])
+    grad_output = _grad_output(case, loss, logits.shape, reduction)
     return Spec(
         name=default_name if name is None else name,
         file=ctx.file,
@@ -876,6 +879,7 @@ def _build_spec(
         method_tolerances=per_method,
         expect=expect,
         microbatches=microbatches,
+        grad_output=grad_output,
         **options,
     )
 
@@ -893,6 +897,50 @@ def _microbatches(case: _Case, n: int) -> int | None:
             f"expected an integer from 2 to the batch size {n}, found {k}",
         )
     return k
+
+
+def _grad_output(
+    case: _Case, loss: LossKind, shape: tuple[int, ...], reduction: Reduction
+) -> np.ndarray | None:
+    """``grad_output``, shaped like the loss (``model.Spec.grad_output``): one number for a
+    reduced loss; with ``none`` one per row of logits (softmax; one number for a single sample)
+    or one per element (sigmoid, shaped like the logits ``shape`` as given); finite."""
+    node = case.value("grad_output")
+    if node is None:
+        return None
+    ctx, field = case.ctx, case.field("grad_output")
+    single = len(shape) == 1
+    n = 1 if single else shape[0]
+    if reduction != "none" or (single and loss == SOFTMAX and isinstance(node, ScalarNode)):
+        _check_tags(ctx, node, field)
+        if not isinstance(node, ScalarNode):
+            raise ctx.error(
+                node,
+                field,
+                f"expected one number (the upstream gradient of the loss reduced by "
+                f"{reduction}; one per sample is for reduction none), found {_describe(node)}",
+            )
+        value = _number(ctx, node, field)
+        if not math.isfinite(value):
+            raise ctx.error(node, field, f"expected a finite number, found {node.value}")
+        return np.array(value if reduction != "none" else [value])
+    if loss == SIGMOID:
+        what = f"numbers shaped like the logits {_shape(shape)} (reduction none: one per element)"
+        expected = shape
+    else:
+        what = (
+            "one number (a single sample, reduction none)"
+            if single
+            else f"{n} numbers (reduction none: one per row of logits)"
+        )
+        expected = (n,)
+    arr = _float_array(ctx, node, field, what)
+    if arr.shape != expected:
+        count = f"{arr.size} number" + ("" if arr.size == 1 else "s")
+        found = count if arr.ndim == 1 else f"shape {_shape(arr.shape)}"
+        raise ctx.error(node, field, f"expected {what}, found {found}")
+    _finite(ctx, node, field, arr)
+    return arr.reshape(n, -1) if loss == SIGMOID else arr
 
 
 def _defaults(case: _Case, loss: LossKind, options: dict[str, Any]) -> dict[str, Any]:

@@ -452,7 +452,7 @@ def test_huge_integer_is_an_error_not_a_crash(
             "logits, layer, linear, regime, label, target, reduction, defaults, weight, "
             "ignore_index, label_smoothing, softcap, z_loss, pos_weight, num_items_in_batch, "
             "loss_mask, empty_mean, methods, tolerance, finite_difference, dtype, expect, "
-            "microbatches, cases)",
+            "microbatches, grad_output, cases)",
         ),
         (
             "hello\n",

@@ -63,6 +63,8 @@ LOSS_ULP = 1e-6
 #: Outputs within this many units of the dtype's eps (times the array's largest magnitude) of
 #: the unmutated ones are "the same beyond rounding".
 SAME_ULPS = 4.0
+#: The true-class rounding of Liger-Kernel #1268 shows in half precision above this p_y.
+CONFIDENT = 0.9
 #: Methods the spec runs besides the implementation (the reference is always computed).
 METHODS_RUN = ("analytic",)
 
@@ -800,6 +802,9 @@ class MutantResult:
     """For a killed mutant what failed first; otherwise why it was not killed (computed)."""
     outcomes: tuple[SpecOutcome, ...] = ()
     """Every spec it ran on (or was judged for), in suite order."""
+    claimed: bool = False
+    """The suite claims to cover it by its options: some spec meets the mutant's input
+    conditions (a mutant without conditions, such as zero-grad, is claimed by no option)."""
 
     @property
     def applicable(self) -> bool:
@@ -811,6 +816,7 @@ class MutantResult:
             "title": self.title,
             "models": self.models,
             "status": self.status,
+            "claimed": self.claimed,
             "killed_by": list(self.killed_by),
             "reason": self.reason,
             "specs": [o.to_dict() for o in self.outcomes],
@@ -850,6 +856,11 @@ class MutationReport:
         return tuple(m for m in self.mutants if m.status == "survived")
 
     @property
+    def uncovered(self) -> tuple[MutantResult, ...]:
+        """Survivors the suite claims to cover by its options (they make the exit code 1)."""
+        return tuple(m for m in self.survivors if m.claimed)
+
+    @property
     def below_bar(self) -> bool:
         if self.min_score is None:
             return False
@@ -857,9 +868,9 @@ class MutationReport:
 
     @property
     def exit_code(self) -> int:
-        """1 if a mutant the suite covers by its options survived, or the score is below the
-        bar; else 0."""
-        return 1 if self.survivors or self.below_bar else 0
+        """1 if a mutant the suite claims to cover by its options survived, or the score is
+        below the bar; else 0."""
+        return 1 if self.uncovered or self.below_bar else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -1081,7 +1092,12 @@ def _summarise(
     outcomes = tuple(tally.outcomes)
     killed = tuple(o.spec for o in outcomes if o.status == "killed")
     survived = [o for o in outcomes if o.status == "survived"]
-    base = {"name": mutant.name, "title": mutant.title, "models": mutant.models}
+    base: dict[str, Any] = {
+        "name": mutant.name,
+        "title": mutant.title,
+        "models": mutant.models,
+        "claimed": bool(mutant.conditions) and tally.conditions_met,
+    }
     if killed:
         first = next(o for o in outcomes if o.status == "killed")
         return MutantResult(
@@ -1115,11 +1131,12 @@ def _summarise(
             parts.append(f"on {_names(same)} its outputs equal the unmutated ones beyond rounding")
         if unjudged:
             parts.append(f"{_names(unjudged)} judge nothing (the unmutated target fails them)")
+        hint = _hint(mutant, specs, [o.spec for o in outcomes])
         return MutantResult(
             **base,
             status="not exercised",
             killed_by=(),
-            reason="; ".join(parts) or "no spec exercises it",
+            reason="; ".join(parts + ([hint] if hint else [])) or "no spec exercises it",
             outcomes=outcomes,
         )
     return MutantResult(
@@ -1162,7 +1179,9 @@ def _hint(mutant: Mutant, specs: Sequence[Spec], names: Iterable[str]) -> str | 
             assert problem.labels is not None
             if rows.size:
                 top = max(top, float(np.max(p[rows, problem.labels[rows]])))
-    return f"the largest p_y there is {top:.4g} (the rounding shows at p_y > 0.9)"
+    if top <= CONFIDENT:
+        return f"no spec has p_y > {CONFIDENT:g} (the largest is {top:.4g}), where it shows"
+    return f"the largest p_y there is {top:.4g}"
 
 
 def mutate(

@@ -54,7 +54,8 @@ def render(report: MutationReport) -> RenderableType:
     for spec, why in report.unusable:
         parts.append(Text(f"spec {spec} judges nothing: the unmutated target fails it ({why})"))
     for m in report.survivors:
-        parts.append(Text(f"survived: {m.name} ({m.title}): {m.reason}", style="red"))
+        claim = "" if m.claimed else " (no spec option claims it: it lowers the score only)"
+        parts.append(Text(f"survived: {m.name} ({m.title}){claim}: {m.reason}", style="red"))
     parts.append(Text(score_line(report), style="bold"))
     return Group(*parts)
 

@@ -33,7 +33,7 @@ import numpy as np
 from gradcheck_cli import impl as impl_module
 from gradcheck_cli import linear_check
 from gradcheck_cli.compare import Comparison
-from gradcheck_cli.core import Problem, SigmoidProblem, build_problem, reduce_any
+from gradcheck_cli.core import Problem, SigmoidProblem, build_problem, lowp, reduce_any
 from gradcheck_cli.core.layer import Layer
 from gradcheck_cli.core.options import SIGMOID, SOFTMAX, options_of
 from gradcheck_cli.core.sigmoid_ce import reduction_scale
@@ -944,22 +944,23 @@ def _closeness(result: SpecResult) -> tuple[float, str]:
     return best, words
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal beyond rounding: within :data:`SAME_ULPS` eps of the array's largest magnitude."""
+def _same(a: Any, b: Any, dtype: str) -> bool:
+    """Equal beyond rounding: within :data:`SAME_ULPS` eps of ``dtype`` (the check's) times the
+    array's largest magnitude."""
     if a is None or b is None:
         return a is None and b is None
     x = np.asarray(a).astype(np.float64)
     y = np.asarray(b).astype(np.float64)
     if x.shape != y.shape:
         return False
-    both_nan = np.isnan(x) & np.isnan(y)
-    equal = (x == y) | both_nan
+    equal = (x == y) | (np.isnan(x) & np.isnan(y))
     if np.all(equal):
         return True
     finite = np.isfinite(y)
     if np.any(~equal & ~(np.isfinite(x) & finite)):
         return False
-    eps = float(np.finfo(np.asarray(a).dtype).eps) if np.asarray(a).dtype.kind == "f" else 2.0**-7
+    lowp.register(dtype)
+    eps = float(np.finfo(np.dtype(dtype)).eps)
     top = float(np.max(np.abs(y[finite]), initial=0.0))
     with np.errstate(invalid="ignore"):
         return bool(np.all(equal | (np.abs(x - y) <= SAME_ULPS * eps * top)))
@@ -995,7 +996,7 @@ def _exercised(mutant: Implementation, control: Implementation, spec: Spec, dtyp
     except ImplError:
         return True  # unusable output is a change (the run will say how)
     want = _outputs(control, spec, dtype)
-    return not all(_same(a, b) for a, b in zip(got, want, strict=True))
+    return not all(_same(a, b, dtype) for a, b in zip(got, want, strict=True))
 
 
 @dataclass

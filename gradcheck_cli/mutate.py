@@ -1035,7 +1035,13 @@ def mutate_specs(
                 judged[key] = "the target cannot be called this way"
             else:
                 result = _run(specs[i], made, rtol, atol)
-                judged[key] = None if result.status == "pass" else _failure(result)
+                judged[key] = (
+                    None
+                    if result.status == "pass"
+                    else f"skipped: {result.message}"
+                    if result.status == "skip"
+                    else _failure(result)
+                )
         return controls[key], judged[key]
 
     results = []
@@ -1198,7 +1204,6 @@ def mutate(
 ) -> MutationReport:
     """Load the specs of ``paths`` (files, directories, globs) and :func:`mutate_specs` them.
     Raises :class:`MutateError` with every located message when a spec is invalid."""
-    from gradcheck_cli.api import display_path
     from gradcheck_cli.errors import SpecError
     from gradcheck_cli.spec import discover, load_file
 
@@ -1209,7 +1214,7 @@ def mutate(
             errors.append(str(found))
             continue
         path, display = found
-        for item in load_file(path, display_path(path, display), **(limits or {})):
+        for item in load_file(path, display, **(limits or {})):
             if isinstance(item, SpecError):
                 errors.extend(item.all_messages())
             else:

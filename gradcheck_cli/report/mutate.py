@@ -5,14 +5,17 @@ nothing."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from gradcheck_cli._version import __version__
-from gradcheck_cli.mutate import MutationReport
 from gradcheck_cli.report.json import jsonable
+
+if TYPE_CHECKING:  # a renderer reads the results; it never imports the computation
+    from gradcheck_cli.mutate import MutationReport
 
 _STYLE = {
     "killed": "green",

@@ -1137,7 +1137,8 @@ def _summarise(
         if same:
             parts.append(f"on {_names(same)} its outputs equal the unmutated ones beyond rounding")
         if unjudged:
-            parts.append(f"{_names(unjudged)} judge nothing (the unmutated target fails them)")
+            verb, them = ("judges", "it") if len(unjudged) == 1 else ("judge", "them")
+            parts.append(f"{_names(unjudged)} {verb} nothing (the unmutated target fails {them})")
         hint = _hint(mutant, specs, [o.spec for o in outcomes])
         return MutantResult(
             **base,

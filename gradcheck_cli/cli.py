@@ -845,6 +845,105 @@ def _pick_spec(path: Path, case: str | None) -> Any:
 
 
 @app.command()
+def mutate(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Spec files, directories or globs (default: the bundled example specs).",
+            show_default=False,
+        ),
+    ] = None,
+    impl: Annotated[
+        str | None,
+        typer.Option(
+            help="Plant the mutants in this implementation's outputs (as for run --impl) "
+            "instead of the reference's.",
+            show_default=False,
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit 1 when the mutation score (killed / applicable) is below this, in [0, 1].",
+            min=0.0,
+            max=1.0,
+            show_default=False,
+        ),
+    ] = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Report format.")] = Format.table,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the report to this file (atomically).", dir_okay=False
+        ),
+    ] = None,
+    rtol: Annotated[
+        float | None,
+        typer.Option(help="Relative tolerance for every implementation check.", min=0.0),
+    ] = None,
+    atol: Annotated[
+        float | None,
+        typer.Option(help="Absolute tolerance for every implementation check.", min=0.0),
+    ] = None,
+    every_spec: Annotated[
+        bool,
+        typer.Option(
+            "--every-spec",
+            help="Run each mutant on every spec it applies to and list every killer "
+            "(default: stop at the first).",
+        ),
+    ] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave files matching this glob out of directory searches."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the report and errors.")
+    ] = False,
+) -> None:
+    """Run the specs against built-in mutants of the reference (or of --impl's outputs) and
+    report which spec kills each; exit 1 when a mutant the specs cover survives or the score is
+    below --min-score, 2 on invalid input."""
+    from gradcheck_cli.mutate import mutate as run_mutants
+    from gradcheck_cli.report import renderer
+
+    try:
+        renderer("mutate", format)
+        if output is not None and not output.resolve().parent.is_dir():
+            raise UsageError(
+                f"--output {output}: the directory {output.resolve().parent} does not exist"
+            )
+        target = _load_impl(impl)
+        if not paths:
+            paths = [str(bundled_specs_dir())]
+            if not quiet:
+                _stderr().print(
+                    "No paths given: mutating against the bundled example specs", markup=False
+                )
+        report = run_mutants(
+            paths,
+            target,
+            rtol=rtol,
+            atol=atol,
+            min_score=min_score,
+            every_spec=every_spec,
+            exclude=exclude or [],
+        )
+        _emit("mutate", format, report, output)
+    except XentcheckError as exc:
+        *first, last = str(exc).splitlines() or [""]
+        for line in first:  # one located message per invalid spec
+            _stderr().print(f"error: {line}", markup=False)
+        _fail(last)
+    if format is not Format.table and not quiet:
+        from gradcheck_cli.report.mutate import score_line
+
+        _stderr().print(score_line(report), markup=False)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema (draft 2020-12) of the spec format, for editors."""
     import json

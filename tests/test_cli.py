@@ -49,6 +49,7 @@ COMMAND_ARGS = {
     "jacobian": ["jacobian", "--logits", "1,2,0.5", "--label", "1"],
     "sweep": ["sweep", "{specs}/cat_dog_bird.yaml"],
     "explain": ["explain"],
+    "mutate": ["mutate", "{specs}/cat_dog_bird.yaml"],
 }
 
 

@@ -41,6 +41,10 @@ RENDERERS: dict[str, dict[Format, str]] = {
         Format.table: "gradcheck_cli.report.sweep:render_table",
         Format.json: "gradcheck_cli.report.sweep:render_json",
     },
+    "mutate": {
+        Format.table: "gradcheck_cli.report.mutate:render",
+        Format.json: "gradcheck_cli.report.mutate:render_json",
+    },
     "explain": {
         Format.table: "gradcheck_cli.report.explain:render_terminal",
         Format.markdown: "gradcheck_cli.report.explain:markdown",

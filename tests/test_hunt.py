@@ -263,3 +263,15 @@ def test_cli_bad_arguments_exit_2(args: list[str], message: str) -> None:
 def test_cli_bad_impl_exits_2() -> None:
     result = CliRunner().invoke(app, ["hunt", "--impl", "no_such_module:fn", "--budget", "1"])
     assert result.exit_code == 2 and "no_such_module" in result.output
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -0.0, 1.0, -2.5, 1e-05, 3e20, 1.5e-300, 5e-324, math.inf, -math.inf, 0.1 + 0.2]
+)
+def test_yaml_floats_read_back_exactly(value: float) -> None:
+    import yaml
+
+    read = yaml.safe_load(hunt._yaml_float(value))
+    assert isinstance(read, float) and (
+        read == value and math.copysign(1, read) == math.copysign(1, value)
+    )

@@ -696,7 +696,8 @@ def hunt(
         for line in search.coverage_text(result.coverage):
             out_console.print(f"  {line}", markup=False)
         return
-    command = f"xentcheck run --impl {implementation.name} {out}"
+    views = " --views" if implementation.native is not None else ""  # as the hunt judged it
+    command = f"xentcheck run --impl {implementation.name}{views} {out}"
     _write(search.reproducer(result, command), out)
     out_console.print(search.diagnosis(result), markup=False, soft_wrap=True)
     out_console.print(

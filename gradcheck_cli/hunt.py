@@ -305,12 +305,17 @@ def judge(candidate: Candidate, impl: Implementation, options: Any) -> Verdict:
     from gradcheck_cli.api import load
     from gradcheck_cli.engine import run_spec
     from gradcheck_cli.errors import CannotCheck, XentcheckError
+    from gradcheck_cli.impl import NativeChecks
 
     try:
         mapping = candidate.spec_mapping()
     except regimes.RegimeError as exc:  # e.g. a spread that overflows the dtype
         return Verdict("reject", "", reason=f"the dtype cannot hold it: {exc}")
     run_options = replace(options, impl=impl)
+    if impl.native is not None and options.native is None:
+        # a framework tensor can arrive as a view: the labels offset in their storage
+        # (flash-attn's offset-label bug) and the logits non-contiguous (run --views)
+        run_options = replace(run_options, native=NativeChecks(views=True))
     for _attempt in range(2):
         text = spec_text(mapping)
         try:

@@ -165,6 +165,15 @@ def test_hunt_finds_the_grad_output_0_bug_of_a_torch_kernel() -> None:
     assert "grad_output[0]" in hunt.diagnosis(result)
 
 
+def test_hunt_finds_a_torch_kernel_that_ignores_the_labels_storage_offset() -> None:
+    pytest.importorskip("torch", reason="torch is not installed")
+    kernels = Path(__file__).resolve().parent / "data" / "impl" / "torch_kernels.py"
+    impl = load_impl(f"torch:{kernels}:ignores_offsets")
+    result = _search(impl, dtypes=("float64",))
+    assert result.finding is not None
+    assert "impl_views" in hunt.diagnosis(result)
+
+
 def test_no_false_alarm_on_the_correct_kernel_and_every_regime_is_covered() -> None:
     impl = _impl("correct")
     result = hunt.hunt(

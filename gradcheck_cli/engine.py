@@ -646,6 +646,16 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         raise CannotCheck(f"cannot run in {dtype}: {overflow}")
     if spec.layer is not None:
         raise CannotCheck("a layer spec is not supported in fast mode; run with --full")
+    if (
+        options.impl is not None
+        and isinstance(problem, SigmoidProblem)
+        and spec.reduction == "none"
+    ):
+        # fast mode keeps one loss per row; this loss has one per element
+        raise CannotCheck(
+            "fast mode cannot check an implementation's per-element sigmoid loss (reduction "
+            "none); run with --full, or reduce with mean or sum"
+        )
     # the reference is computed at the logits the methods (and an implementation) receive
     given = problem  # the spec's own inputs: golden values describe them
     problem = cast_problem(problem, dtype) if problem.logits.dtype != np.dtype(dtype) else problem

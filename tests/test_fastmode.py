@@ -175,3 +175,17 @@ def test_fast_mode_from_the_command_line() -> None:
 def test_memory_budget_sends_tall_batches_to_fast_mode() -> None:
     assert fastmode.needs_fast(1 << 22, 5)  # N K^2 = 1e8 but N K = 2e7 values per array
     assert not fastmode.needs_fast(1 << 20, 5)
+
+
+def test_fast_mode_skips_an_implementations_per_element_sigmoid_loss(tmp_path: Path) -> None:
+    """A sigmoid loss with reduction none has one value per element, fast mode one per row:
+    the spec is skipped with the reason (it used to be an internal error)."""
+    f = tmp_path / "sig.yaml"
+    f.write_text(
+        "loss: sigmoid_cross_entropy\nlogits: [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]]\n"
+        "target: [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]\nreduction: none\n"
+    )
+    impls = Path(__file__).resolve().parent / "data" / "impl" / "impls.py"
+    result = CliRunner().invoke(app, ["run", "--fast", "--impl", f"{impls}:correct", str(f)])
+    assert result.exit_code == 0, result.output
+    assert "per-element sigmoid loss" in result.output and "internal error" not in result.output

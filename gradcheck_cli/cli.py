@@ -306,6 +306,18 @@ def run(
             show_default=False,
         ),
     ] = None,
+    tensor_parallel: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated process-group sizes (e.g. 1,2,4): run the torch:... "
+            "implementation vocabulary-parallel on that many ranks (gloo on the CPU), each "
+            "rank's loss and gradient slice held to the reference.",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a --tensor-parallel launch may take.", min=1.0)
+    ] = 120.0,
     views: Annotated[
         bool,
         typer.Option(
@@ -363,7 +375,11 @@ def run(
             native=NativeChecks(allow_inplace, nondeterministic_tol, views),
             chunks=_chunk_counts(chunks),
             chunk_option=chunk_option,
+            tensor_parallel=_counts("--tensor-parallel", tensor_parallel),
+            timeout=timeout,
         )
+        if options.tensor_parallel and options.impl is None:
+            raise UsageError("--tensor-parallel needs --impl torch:module:function")
     except XentcheckError as exc:
         _fail(str(exc))
     limits = {"max_elements": max_elements, "max_array_bytes": max_array_mb * 2**20}
@@ -385,6 +401,11 @@ def run(
 
 def _chunk_counts(text: str | None) -> tuple[int, ...] | None:
     """``--chunks 1,4,7`` as positive integers."""
+    return _counts("--chunks", text)
+
+
+def _counts(option: str, text: str | None) -> tuple[int, ...] | None:
+    """``OPTION 1,4,7`` as positive integers."""
     if text is None:
         return None
     try:
@@ -392,7 +413,7 @@ def _chunk_counts(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         counts = ()
     if not counts or any(c < 1 for c in counts):
-        raise UsageError(f"--chunks {text}: expected positive integers separated by commas")
+        raise UsageError(f"{option} {text}: expected positive integers separated by commas")
     return counts
 
 

@@ -103,6 +103,11 @@ class RunOptions:
     the reference."""
     chunk_option: str | None = None
     """``--chunk-option``: the kernel's chunk-count parameter (default: found by name)."""
+    tensor_parallel: tuple[int, ...] | None = None
+    """``--tensor-parallel``: run the torch implementation on a process group of each size,
+    rank by rank (``gradcheck_cli.tensor_parallel``), instead of in this process."""
+    timeout: float = 120.0
+    """``--timeout``: seconds a tensor-parallel launch may take."""
 
     def linear(self) -> linear_check.LinearOptions:
         """What a ``linear:`` spec's kernel check reads."""
@@ -188,9 +193,17 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     problem = build_problem(spec)
     n, k = problem.shape
     fused = spec.layer is not None and spec.layer.fused
-    if fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
+    if options.tensor_parallel and options.impl is not None:
+        # the ranks check the implementation; of xentcheck's own methods only the reference,
+        # element-wise at any size (a process group's kernel is not streamed)
+        if fused:
+            raise CannotCheck("--tensor-parallel does not run linear: specs")
+        options = dataclass_replace(options, methods=options.methods or (REFERENCE_METHOD,))
+    elif fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
         return _run_linear(spec, options, problem, dtype)
-    if options.fast or (not options.full and fastmode.needs_fast(n, k)):
+    if not options.tensor_parallel and (
+        options.fast or (not options.full and fastmode.needs_fast(n, k))
+    ):
         return _run_fast(spec, options, problem, dtype)
     if options.announce is not None and fastmode.needs_fast(n, k):
         options.announce(spec.name, float(n * k * k))
@@ -225,6 +238,19 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     if spec.microbatches is not None:
         found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
     for impl, tag in _implementations(options):
+        if options.tensor_parallel:
+            from gradcheck_cli import tensor_parallel
+
+            ref_loss = np.asarray(forward.loss, dtype=np.float64)
+            tp_rows, tp_checks, tp_notes = tensor_parallel.check(
+                spec, impl, under_test.logits, ref_loss, reference,
+                impl_module.scales(under_test), dtype, options.tensor_parallel,
+                timeout=options.timeout, rtol=options.rtol, atol=options.atol,
+            )  # fmt: skip
+            comparisons += tp_rows
+            found += tp_checks
+            run.notes.update(tp_notes)
+            continue
         try:
             if fused:
                 assert isinstance(problem, CrossEntropyProblem)

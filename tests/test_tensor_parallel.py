@@ -1,0 +1,126 @@
+"""--tensor-parallel (gradcheck_cli/tensor_parallel.py): shards, the reference vocab-parallel
+example at P = 1..4, planted bugs caught and attributed to a rank, and failing workers that
+leave no process behind."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradcheck_cli.cli import app
+from gradcheck_cli.tensor_parallel import local_logits, shards
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vocab_parallel_ce.py"
+HOSTILE = ROOT / "tests" / "data" / "impl" / "tp_kernels.py"
+
+SPECS = """\
+cases:
+  - name: mean
+    logits: [[1.0, 2.0, 0.5, -1.0, 3.0, 0.1, -0.4], [0.2, -0.3, 1.5, 2.5, 0.0, 1.1, 0.9]]
+    label: [3, 4]
+  - name: none-smoothing-ignore
+    logits: [[1.0, 2.0, 0.5, -1.0, 3.0, 0.1, -0.4], [0.2, -0.3, 1.5, 2.5, 0.0, 1.1, 0.9],
+             [4.0, 1.0, 0.0, -2.0, 1.0, 0.5, 0.5]]
+    label: [6, 2, -100]
+    ignore_index: -100
+    label_smoothing: 0.2
+    reduction: none
+  - name: float32-sum-confident
+    dtype: float32
+    logits: [[9.0, 0.0, 0.5, -1.0, 0.3, 0.1, -0.4], [0.2, -0.3, 1.5, 12.0, 0.0, 1.1, 0.9]]
+    label: [0, 3]
+    reduction: sum
+"""
+
+
+def test_shards_cover_the_vocabulary_and_pad_the_last() -> None:
+    split = shards(7, 3)
+    assert [(s.start, s.end, s.width) for s in split] == [(0, 3, 3), (3, 6, 3), (6, 7, 3)]
+    assert [(s.start, s.end) for s in shards(5, 4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
+    z = np.arange(14.0).reshape(2, 7)
+    last = local_logits(z, split[2])
+    np.testing.assert_array_equal(last[:, 0], z[:, 6])
+    np.testing.assert_array_equal(last[:, 1:], np.repeat(z.max(axis=1, keepdims=True), 2, 1))
+
+
+def _run(tmp_path: Path, target: str, parallel: str, *extra: str, specs: str = SPECS):  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch", reason="torch is not installed")
+    f = tmp_path / "tp.yaml"
+    f.write_text(specs)
+    args = ["run", "--impl", f"torch:{target}", "--tensor-parallel", parallel, str(f), *extra]
+    return CliRunner().invoke(app, args)
+
+
+def _no_workers_left() -> bool:
+    found = subprocess.run(
+        ["pgrep", "-f", "gradcheck_cli.tensor_parallel"], capture_output=True, check=False
+    )
+    return found.returncode == 1  # pgrep: no process matched
+
+
+def test_the_reference_example_passes_at_every_size(tmp_path: Path) -> None:
+    specs = "cases:\n  - name: " + "  - name: ".join(SPECS.split("  - name: ")[2:])
+    result = _run(tmp_path, f"{EXAMPLE}:vocab_parallel_ce", "1,2,3,4", "-v", specs=specs)
+    assert result.exit_code == 0, result.output
+    assert "2 passed" in result.output
+    for p in (1, 2, 3, 4):
+        assert f"tp{p}_ranks_agree" in result.output
+        assert f"rank {p - 1} of {p}" in result.output
+    assert "padded" in result.output  # 7 classes on 2 or 4 ranks
+    assert _no_workers_left()
+
+
+@pytest.mark.parametrize(
+    ("bug", "case", "rank"),
+    [
+        ("bug_local_vocab", "none-smoothing-ignore", None),  # Megatron-LM #737
+        ("bug_local_max", "mean", None),
+        ("bug_boundary_target", "mean", None),  # label 4 is rank 1's first class at P = 2
+        ("bug_padding_mass", "mean", "rank 1 of 2"),  # the padded last shard
+    ],
+)
+def test_planted_bugs_fail_and_name_the_rank(
+    tmp_path: Path, bug: str, case: str, rank: str | None
+) -> None:
+    one = SPECS.split("  - name: ")
+    chosen = next(c for c in one[1:] if c.startswith(case))
+    specs = "cases:\n  - name: " + chosen
+    result = _run(tmp_path, f"{EXAMPLE}:{bug}", "2", specs=specs)
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "of 2 (classes" in result.output
+    if rank is not None:
+        assert rank in result.output
+
+
+@pytest.mark.parametrize(
+    ("kernel", "extra", "message"),
+    [
+        ("hangs", ("--timeout", "3"), "did not finish within --timeout 3"),
+        ("aborts", (), "rank 1 was killed by signal 6"),
+        ("raises", (), "is not supported"),
+    ],
+)
+def test_a_failing_worker_is_an_error_for_its_spec_and_leaves_no_process(
+    tmp_path: Path, kernel: str, extra: tuple[str, ...], message: str
+) -> None:
+    specs = "cases:\n  - name: " + SPECS.split("  - name: ")[1]
+    result = _run(tmp_path, f"{HOSTILE}:{kernel}", "2", *extra, specs=specs)
+    assert result.exit_code == 2, result.output
+    assert (
+        message in result.output and "Traceback (most recent" not in result.output.split("rank")[0]
+    )
+    assert _no_workers_left()
+
+
+def test_tensor_parallel_needs_a_torch_impl(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("logits: [1.0, 2.0]\nlabel: 0\n")
+    result = CliRunner().invoke(app, ["run", "--tensor-parallel", "2", str(f)])
+    assert result.exit_code == 2 and "--tensor-parallel needs --impl" in result.output
+    bad = CliRunner().invoke(app, ["run", "--tensor-parallel", "0", str(f)])
+    assert bad.exit_code == 2 and "--tensor-parallel 0" in bad.output

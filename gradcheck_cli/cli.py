@@ -318,6 +318,15 @@ def run(
     timeout: Annotated[
         float, typer.Option(help="Seconds a --tensor-parallel launch may take.", min=1.0)
     ] = 120.0,
+    vocab_chunks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated vocabulary chunk counts (e.g. 1,3,8): the implementation is "
+            "checked once per count, passed as its chunk parameter (vocab_chunks, chunks, ... "
+            "or --chunk-option).",
+            show_default=False,
+        ),
+    ] = None,
     views: Annotated[
         bool,
         typer.Option(
@@ -377,7 +386,10 @@ def run(
             chunk_option=chunk_option,
             tensor_parallel=_counts("--tensor-parallel", tensor_parallel),
             timeout=timeout,
+            vocab_chunks=_counts("--vocab-chunks", vocab_chunks),
         )
+        if options.vocab_chunks and options.impl is None:
+            raise UsageError("--vocab-chunks needs --impl")
         if options.tensor_parallel and options.impl is None:
             raise UsageError("--tensor-parallel needs --impl torch:module:function")
     except XentcheckError as exc:

@@ -108,6 +108,9 @@ class RunOptions:
     rank by rank (``gradcheck_cli.tensor_parallel``), instead of in this process."""
     timeout: float = 120.0
     """``--timeout``: seconds a tensor-parallel launch may take."""
+    vocab_chunks: tuple[int, ...] | None = None
+    """``--vocab-chunks``: the implementation is checked once per chunk count, passed as its
+    chunk-count parameter (``--chunk-option``, or found by name: :data:`VOCAB_CHUNK_PARAMETERS`)."""
 
     def linear(self) -> linear_check.LinearOptions:
         """What a ``linear:`` spec's kernel check reads."""
@@ -263,7 +266,7 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
                 tag,
             )  # fmt: skip
         except impl_module.ImplError as exc:
-            if tag == "impl":
+            if "compiled" not in tag.split():
                 raise
             impl_rows, impl_checks = [], _compile_failure(exc, run.not_computable)
         comparisons += impl_rows
@@ -487,7 +490,7 @@ def _run_linear(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -
         try:
             outcome = linear_check.check(spec, impl, template, dtype, options.linear(), tag)
         except impl_module.ImplError as exc:
-            if tag == "impl":
+            if "compiled" not in tag.split():
                 raise
             found += _compile_failure(exc, not_computable)
             continue
@@ -700,9 +703,8 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
     settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
     if spec.microbatches is not None:
         skipped["microbatches"] = "checked in full mode only (--full)"
-    prepared = (
-        None if options.impl is None else _FastImpl(spec, options, problem, dtype, options.impl)
-    )
+    impls = _implementations(options)  # --impl (per chunk count), then its compiled twin
+    prepared = _FastImpl(spec, options, problem, dtype, *impls[0]) if impls else None
     outcome = fastmode.run_fast(
         problem,
         tuple(requested),
@@ -719,9 +721,9 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
         rows, extra = prepared.finish(outcome, notes, not_computable)
         comparisons += rows
         found += extra
-    if options.compiled is not None:  # its own pass: the reference again, the twin's gradient
+    for twin_impl, tag in impls[1:]:  # its own pass: the reference again, the twin's gradient
         try:
-            twin = _FastImpl(spec, options, problem, dtype, options.compiled, "impl compiled")
+            twin = _FastImpl(spec, options, problem, dtype, twin_impl, tag)
             again = fastmode.run_fast(
                 problem,
                 (),
@@ -732,6 +734,8 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
             )
             rows, extra = twin.finish(again, notes, not_computable)
         except impl_module.ImplError as exc:
+            if "compiled" not in tag.split():
+                raise
             rows, extra = [], _compile_failure(exc, not_computable)
         comparisons += rows
         found += extra
@@ -783,7 +787,7 @@ class _FastImpl:
         n, k = problem.shape
         self.rows_per = max(1, fastmode.ROW_CHUNK_ELEMENTS // k)
         self.shape = _loss_shape(spec, n, k)
-        self.kwargs = impl_module.options_for(spec, dtype)
+        self.kwargs = {**impl_module.options_for(spec, dtype), **dict(impl.bound)}
         self.upstream = impl_module.upstream_for(impl, spec, self.shape)
         self.factor = (
             np.ones(()) if self.upstream is None else np.asarray(_per_row(self.upstream, spec))
@@ -1065,14 +1069,43 @@ def _implementations(options: RunOptions) -> list[tuple[Implementation, str]]:
     found = [] if options.impl is None else [(options.impl, "impl")]
     if options.compiled is not None:
         found.append((options.compiled, "impl compiled"))
+    if options.vocab_chunks and options.impl is not None:  # one check per chunk count
+        name = vocab_chunk_option(options.impl, options.chunk_option)
+        found = [
+            (impl_module.bind(impl, name, count), f"{tag} {name}={count}")
+            for impl, tag in found
+            for count in options.vocab_chunks
+        ]
     return found
 
 
+#: The parameter names a kernel's vocabulary chunk count is found by (``--vocab-chunks``).
+VOCAB_CHUNK_PARAMETERS = ("vocab_chunks", "num_vocab_chunks", *linear_check.CHUNK_PARAMETERS)
+
+
+def vocab_chunk_option(impl: Implementation, given: str | None) -> str:
+    """The kernel's chunk-count parameter: ``--chunk-option``, else the first of
+    :data:`VOCAB_CHUNK_PARAMETERS` it takes."""
+    if given is not None:
+        return given
+    if impl.accepts is None:
+        return VOCAB_CHUNK_PARAMETERS[0]
+    for name in VOCAB_CHUNK_PARAMETERS:
+        if name in impl.accepts:
+            return name
+    raise impl_module.ImplError(
+        f"--vocab-chunks: implementation {impl.name} has no parameter "
+        f"{', '.join(VOCAB_CHUNK_PARAMETERS)}; name it with --chunk-option NAME"
+    )
+
+
 def _tagged(found: list[Check], tag: str) -> list[Check]:
-    """The compiled twin's checks as ``impl_..._compiled`` (the eager ones keep their names)."""
+    """The compiled twin's checks as ``impl_..._compiled``, a chunk count's as
+    ``impl_..._vocab_chunks4`` (the eager ones keep their names)."""
     if tag == "impl":
         return found
-    return [dataclass_replace(c, name=f"{c.name}_compiled") for c in found]
+    suffix = "".join(ch if ch.isalnum() else "_" for ch in tag[len("impl ") :]).strip("_")
+    return [dataclass_replace(c, name=f"{c.name}_{suffix.replace('__', '_')}") for c in found]
 
 
 def _compile_failure(exc: impl_module.ImplError, not_computable: dict[str, str]) -> list[Check]:
@@ -1128,7 +1161,7 @@ def _impl_part(
     n, k = under_test.shape
     shape = _loss_shape(spec, n, k)
     ref_loss = np.asarray(loss, dtype=np.float64).reshape(shape)
-    kwargs = impl_module.options_for(spec, dtype)
+    kwargs = {**impl_module.options_for(spec, dtype), **dict(impl.bound)}
     # A framework-native loss is back-propagated with the spec's grad_output or a seeded one
     # (the reference gradient is scaled the same way); the NumPy protocol returns the plain
     # gradient.

@@ -168,6 +168,20 @@ class Implementation:
     """Where a framework-native implementation places its tensors (``--device``)."""
     compile_backend: str | None = None
     """The ``torch.compile`` backend (``--compile``), or None."""
+    bound: tuple[tuple[str, Any], ...] = ()
+    """Keyword options every call of this check passes besides the spec's (``--vocab-chunks``
+    binds the kernel's chunk count: :func:`bind`)."""
+
+
+def bound_label(impl: Implementation) -> str:
+    """`` [name=value]`` for each bound option (empty when none): tells apart the rows of one
+    implementation checked with several chunk counts."""
+    return "".join(f" [{k}={v}]" for k, v in impl.bound)
+
+
+def bind(impl: Implementation, name: str, value: Any) -> Implementation:
+    """``impl`` called with ``name=value`` on every call, and named so in reports."""
+    return replace(impl, name=f"{impl.name} [{name}={value}]", bound=(*impl.bound, (name, value)))
 
 
 def load(target: str, device: str = "cpu", compile_backend: str | None = None) -> Implementation:
@@ -768,7 +782,7 @@ def self_consistency(
             why += f" (h = {step:.3g}, predicted error {float(np.max(errors)):.3g})"
     bound = float(np.max(errors))
     comparison = compare(
-        f"impl self-consistency ({how})",
+        f"impl self-consistency ({how}){bound_label(impl)}",
         measured,
         "impl gradient · d",
         expected,

@@ -48,6 +48,7 @@ from gradcheck_cli.impl import (
     _forward_roundings,
     _summed_loss,
     accepted_options,
+    bound_label,
 )
 from gradcheck_cli.methods.differences import (
     SELF_CHECK_SEED,
@@ -129,7 +130,7 @@ def self_consistency(
         "the forward pass's rounding)"
     )
     comparison = compare(
-        "impl self-consistency (Richardson differences)",
+        f"impl self-consistency (Richardson differences){bound_label(impl)}",
         np.array(measured),
         "impl gradient · d",
         np.array(expected),

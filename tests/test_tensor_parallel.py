@@ -124,3 +124,52 @@ def test_tensor_parallel_needs_a_torch_impl(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--tensor-parallel needs --impl" in result.output
     bad = CliRunner().invoke(app, ["run", "--tensor-parallel", "0", str(f)])
     assert bad.exit_code == 2 and "--tensor-parallel 0" in bad.output
+
+
+# --- --vocab-chunks: a kernel that reads the vocabulary in chunks, in this process ----------
+
+ONLINE = ROOT / "examples" / "online_softmax_ce.py"
+BATCH = ROOT / "specs" / "batch_mean.yaml"  # K = 5
+
+
+def _chunks(kernel: str, counts: str, *extra: str):  # type: ignore[no-untyped-def]
+    args = ["run", "--impl", f"{ONLINE}:{kernel}", "--vocab-chunks", counts, str(BATCH)]
+    return CliRunner().invoke(app, [*args, "--format", "json", *extra])
+
+
+def _failed_methods(output: str) -> set[str]:
+    import json
+
+    report, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])  # stderr follows
+    (spec,) = report["results"]
+    return {c["method"] for c in spec["comparisons"] if not c["passed"]}
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_vocab_chunks_check_each_count(fast: bool) -> None:
+    extra = ("--fast",) if fast else ()
+    good = _chunks("online_ce", "1,3,8", *extra)
+    assert good.exit_code == 0, good.output
+    for count in (1, 3, 8):
+        assert f"[vocab_chunks={count}]" in good.output
+    bad = _chunks("bug_no_rescale", "1,3", *extra)
+    assert bad.exit_code == 1
+    failed = _failed_methods(bad.output)
+    assert any("[vocab_chunks=3]" in m for m in failed)
+    assert not any("[vocab_chunks=1]" in m for m in failed)  # one chunk holds every maximum
+
+
+def test_a_dropped_tail_chunk_fails_only_where_the_count_does_not_divide_k() -> None:
+    assert _chunks("bug_drop_tail", "1,5").exit_code == 0
+    failed = _failed_methods(_chunks("bug_drop_tail", "1,3").output)
+    assert failed and all("[vocab_chunks=3]" in m for m in failed if "self-consistency" not in m)
+
+
+def test_vocab_chunks_need_a_chunk_parameter() -> None:
+    impls = ROOT / "tests" / "data" / "impl" / "impls.py"
+    result = CliRunner().invoke(
+        app, ["run", "--impl", f"{impls}:correct", "--vocab-chunks", "2", str(BATCH)]
+    )
+    assert result.exit_code == 2 and "--chunk-option NAME" in result.output
+    named = _chunks("online_ce", "2", "--chunk-option", "vocab_chunks")
+    assert named.exit_code == 0

@@ -314,6 +314,13 @@ def check(
                 i, j = row.worst_index
                 row = replace(row, worst_index=(i, sh.start + j))
             rows.append(row)
+        mine = rows[-2 * len(outs) :]
+        worst_loss = max(r.max_abs_error for r in mine if r.quantity == "loss")
+        worst_grad = max(mine[1::2], key=lambda r: r.max_abs_error)
+        notes[f"tensor-parallel {p}"] += (
+            f"; worst loss |Δ| {worst_loss:.3g}, worst gradient |Δ| "
+            f"{worst_grad.max_abs_error:.3g} at {list(worst_grad.worst_index)}"
+        )
         spread = max(float(np.max(np.abs(x - losses[0]))) for x in losses) if losses else 0.0
         agree = tol("loss", ref_loss)
         allowed = agree.atol + agree.rtol * float(np.max(np.abs(ref_loss)))

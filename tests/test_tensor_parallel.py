@@ -72,6 +72,7 @@ def test_the_reference_example_passes_at_every_size(tmp_path: Path) -> None:
         assert f"tp{p}_ranks_agree" in result.output
         assert f"rank {p - 1} of {p}" in result.output
     assert "padded" in result.output  # 7 classes on 2 or 4 ranks
+    assert result.output.count("worst gradient |Δ|") == 2 * 4  # a TP=1 vs TP=k line per size
     assert _no_workers_left()
 
 

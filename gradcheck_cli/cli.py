@@ -382,7 +382,7 @@ def run(
             full=full,
             directions=directions,
             native=NativeChecks(allow_inplace, nondeterministic_tol, views),
-            chunks=_chunk_counts(chunks),
+            chunks=_counts("--chunks", chunks),
             chunk_option=chunk_option,
             tensor_parallel=_counts("--tensor-parallel", tensor_parallel),
             timeout=timeout,
@@ -409,11 +409,6 @@ def run(
         _fail(str(exc))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
-
-
-def _chunk_counts(text: str | None) -> tuple[int, ...] | None:
-    """``--chunks 1,4,7`` as positive integers."""
-    return _counts("--chunks", text)
 
 
 def _counts(option: str, text: str | None) -> tuple[int, ...] | None:

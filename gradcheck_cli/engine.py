@@ -196,7 +196,8 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     problem = build_problem(spec)
     n, k = problem.shape
     fused = spec.layer is not None and spec.layer.fused
-    if options.tensor_parallel and options.impl is not None:
+    parallel = bool(options.tensor_parallel) and options.impl is not None
+    if parallel:
         # the ranks check the implementation; of xentcheck's own methods only the reference,
         # element-wise at any size (a process group's kernel is not streamed)
         if fused:
@@ -204,9 +205,7 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         options = dataclass_replace(options, methods=options.methods or (REFERENCE_METHOD,))
     elif fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
         return _run_linear(spec, options, problem, dtype)
-    if not options.tensor_parallel and (
-        options.fast or (not options.full and fastmode.needs_fast(n, k))
-    ):
+    if not parallel and (options.fast or (not options.full and fastmode.needs_fast(n, k))):
         return _run_fast(spec, options, problem, dtype)
     if options.announce is not None and fastmode.needs_fast(n, k):
         options.announce(spec.name, float(n * k * k))
@@ -241,13 +240,13 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     if spec.microbatches is not None:
         found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
     for impl, tag in _implementations(options):
-        if options.tensor_parallel:
+        if parallel:
             from gradcheck_cli import tensor_parallel
 
             ref_loss = np.asarray(forward.loss, dtype=np.float64)
             tp_rows, tp_checks, tp_notes = tensor_parallel.check(
                 spec, impl, under_test.logits, ref_loss, reference,
-                impl_module.scales(under_test), dtype, options.tensor_parallel,
+                impl_module.scales(under_test), dtype, options.tensor_parallel or (),
                 timeout=options.timeout, rtol=options.rtol, atol=options.atol,
             )  # fmt: skip
             comparisons += tp_rows
@@ -266,7 +265,7 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
                 tag,
             )  # fmt: skip
         except impl_module.ImplError as exc:
-            if "compiled" not in tag.split():
+            if not _is_twin(tag):
                 raise
             impl_rows, impl_checks = [], _compile_failure(exc, run.not_computable)
         comparisons += impl_rows
@@ -490,7 +489,7 @@ def _run_linear(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -
         try:
             outcome = linear_check.check(spec, impl, template, dtype, options.linear(), tag)
         except impl_module.ImplError as exc:
-            if "compiled" not in tag.split():
+            if not _is_twin(tag):
                 raise
             found += _compile_failure(exc, not_computable)
             continue
@@ -734,7 +733,7 @@ def _run_fast(spec: Spec, options: RunOptions, problem: Problem, dtype: str) -> 
             )
             rows, extra = twin.finish(again, notes, not_computable)
         except impl_module.ImplError as exc:
-            if "compiled" not in tag.split():
+            if not _is_twin(tag):
                 raise
             rows, extra = [], _compile_failure(exc, not_computable)
         comparisons += rows
@@ -1099,6 +1098,11 @@ def vocab_chunk_option(impl: Implementation, given: str | None) -> str:
     )
 
 
+def _is_twin(tag: str) -> bool:
+    """True for the compiled twin's tag (its failure to compile is a check, not an error)."""
+    return "compiled" in tag.split()
+
+
 def _tagged(found: list[Check], tag: str) -> list[Check]:
     """The compiled twin's checks as ``impl_..._compiled``, a chunk count's as
     ``impl_..._vocab_chunks4`` (the eager ones keep their names)."""
@@ -1176,11 +1180,8 @@ def _impl_part(
         run.notes[f"{tag} grad_output"] = _upstream_note(upstream, spec)
 
     def tol(check: str, values: np.ndarray | None = None) -> Tolerance:
-        default = impl_module.tolerance(check, dtype, natural, values)
-        atol = default.atol * (float(np.max(np.abs(factor))) if check == "grad" else 1.0)
-        return Tolerance(
-            rtol=default.rtol if options.rtol is None else options.rtol,
-            atol=atol if options.atol is None else options.atol,
+        return impl_module.scaled_tolerance(
+            check, dtype, natural, values, factor, options.rtol, options.atol
         )
 
     shaped = _shaper(spec)

@@ -123,14 +123,8 @@ def space_for(
         options=tuple(o for o in SEARCHED if takes(o)),
         ignore=takes("ignore_index"),
         reductions=REDUCTIONS if takes("reduction") else ("mean",),
-        upstream=impl.native is not None and _spec_takes("grad_output"),
+        upstream=impl.native is not None,
     )
-
-
-def _spec_takes(key: str) -> bool:
-    from gradcheck_cli.spec import CASE_KEYS
-
-    return key in CASE_KEYS
 
 
 @dataclass(frozen=True)

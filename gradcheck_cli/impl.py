@@ -733,6 +733,26 @@ def tolerance(
     return Tolerance(rtol=rtol, atol=factor * natural.loss + raw)
 
 
+def scaled_tolerance(
+    check: str,
+    dtype: str,
+    natural: Scales,
+    values: np.ndarray | float | None,
+    factor: np.ndarray,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Tolerance:
+    """:func:`tolerance` for an implementation back-propagated with ``grad_output`` values
+    ``factor``: the gradient's absolute part scaled by the largest of them; ``rtol`` and
+    ``atol`` (the command line's, when given) replace either part."""
+    default = tolerance(check, dtype, natural, values)
+    scale = float(np.max(np.abs(factor))) if check == "grad" else 1.0
+    return Tolerance(
+        rtol=default.rtol if rtol is None else rtol,
+        atol=default.atol * scale if atol is None else atol,
+    )
+
+
 def inner_rounding(check: str, natural: Scales) -> float:
     """:data:`INNER_ROUNDINGS` float32 ulps of the natural scale of ``check`` (``loss`` or
     ``grad``): what float32 arithmetic inside a half-precision kernel may leave at a result

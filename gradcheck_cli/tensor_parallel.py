@@ -257,16 +257,10 @@ def check(
     scaled = reference * factor
     kwargs = impl_module.options_for(spec, dtype)
     kwargs.pop("loss", None)
-    labels = kwargs.pop("labels")
-    weight = kwargs.pop("weight", None)
+    labels = kwargs.pop("labels")  # class weights stay: each worker slices its own
 
     def tol(which: str, values: np.ndarray) -> Tolerance:
-        default = impl_module.tolerance(which, dtype, natural, values)
-        scale = float(np.max(np.abs(factor))) if which == "grad" else 1.0
-        return Tolerance(
-            rtol=default.rtol if rtol is None else rtol,
-            atol=default.atol * scale if atol is None else atol,
-        )
+        return impl_module.scaled_tolerance(which, dtype, natural, values, factor, rtol, atol)
 
     rows: list[Any] = []
     found: list[Any] = []
@@ -274,13 +268,10 @@ def check(
     target = impl.name[len("torch:") :]
     for p in parallel:
         split = shards(vocab, p)
-        options = dict(kwargs)
-        if weight is not None:  # each rank gets its classes' weights (0 on padding)
-            options["weight"] = weight
         started = time.perf_counter()
         try:
             outs = launch(
-                target, logits, labels, options, upstream, p, device=impl.device, timeout=timeout
+                target, logits, labels, kwargs, upstream, p, device=impl.device, timeout=timeout
             )
         except ParallelError as exc:
             raise impl_module.ImplError(f"--tensor-parallel {p}: {exc}") from None

@@ -4,7 +4,8 @@
 
 Runs examples/vocab_parallel_ce.py (the Megatron-LM algorithm) on 1024 x 32000 float32 logits
 (a confident regime: p_y = 0.99) through ``engine.run_spec``, once per process-group size, and
-prints the verdict, the whole check's time and the launch's own time (from the run's notes).
+prints the verdict, the whole check's time and the launch's own time (from the result's
+``parallel`` row: start-up and the rank checks' three calls per rank included).
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ def main() -> int:
         started = time.perf_counter()
         result = run_spec(spec, RunOptions(impl=impl, tensor_parallel=(p,), timeout=600))
         seconds = time.perf_counter() - started
-        note = result.method_notes.get(f"tensor-parallel {p}", "")
-        worst = max((c.max_abs_error for c in result.comparisons if c.quantity == "logits"),
-                    default=float("nan"))  # fmt: skip
-        print(f"  P = {p}: {result.status}, check {seconds:.1f} s ({note}); worst gradient "
-              f"|Δ| {worst:.3g}", flush=True)  # fmt: skip
+        if not result.parallel:
+            print(f"  P = {p}: {result.status}: {result.message}", flush=True)
+            continue
+        (row,) = result.parallel
+        print(f"  P = {p}: {result.status}, check {seconds:.1f} s, launch {row.seconds:.1f} s "
+              f"(shard {row.width}, padding {row.padding}); worst loss |Δ| {row.loss_error:.3g}, "
+              f"gradient |Δ| {row.grad_error:.3g} at {list(row.grad_at)}", flush=True)  # fmt: skip
     left = subprocess.run(["pgrep", "-f", "gradcheck_cli.tensor_parallel"], capture_output=True)
     print("worker processes left:", "none" if left.returncode == 1 else left.stdout.decode())
     return 0

@@ -60,7 +60,15 @@ from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods import linear as linear_methods
 from gradcheck_cli.methods.differences import SELF_CHECK_SEED
 from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
-from gradcheck_cli.model import Check, DType, JacobianView, Layer, Spec, SpecResult
+from gradcheck_cli.model import (
+    Check,
+    DType,
+    JacobianView,
+    Layer,
+    ParallelRun,
+    Spec,
+    SpecResult,
+)
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
 
@@ -239,19 +247,21 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     found = _checks(spec, problem, forward.probs, forward.loss, reference, forward.note)
     if spec.microbatches is not None:
         found += _microbatch_part(spec, options, (problem, under_test), reference, dtype)
+    parallel_runs: list[ParallelRun] = []
     for impl, tag in _implementations(options):
         if parallel:
             from gradcheck_cli import tensor_parallel
 
             ref_loss = np.asarray(forward.loss, dtype=np.float64)
-            tp_rows, tp_checks, tp_notes = tensor_parallel.check(
+            tp_rows, tp_checks, tp_runs = tensor_parallel.check(
                 spec, impl, under_test.logits, ref_loss, reference,
                 impl_module.scales(under_test), dtype, options.tensor_parallel or (),
                 timeout=options.timeout, rtol=options.rtol, atol=options.atol,
+                native=options.native,
             )  # fmt: skip
             comparisons += tp_rows
             found += tp_checks
-            run.notes.update(tp_notes)
+            parallel_runs += tp_runs
             continue
         try:
             if fused:
@@ -290,6 +300,7 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         method_notes=run.notes,
         parameter_gradients=parameter_gradients,
         reference=run.reference_name,
+        parallel=tuple(parallel_runs),
     )
 
 

@@ -100,6 +100,41 @@ class Spec(OptionValues):
 
 
 @dataclass(frozen=True)
+class ParallelRun:
+    """One process-group size of a ``--tensor-parallel`` run: a row of the TP=1 vs TP=k table.
+
+    Errors are largest absolute differences over every rank; ``*_at`` are global
+    (row, class) indices, ``()`` for a reduced loss."""
+
+    parallel: int
+    """P, the number of ranks."""
+    width: int
+    """Classes per shard (ceil(V / P))."""
+    padding: int
+    """Padding columns of the last shard (P width - V)."""
+    seconds: float
+    """Wall time of the launch, process start-up included."""
+    loss_error: float
+    """Worst |loss - reference loss| over the ranks."""
+    loss_rank: int
+    grad_error: float
+    """Worst |gradient - reference gradient| over the ranks' columns."""
+    grad_rank: int
+    grad_at: tuple[int, ...]
+    ranks_spread: float
+    """The largest difference between two ranks' losses (0 when all agree exactly)."""
+    baseline: int | None = None
+    """The P this size is compared with (the run's smallest); None for that size itself."""
+    loss_vs_baseline: float | None = None
+    """|loss at P - loss at ``baseline``| (rank 0 of each)."""
+    grad_vs_baseline: float | None = None
+    """Largest |gradient at P - gradient at ``baseline``|, element by element."""
+    grad_vs_baseline_at: tuple[int, ...] = ()
+    passed: bool = True
+    """Every comparison and check of this size passed."""
+
+
+@dataclass(frozen=True)
 class Check:
     """A named pass/fail check (an invariant or an expectation) with a one-line detail."""
 
@@ -151,6 +186,8 @@ class SpecResult:
     """The method every comparison is made against."""
     comparisons: tuple[Comparison, ...] = ()
     checks: tuple[Check, ...] = ()
+    parallel: tuple[ParallelRun, ...] = ()
+    """With ``--tensor-parallel``: one entry per process-group size, in the order given."""
     seconds: float = 0.0
     """Wall time spent on this spec (loading excluded)."""
 

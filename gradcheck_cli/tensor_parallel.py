@@ -20,6 +20,7 @@ Only this module's worker imports torch; the parent needs NumPy only.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -64,6 +65,14 @@ class RankOutput:
     shard: Shard
     loss: np.ndarray
     grad: np.ndarray
+    effects: tuple[str, ...] = ()
+    """What the function did besides computing (changed inputs, a gradient in the logits'
+    storage), each a sentence."""
+    spread: float = 0.0
+    """The largest difference between two identical calls (0: deterministic)."""
+    views: float | None = None
+    """The largest difference on a non-contiguous logits view and offset labels (None: not
+    checked)."""
 
 
 def shards(vocab: int, parallel: int) -> list[Shard]:
@@ -96,9 +105,11 @@ def launch(
     *,
     device: str = "cpu",
     timeout: float = DEFAULT_TIMEOUT,
+    views: bool = False,
 ) -> list[RankOutput]:
     """Run ``target`` (a ``module:function`` or ``file.py:function``) on ``parallel`` ranks;
-    every rank's output, in rank order. Raises :class:`ParallelError`."""
+    every rank's output, in rank order (``views``: each rank also calls it on a view, see
+    :func:`_rank_calls`). Raises :class:`ParallelError`."""
     vocab = logits.shape[1]
     with tempfile.TemporaryDirectory(prefix="xentcheck-tp-") as tmp:
         work = Path(tmp)
@@ -111,6 +122,7 @@ def launch(
                     "grad_output": grad_output,
                     "device": device,
                     "timeout": timeout,
+                    "views": views,
                 },
                 fh,
             )
@@ -145,8 +157,14 @@ def launch(
                 err.close()
         out = []
         for shard in shards(vocab, parallel):
+            found = json.loads((work / f"checks-{shard.rank}.json").read_text())
             with np.load(work / f"out-{shard.rank}.npz") as data:
-                out.append(RankOutput(shard, data["loss"], data["grad"]))
+                loss, grad = data["loss"], data["grad"]
+            out.append(
+                RankOutput(
+                    shard, loss, grad, tuple(found["effects"]), found["spread"], found["views"]
+                )
+            )
         return out
 
 
@@ -228,16 +246,18 @@ def check(
     timeout: float = DEFAULT_TIMEOUT,
     rtol: float | None = None,
     atol: float | None = None,
-) -> tuple[list[Any], list[Any], dict[str, str]]:
+    native: Any = None,
+) -> tuple[list[Any], list[Any], list[Any]]:
     """Each P of ``parallel``: launch, then compare on every rank the loss with ``ref_loss``
     and the rank's gradient columns with the matching columns of ``reference`` (the plain
     gradient (N, V), scaled here by the run's grad_output; padding columns must be 0), and
-    check that the ranks agree on the loss. Returns (comparisons, checks, notes); raises
-    ImplError for a launch that fails (the spec's error names the rank)."""
-    from dataclasses import replace
-
+    check that the ranks agree on the loss, that no rank's call had side effects, that two
+    identical calls agreed and (``native.views``) that views gave the same result
+    (``native``: the run's :class:`~gradcheck_cli.impl.NativeChecks`). Returns (comparisons,
+    checks, :class:`~gradcheck_cli.model.ParallelRun` per size, each compared with the
+    smallest size); raises ImplError for a launch that fails (the spec's error names the
+    rank)."""
     from gradcheck_cli import impl as impl_module
-    from gradcheck_cli.compare import Tolerance, compare
     from gradcheck_cli.model import Check
 
     if impl.native is None or not impl.name.startswith("torch:"):
@@ -249,6 +269,7 @@ def check(
         raise impl_module.ImplError(
             "--tensor-parallel checks a softmax cross-entropy with class labels"
         )
+    native = native or impl_module.NativeChecks()
     n, vocab = logits.shape
     shape: tuple[int, ...] = (n,) if spec.reduction == "none" else ()
     upstream = impl_module.upstream_for(impl, spec, shape)
@@ -259,89 +280,231 @@ def check(
     kwargs.pop("loss", None)
     labels = kwargs.pop("labels")  # class weights stay: each worker slices its own
 
-    def tol(which: str, values: np.ndarray) -> Tolerance:
+    def tol(which: str, values: np.ndarray) -> Any:
         return impl_module.scaled_tolerance(which, dtype, natural, values, factor, rtol, atol)
 
     rows: list[Any] = []
-    found: list[Any] = []
-    notes: dict[str, str] = {}
+    found: list[Check] = []
+    runs: list[Any] = []
     target = impl.name[len("torch:") :]
-    for p in parallel:
-        split = shards(vocab, p)
+    baseline: tuple[int, list[RankOutput]] | None = None
+    for p in sorted(parallel, key=lambda q: (q != min(parallel), parallel.index(q))):
         started = time.perf_counter()
         try:
             outs = launch(
-                target, logits, labels, kwargs, upstream, p, device=impl.device, timeout=timeout
-            )
+                target, logits, labels, kwargs, upstream, p, device=impl.device,
+                timeout=timeout, views=native.views,
+            )  # fmt: skip
         except ParallelError as exc:
             raise impl_module.ImplError(f"--tensor-parallel {p}: {exc}") from None
-        pad = split[-1].width * p - vocab
-        notes[f"tensor-parallel {p}"] = (
-            f"{p} ranks of {split[0].width} classes"
-            + (f" (the last shard padded with {pad} columns)" if pad else "")
-            + f", {time.perf_counter() - started:.2f} s with start-up"
+        seconds = time.perf_counter() - started
+        mine = _rank_rows(outs, p, ref_loss, scaled, tol, dtype)
+        checks = _rank_checks(outs, p, ref_loss, tol, native)
+        rows += mine
+        found += checks
+        runs.append(_summary(outs, p, vocab, seconds, mine, checks, baseline))
+        if baseline is None:
+            baseline = (p, outs)
+    order = {p: i for i, p in enumerate(parallel)}  # the table in the order given
+    runs.sort(key=lambda r: order[r.parallel])
+    return rows, found, runs
+
+
+def _rank_rows(
+    outs: list[RankOutput],
+    p: int,
+    ref_loss: np.ndarray,
+    scaled: np.ndarray,
+    tol: Any,
+    dtype: str,
+) -> list[Any]:
+    """Each rank's loss and gradient-columns comparisons (worst index global)."""
+    from dataclasses import replace
+
+    from gradcheck_cli.compare import compare
+
+    n = scaled.shape[0]
+    rows = []
+    for out in outs:
+        sh = out.shard
+        name = f"impl rank {sh.rank} of {p} (classes {sh.start}:{sh.end})"
+        got_loss = np.asarray(out.loss, dtype=np.float64).reshape(ref_loss.shape)
+        loss_tol = tol("loss", ref_loss)
+        rows.append(
+            compare(name, got_loss, "reference loss", ref_loss, loss_tol, "loss", dtype=dtype)
         )
-        losses = []
-        for out in outs:
-            sh = out.shard
-            name = f"impl rank {sh.rank} of {p} (classes {sh.start}:{sh.end})"
-            got_loss = np.asarray(out.loss, dtype=np.float64).reshape(ref_loss.shape)
-            losses.append(got_loss)
-            rows.append(
-                compare(
-                    name,
-                    got_loss,
-                    "reference loss",
-                    ref_loss,
-                    tol("loss", ref_loss),
-                    "loss",
-                    dtype=dtype,
-                )
-            )
-            want = np.zeros((n, sh.width))
-            want[:, : sh.end - sh.start] = scaled[:, sh.start : sh.end]
-            row = compare(name, out.grad, "reference", want, tol("grad", scaled), dtype=dtype)
-            if row.worst_index:  # the global (row, class); padding columns past V
-                i, j = row.worst_index
-                row = replace(row, worst_index=(i, sh.start + j))
-            rows.append(row)
-        mine = rows[-2 * len(outs) :]
-        worst_loss = max(r.max_abs_error for r in mine if r.quantity == "loss")
-        worst_grad = max(mine[1::2], key=lambda r: r.max_abs_error)
-        notes[f"tensor-parallel {p}"] += (
-            f"; worst loss |Δ| {worst_loss:.3g}, worst gradient |Δ| "
-            f"{worst_grad.max_abs_error:.3g} at {list(worst_grad.worst_index)}"
+        want = np.zeros((n, sh.width))
+        want[:, : sh.end - sh.start] = scaled[:, sh.start : sh.end]
+        row = compare(name, out.grad, "reference", want, tol("grad", scaled), dtype=dtype)
+        if row.worst_index:  # the global (row, class); padding columns past V
+            i, j = row.worst_index
+            row = replace(row, worst_index=(i, sh.start + j))
+        rows.append(row)
+    return rows
+
+
+def _rank_checks(
+    outs: list[RankOutput], p: int, ref_loss: np.ndarray, tol: Any, native: Any
+) -> list[Any]:
+    """The checks of one size over its ranks: they agree on the loss; no side effects; two
+    identical calls agree; with ``native.views``, views give the same result."""
+    from gradcheck_cli.model import Check
+
+    losses = [np.asarray(o.loss, dtype=np.float64).reshape(ref_loss.shape) for o in outs]
+    spread = _ranks_spread(losses)
+    agree = tol("loss", ref_loss)
+    allowed = agree.atol + agree.rtol * float(np.max(np.abs(ref_loss), initial=0.0))
+    checks = [
+        Check(
+            f"tp{p}_ranks_agree",
+            bool(spread <= allowed),
+            f"{_ranks(p)}' losses differ by at most {spread:.3g} (allowed {allowed:.3g})"
+            if p > 1
+            else "one rank: nothing to agree with",
         )
-        spread = max(float(np.max(np.abs(x - losses[0]))) for x in losses) if losses else 0.0
-        agree = tol("loss", ref_loss)
-        allowed = agree.atol + agree.rtol * float(np.max(np.abs(ref_loss)))
-        found.append(
+    ]
+    effects = [
+        f"rank {o.shard.rank}: {e}"
+        for o in outs
+        for e in o.effects
+        if not (native.allow_inplace and "shares storage" in e)
+    ]
+    checks.append(
+        Check(
+            f"tp{p}_side_effects",
+            not effects,
+            "; ".join(effects)
+            if effects
+            else f"on {_ranks(p)}: inputs unchanged, gradient in its own storage",
+        )
+    )
+    allowed_spread = native.nondeterministic_tol
+    worst = max(outs, key=lambda o: o.spread)
+    checks.append(
+        Check(
+            f"tp{p}_deterministic",
+            worst.spread <= allowed_spread,
+            f"two identical calls differ by at most {worst.spread:.3g}"
+            + (f" (rank {worst.shard.rank})" if worst.spread else "")
+            + f" (allowed {allowed_spread:g})",
+        )
+    )
+    if native.views:
+        viewed = max(outs, key=lambda o: o.views or 0.0)
+        v = viewed.views or 0.0
+        checks.append(
             Check(
-                f"tp{p}_ranks_agree",
-                bool(spread <= allowed) or all(np.array_equal(x, losses[0]) for x in losses),
-                f"the {p} ranks' losses differ by at most {spread:.3g} (allowed {allowed:.3g})",
+                f"tp{p}_views",
+                v <= allowed_spread,
+                "on a non-contiguous view of each shard and labels[1:] of a longer tensor the "
+                f"result differs by at most {v:.3g}"
+                + (f" (rank {viewed.shard.rank})" if v else "")
+                + f" (allowed {allowed_spread:g})",
             )
         )
-    return rows, found, notes
+    return checks
+
+
+def _ranks(p: int) -> str:
+    return "the one rank" if p == 1 else f"all {p} ranks"
+
+
+def _ranks_spread(losses: list[np.ndarray]) -> float:
+    """The largest difference between two ranks' losses; equal values (inf and inf, nan and
+    nan) count as 0."""
+    top = 0.0
+    for x in losses[1:]:
+        with np.errstate(invalid="ignore"):
+            same = (x == losses[0]) | (np.isnan(x) & np.isnan(losses[0]))
+            diff = np.where(same, 0.0, np.abs(x - losses[0]))
+        top = max(top, float(np.nan_to_num(np.max(diff, initial=0.0), nan=np.inf)))
+    return top
+
+
+def _largest_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, ...]]:
+    """``max |a - b|`` and where (equal values, nan and nan included, count as 0; a nan
+    against a number counts as inf)."""
+    with np.errstate(invalid="ignore"):
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        diff = np.nan_to_num(np.where(same, 0.0, np.abs(a - b)), nan=np.inf)
+    if diff.size == 0:
+        return 0.0, ()
+    at = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    return float(diff[at]), tuple(int(i) for i in at)
+
+
+def _summary(
+    outs: list[RankOutput],
+    p: int,
+    vocab: int,
+    seconds: float,
+    rows: list[Any],
+    checks: list[Any],
+    baseline: tuple[int, list[RankOutput]] | None,
+) -> Any:
+    """The :class:`~gradcheck_cli.model.ParallelRun` of one size: its worst errors against the
+    reference and, unless it is the baseline, against the baseline size's results."""
+    from gradcheck_cli.model import ParallelRun
+
+    loss_rows, grad_rows = rows[0::2], rows[1::2]
+    worst_loss = max(range(len(outs)), key=lambda r: loss_rows[r].max_abs_error)
+    worst_grad = max(range(len(outs)), key=lambda r: grad_rows[r].max_abs_error)
+    width = outs[0].shard.width
+    run = ParallelRun(
+        parallel=p,
+        width=width,
+        padding=width * p - vocab,
+        seconds=seconds,
+        loss_error=loss_rows[worst_loss].max_abs_error,
+        loss_rank=worst_loss,
+        grad_error=grad_rows[worst_grad].max_abs_error,
+        grad_rank=worst_grad,
+        grad_at=tuple(grad_rows[worst_grad].worst_index),
+        ranks_spread=_ranks_spread([np.asarray(o.loss, dtype=np.float64) for o in outs]),
+        passed=all(r.passed for r in rows) and all(c.passed for c in checks),
+    )
+    if baseline is None:
+        return run
+    base_p, base = baseline
+    full = np.concatenate([o.grad[:, : o.shard.end - o.shard.start] for o in base], axis=1)
+    worst: float = 0.0
+    at: tuple[int, ...] = ()
+    for o in outs:
+        sh = o.shard
+        got = o.grad[:, : sh.end - sh.start]
+        d, idx = _largest_difference(got, full[:, sh.start : sh.end])
+        if d > worst or not at:
+            worst, at = d, (idx[0], sh.start + idx[1]) if idx else ()
+    loss_d, _ = _largest_difference(
+        np.asarray(outs[0].loss, dtype=np.float64), np.asarray(base[0].loss, dtype=np.float64)
+    )
+    from dataclasses import replace
+
+    return replace(
+        run,
+        baseline=base_p,
+        loss_vs_baseline=loss_d,
+        grad_vs_baseline=worst,
+        grad_vs_baseline_at=at,
+    )
 
 
 # --- the worker (runs in its own process) ----------------------------------------------------
 
 
 def _worker(tmp: str, rank: int, parallel: int, target: str) -> None:
+    """Rank ``rank``: join the group, call the function on its shard three times (the checked
+    call, an identical one for determinism, and, with ``views``, one on a non-contiguous logits
+    view with offset labels; every rank makes the same calls, so the collectives match), and
+    write ``out-R.npz`` (loss, gradient) and ``checks-R.json`` (side effects, spreads)."""
     import datetime
-    import inspect
 
-    import torch
     import torch.distributed as dist
-
-    from gradcheck_cli.impl import _import_function
 
     work = Path(tmp)
     with open(work / "inputs.pkl", "rb") as fh:
         given = pickle.load(fh)
-    device = given["device"]
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = "nccl" if given["device"].startswith("cuda") else "gloo"
     dist.init_process_group(
         backend,
         init_method=f"file://{work / 'store'}",
@@ -350,37 +513,91 @@ def _worker(tmp: str, rank: int, parallel: int, target: str) -> None:
         timeout=datetime.timedelta(seconds=given["timeout"]),
     )
     try:
-        function = _import_function(target, target)
-        logits = given["logits"]
-        shard = shards(logits.shape[1], parallel)[rank]
-        z = torch.tensor(local_logits(logits, shard), device=device).requires_grad_(True)
+        loss, grad, found = _rank_calls(given, rank, parallel, target, dist.group.WORLD)
+        np.savez(work / f"out-{rank}.npz", loss=loss, grad=grad)
+        (work / f"checks-{rank}.json").write_text(json.dumps(found))
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_calls(
+    given: dict[str, Any], rank: int, parallel: int, target: str, group: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The calls of :func:`_worker` on rank ``rank``: its loss and local gradient (N, width)
+    in float64, and what the side-effect, determinism and views checks found."""
+    import inspect
+
+    import torch
+
+    from gradcheck_cli.impl import _import_function
+    from gradcheck_cli.torch_native import _first_change, _shares_storage, _spread
+
+    function = _import_function(target, target)
+    device = given["device"]
+    logits = given["logits"]
+    shard = shards(logits.shape[1], parallel)[rank]
+    mine = local_logits(logits, shard)
+    raw = dict(given["options"])
+    if raw.get("weight") is not None:  # this rank's classes' weights, 0 on padding
+        w = np.zeros(shard.width)
+        w[: shard.end - shard.start] = raw["weight"][shard.start : shard.end]
+        raw["weight"] = w.astype(raw["weight"].dtype)
+    params = inspect.signature(function).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {"vocab_size": logits.shape[1]} if takes_all or "vocab_size" in params else {}
+
+    def call(view: bool) -> tuple[Any, Any, dict[str, Any], Any, Any]:
+        z = torch.tensor(mine, device=device)
         labels = torch.tensor(given["labels"], dtype=torch.int64, device=device)
-        raw = dict(given["options"])
-        if raw.get("weight") is not None:  # this rank's classes' weights, 0 on padding
-            w = np.zeros(shard.width)
-            w[: shard.end - shard.start] = raw["weight"][shard.start : shard.end]
-            raw["weight"] = w.astype(raw["weight"].dtype)
+        if view:  # every other column of a wider tensor; labels[1:] of a longer one
+            wide = torch.zeros((z.shape[0], 2 * z.shape[1]), dtype=z.dtype, device=device)
+            wide[:, ::2] = z
+            z = wide[:, ::2]
+            longer = torch.zeros(labels.shape[0] + 1, dtype=labels.dtype, device=device)
+            longer[1:] = labels
+            labels = longer[1:]
+        z.requires_grad_(True)
         options = {
             k: torch.tensor(v, device=device) if isinstance(v, np.ndarray) else v
             for k, v in raw.items()
         }
-        params = inspect.signature(function).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if takes_all or "vocab_size" in params:
-            options["vocab_size"] = logits.shape[1]
         loss = function(
-            z, labels, group=dist.group.WORLD, vocab_start=shard.start, vocab_end=shard.end,
-            **options,
+            z, labels, group=group, vocab_start=shard.start, vocab_end=shard.end,
+            **options, **extra,
         )  # fmt: skip
         upstream = torch.tensor(given["grad_output"], dtype=loss.dtype, device=device)
         (grad,) = torch.autograd.grad(loss, z, upstream)
-        np.savez(
-            work / f"out-{rank}.npz",
-            loss=loss.detach().double().cpu().numpy(),
-            grad=grad.double().cpu().numpy(),
-        )
-    finally:
-        dist.destroy_process_group()
+        return z, labels, options, loss, grad
+
+    def numpy(t: Any) -> np.ndarray:
+        return np.asarray(t.detach().double().cpu().numpy())
+
+    z, labels, options, loss, grad = call(view=False)
+    effects = []
+    if not torch.equal(z.detach(), torch.tensor(mine, device=device)):
+        effects.append(f"it changed its logits ({_first_change(torch.tensor(mine), z.detach())})")
+    if not torch.equal(labels.cpu(), torch.tensor(given["labels"], dtype=torch.int64)):
+        effects.append("it changed the labels")
+    for key, value in raw.items():
+        if isinstance(value, np.ndarray) and not torch.equal(
+            options[key].cpu(), torch.tensor(value)
+        ):
+            effects.append(f"it changed its argument {key!r}")
+    if _shares_storage(grad, z):
+        effects.append("the gradient it returned shares storage with the logits")
+    loss64, grad64 = numpy(loss), numpy(grad)
+    del z, labels, options, loss, grad
+    *_, loss2, grad2 = call(view=False)
+    found: dict[str, Any] = {
+        "effects": effects,
+        "spread": max(_spread(loss64, numpy(loss2)), _spread(grad64, numpy(grad2))),
+        "views": None,
+    }
+    del loss2, grad2
+    if given["views"]:
+        *_, loss3, grad3 = call(view=True)
+        found["views"] = max(_spread(loss64, numpy(loss3)), _spread(grad64, numpy(grad3)))
+    return loss64, grad64, found
 
 
 if __name__ == "__main__":

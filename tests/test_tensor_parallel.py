@@ -71,8 +71,59 @@ def test_the_reference_example_passes_at_every_size(tmp_path: Path) -> None:
     for p in (1, 2, 3, 4):
         assert f"tp{p}_ranks_agree" in result.output
         assert f"rank {p - 1} of {p}" in result.output
-    assert "padded" in result.output  # 7 classes on 2 or 4 ranks
-    assert result.output.count("worst gradient |Δ|") == 2 * 4  # a TP=1 vs TP=k line per size
+    assert "(+1 pad)" in result.output  # 7 classes on 2 or 4 ranks
+    assert "against TP=1" in result.output  # the side-by-side table
+    assert _no_workers_left()
+
+
+def test_the_table_compares_every_size_with_the_smallest(tmp_path: Path) -> None:
+    import json
+
+    specs = "cases:\n  - name: " + SPECS.split("  - name: ")[2]
+    result = _run(
+        tmp_path, f"{EXAMPLE}:vocab_parallel_ce", "3,1,2", "--views", "--format", "json",
+        specs=specs,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
+    (spec,) = report["results"]
+    runs = spec["parallel"]
+    assert [r["parallel"] for r in runs] == [3, 1, 2]  # the order given
+    assert [r["baseline"] for r in runs] == [1, None, 1]  # each against the smallest
+    assert [(r["width"], r["padding"]) for r in runs] == [(3, 2), (7, 0), (4, 1)]
+    for r in runs:
+        assert r["passed"] and r["ranks_spread"] == 0.0
+        assert r["grad_error"] < 1e-15 and r["loss_error"] < 1e-14
+    assert runs[0]["grad_vs_baseline"] < 1e-15 and runs[0]["loss_vs_baseline"] < 1e-14
+    names = {c["name"]: c["passed"] for c in spec["checks"]}
+    for p in (1, 2, 3):
+        for check in ("ranks_agree", "side_effects", "deterministic", "views"):
+            assert names[f"tp{p}_{check}"], check
+
+
+@pytest.mark.parametrize(
+    ("kernel", "check", "message"),
+    [
+        ("shifts_in_place", "tp2_side_effects", "rank 1: it changed its logits"),
+        ("drifts", "tp2_deterministic", "(rank 0)"),
+        ("ignores_offset", "tp2_views", "result differs by at most"),
+    ],
+)
+def test_rank_side_effects_nondeterminism_and_views_are_caught(
+    tmp_path: Path, kernel: str, check: str, message: str
+) -> None:
+    import json
+
+    specs = "cases:\n  - name: " + SPECS.split("  - name: ")[1]
+    result = _run(tmp_path, f"{HOSTILE}:{kernel}", "2", "--views", "--format", "json", specs=specs)
+    assert result.exit_code == 1, result.output
+    report, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
+    (spec,) = report["results"]
+    failed = {c["name"]: c["detail"] for c in spec["checks"] if not c["passed"]}
+    assert list(failed) == [check], failed
+    assert message in failed[check]
+    assert all(c["passed"] for c in spec["comparisons"])  # the first call was right
+    assert not spec["parallel"][0]["passed"]
     assert _no_workers_left()
 
 

@@ -7,6 +7,7 @@ a field changes meaning or disappears; new fields may be added within a version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ def result_dict(r: SpecResult) -> dict[str, Any]:
         "method_notes": dict(r.method_notes),
         "comparisons": [comparison_dict(c) for c in r.comparisons],
         "checks": [check_dict(c) for c in r.checks],
+        "parallel": [jsonable(dataclasses.asdict(run)) for run in r.parallel],
     }
 
 

@@ -252,6 +252,66 @@ def weights_table(r: SpecResult) -> Fitted | None:
     return Fitted(columns, rows, title=title)
 
 
+def parallel_table(r: SpecResult) -> Fitted | None:
+    """With ``--tensor-parallel``: one row per process-group size, side by side: its worst
+    loss and gradient errors against the reference (with the rank and the global (row, class)),
+    how far its results are from the smallest size's (the TP=1 vs TP=k comparison), the ranks'
+    disagreement and the launch time."""
+    if not r.parallel:
+        return None
+    base = next((run.baseline for run in r.parallel if run.baseline is not None), None)
+    columns = [
+        Column("TP", "left"),
+        Column("shard", "left", drop=3),
+        Column("loss err (rank)"),
+        Column("grad err (rank)"),
+        Column("worst at", "left", drop=2),
+        *(
+            [
+                Column(f"loss vs TP={base}"),
+                Column(f"grad vs TP={base}"),
+                Column("differs most at", "left", drop=1),
+            ]
+            if base is not None
+            else []
+        ),
+        Column("ranks differ", drop=4),
+        Column("time", drop=5),
+        Column("result", "left"),
+    ]
+    rows: list[list[Cell]] = []
+    for run in r.parallel:
+        shard = f"{run.width}" + (f" (+{run.padding} pad)" if run.padding else "")
+        vs: list[Cell] = []
+        if base is not None:
+            vs = (
+                ["–", "–", ""]
+                if run.baseline is None
+                else [
+                    err(run.loss_vs_baseline or 0.0),
+                    err(run.grad_vs_baseline or 0.0),
+                    _index(run.grad_vs_baseline_at),
+                ]
+            )
+        rows.append(
+            [
+                str(run.parallel),
+                shard,
+                f"{err(run.loss_error)} ({run.loss_rank})",
+                f"{err(run.grad_error)} ({run.grad_rank})",
+                _index(run.grad_at),
+                *vs,
+                err(run.ranks_spread),
+                f"{run.seconds:.2f} s",
+                verdict(run.passed),
+            ]
+        )
+    title = "tensor parallel: each size against the reference" + (
+        f" and against TP={base}" if base is not None else ""
+    )
+    return Fitted(columns, rows, title=title)
+
+
 def check_table(r: SpecResult) -> Table | None:
     if not r.checks:
         return None
@@ -276,7 +336,7 @@ def spec_block(r: SpecResult) -> RenderableType:
         parts.append(options)
     if r.loss_note:
         parts.append(Text(f"loss: {r.loss_note}", style="yellow"))
-    for part in (class_table(r), weights_table(r), comparison_table(r)):
+    for part in (class_table(r), weights_table(r), comparison_table(r), parallel_table(r)):
         if part is not None:
             parts.append(Text(""))
             parts.append(part)

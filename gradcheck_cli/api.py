@@ -195,14 +195,16 @@ def run_paths(
     results: list[SpecResult] = []
     for found in discover(paths, exclude):
         if isinstance(found, SpecError):
-            results.append(error_result(found.file, found.file, str(found)))
+            results.append(error_result(found.file, found.file, str(found), _where(found)))
             continue
         path, display = found
         display = display_path(path, display)
         for item in load_file(path, display, **(limits or {})):
             if isinstance(item, SpecError):
                 message = "\n".join(item.all_messages())
-                results.append(error_result(_error_name(item, path), display, message))
+                results.append(
+                    error_result(_error_name(item, path), display, message, _where(item))
+                )
                 continue
             run_options = options
             if progress is not None:
@@ -241,8 +243,9 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
             import traceback
 
             trace = "".join(traceback.format_exception(original)).rstrip()
-            return error_result(spec.name, display, f"{display}: {exc}\n{trace}")
-        return error_result(spec.name, display, f"{display}: {exc}")
+            message = f"{display}: {exc}\n{trace}"
+            return error_result(spec.name, display, message, spec.locations)
+        return error_result(spec.name, display, f"{display}: {exc}", spec.locations)
     except Exception as exc:  # one spec must not take the run down
         if debug:
             raise
@@ -251,6 +254,7 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
             display,
             f"{display}: internal error ({type(exc).__name__}: {exc}); "
             "please report this with the spec file (--debug shows the traceback)",
+            spec.locations,
         )
     return replace(result, seconds=time.perf_counter() - started)
 
@@ -262,6 +266,15 @@ def _chunk_progress(
         progress(done, total, f"{name}: rows")
 
     return chunks
+
+
+def _where(error: SpecError) -> dict[str, tuple[int, int]]:
+    """``{"error": (line, column)}`` of the first of a spec error's problems, when located."""
+    located = [e for e in (error, *error.others) if e.line is not None]
+    if not located:
+        return {}
+    first = min(located, key=lambda e: (e.line or 0, e.column or 0))
+    return {"error": (first.line or 1, first.column or 1)}
 
 
 def _error_name(error: SpecError, path: Path) -> str:

@@ -185,7 +185,16 @@ def run(
             show_default=False,
         ),
     ] = None,
-    format: Annotated[Format, typer.Option("--format", "-f", help="Report format.")] = Format.table,
+    format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format (default: table; github when GITHUB_ACTIONS=true and stdout "
+            "is not a terminal).",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -349,17 +358,64 @@ def run(
             "--verbose", "-v", help="Full tables for every spec (default: only for failures)."
         ),
     ] = False,
+    save_baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record every comparison's max error in this JSON file (for --baseline).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fail a spec whose comparison's error grew past --fail-on-growth since this "
+            "--save-baseline file, even inside its tolerance.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    fail_on_growth: Annotated[
+        str | None,
+        typer.Option(
+            help="The growth that fails with --baseline: a factor (2x), ulps (+1ulp) or an "
+            "absolute amount (1e-9); comma-separated, the most lenient wins. Default 2x.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Check the loss and gradient of every spec; exit 0 pass, 1 fail, 2 invalid input.
 
     With several specs the table shows one line per spec and the full report of each that
     failed; -v shows every report."""
     # (long only by its option declarations: Typer reads the options from this signature)
+    from gradcheck_cli import baseline as baseline_module
+    from gradcheck_cli import settings
     from gradcheck_cli.engine import RunOptions
     from gradcheck_cli.impl import NativeChecks
     from gradcheck_cli.report import renderer
     from gradcheck_cli.tolerance_models import Settings
 
+    try:
+        given = {
+            "specs": paths, "exclude": exclude, "impl": impl, "rtol": rtol, "atol": atol,
+            "dtype": dtype.value if dtype else None, "format": format.value if format else None,
+            "tolerance_model": tolerance_model.value if tolerance_model else None,
+            "baseline": str(baseline) if baseline else None, "fail_on_growth": fail_on_growth,
+        }  # fmt: skip
+        chosen = {k: e.value for k, e in settings.effective(settings.load(), given).items()}
+        paths, exclude, impl = chosen["specs"], chosen["exclude"], chosen["impl"]
+        rtol, atol, baseline_file = chosen["rtol"], chosen["atol"], chosen["baseline"]
+        dtype = DTypeName(chosen["dtype"]) if chosen["dtype"] else None
+        model = chosen["tolerance_model"]
+        tolerance_model = ToleranceModel(model) if model else None
+        format = _run_format(Format(chosen["format"]) if chosen["format"] else None, output)
+        growth = baseline_module.parse_growth(chosen["fail_on_growth"] or "2x")
+        recorded = baseline_module.load(Path(baseline_file)) if baseline_file else None
+        if save_baseline is not None and not save_baseline.resolve().parent.is_dir():
+            raise UsageError(f"--save-baseline {save_baseline}: the directory does not exist")
+    except XentcheckError as exc:
+        _fail(str(exc))
     try:
         renderer("run", format)  # an unsupported format fails before any spec runs
         if fast and full:
@@ -399,9 +455,21 @@ def run(
     report = _run_report(
         paths, options, limits, quiet=quiet, debug=_state(ctx).debug, exclude=exclude or []
     )
+    from gradcheck_cli.api import Report
+
     try:
+        if save_baseline is not None:
+            _write(baseline_module.document(report.results), save_baseline)
+        rows = None
+        if recorded is not None:
+            results, rows = baseline_module.compare(report.results, recorded, growth)
+            report = Report(tuple(results))
         _emit("run", format, report.results, output, verbose=verbose)
-        if format is not Format.table and not quiet:
+        if rows is not None:
+            _baseline_table(rows, format, quiet, verbose)
+        if format is Format.github:
+            _step_summary(report.results)
+        elif format is not Format.table and not quiet:
             from gradcheck_cli.report.table import summary_line
 
             _stderr().print(summary_line(report.results), markup=False)
@@ -409,6 +477,59 @@ def run(
         _fail(str(exc))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _baseline_table(rows: Any, fmt: Format, quiet: bool, everything: bool) -> None:
+    """The before/after table of ``--baseline``: on stdout under a table report, else on
+    stderr (unless --quiet); the grown, new and gone comparisons (``everything``: all)."""
+    from gradcheck_cli import baseline as baseline_module
+
+    cells = baseline_module.table_rows(rows, everything)
+    console = _stdout() if fmt is Format.table and not quiet else _stderr()
+    if quiet and fmt is not Format.table:
+        return
+    grew = sum(r.status == "grew" for r in rows)
+    title = f"baseline: {grew} of {len(rows)} comparisons grew past --fail-on-growth"
+    console.print()
+    if not cells:
+        console.print(f"{title}; none new or gone", markup=False)
+        return
+    from gradcheck_cli.report._fit import Column, Fitted
+
+    columns = [
+        Column("", "left"),
+        Column("comparison", "left"),
+        Column("before"),
+        Column("after"),
+        Column("ratio", drop=2),
+        Column("fails at", drop=1),
+    ]
+    console.print(Fitted(columns, cells, title=title))
+
+
+def _run_format(given: Format | None, output: Path | None) -> Format:
+    """The report format: as given; else ``github`` inside GitHub Actions when the report goes
+    to a pipe (not a terminal, not a file); else ``table``."""
+    if given is not None:
+        return given
+    in_actions = os.environ.get("GITHUB_ACTIONS") == "true"
+    if in_actions and output is None and not sys.stdout.isatty():
+        return Format.github
+    return Format.table
+
+
+def _step_summary(results: Any) -> None:
+    """Append the Markdown job summary to ``$GITHUB_STEP_SUMMARY`` when it is set."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    from gradcheck_cli.report.github import step_summary
+
+    try:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(step_summary(results))
+    except OSError as exc:
+        raise UsageError(f"cannot write $GITHUB_STEP_SUMMARY {target}: {exc.strerror}") from None
 
 
 def _counts(option: str, text: str | None) -> tuple[int, ...] | None:
@@ -970,6 +1091,48 @@ def mutate(
         _stderr().print(score_line(report), markup=False)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def config(
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="Output format (table or json).")
+    ] = Format.table,
+) -> None:
+    """Print the effective settings of `xentcheck run` here and where each comes from: the
+    [tool.xentcheck] table of the nearest pyproject.toml, or the default (the command line
+    overrides each)."""
+    from gradcheck_cli import settings
+
+    try:
+        if format not in (Format.table, Format.json):
+            raise UsageError(f"config has no --format {format.value}: use table or json")
+        project = settings.load()
+        chosen = settings.effective(project, {})
+    except XentcheckError as exc:
+        _fail(str(exc))
+    if format is Format.json:
+        import json
+
+        doc = {
+            "file": None if project.file is None else str(project.file),
+            "settings": {k: {"value": e.value, "source": e.source} for k, e in chosen.items()},
+        }
+        _write(json.dumps(doc, indent=1) + "\n", None)
+        return
+    from gradcheck_cli.report._fit import Column, Fitted
+
+    where = project.file or "no pyproject.toml with [tool.xentcheck] here or above"
+    rows = [
+        [key.replace("_", "-"), "" if e.value is None else _setting_text(e.value), e.source]
+        for key, e in chosen.items()
+    ]
+    columns = [Column("setting", "left"), Column("value", "left"), Column("from", "left")]
+    _stdout().print(Fitted(columns, rows, title=f"xentcheck settings ({where})"))
+
+
+def _setting_text(value: Any) -> str:
+    return ", ".join(value) if isinstance(value, list) else str(value)
 
 
 @app.command()

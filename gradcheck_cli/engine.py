@@ -321,6 +321,7 @@ def _result(
         options=set_options(spec),
         comparisons=tuple(comparisons),
         checks=tuple(found),
+        locations=spec.locations,
         **fields,
     )
 

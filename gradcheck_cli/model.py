@@ -97,6 +97,10 @@ class Spec(OptionValues):
     shaped like the loss it returns: () for a reduced loss, (N,) per sample with reduction
     ``none`` (softmax), (N, K) per element (sigmoid with ``none``); finite. None: the seeded
     default (``impl.upstream_gradient``). Unused by the NumPy protocol and without ``--impl``."""
+    locations: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Where the spec file writes each key, as (line, column), 1-based: ``case`` (the case's
+    mapping), each key (``logits``, ``label``, ...), ``expect.loss`` and the like, and
+    ``logits[i]`` for each row of an inline batch (empty for a spec built in Python)."""
 
 
 @dataclass(frozen=True)
@@ -188,13 +192,20 @@ class SpecResult:
     checks: tuple[Check, ...] = ()
     parallel: tuple[ParallelRun, ...] = ()
     """With ``--tensor-parallel``: one entry per process-group size, in the order given."""
+    locations: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Where in ``file`` the spec writes its keys (``Spec.locations``), as (line, column); for
+    an invalid spec ``error``: where the (first) problem is. Empty when unknown."""
     seconds: float = 0.0
     """Wall time spent on this spec (loading excluded)."""
 
 
-def error_result(name: str, file: str, message: str) -> SpecResult:
-    """A result for a spec that could not be run."""
-    return SpecResult(name=name, file=file, status="error", message=message)
+def error_result(
+    name: str, file: str, message: str, locations: dict[str, tuple[int, int]] | None = None
+) -> SpecResult:
+    """A result for a spec that could not be run (``locations``: where, when known)."""
+    return SpecResult(
+        name=name, file=file, status="error", message=message, locations=dict(locations or {})
+    )
 
 
 def skipped_result(name: str, file: str, reason: str) -> SpecResult:

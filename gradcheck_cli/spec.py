@@ -860,6 +860,7 @@ def _build_spec(
     microbatches = _microbatches(case, batch.shape[0])
     grad_output = _grad_output(case, loss, logits.shape, reduction)
     return Spec(
+        locations=_locations(case),
         name=default_name if name is None else name,
         file=ctx.file,
         logits=batch if _placeholder(batch) else np.ascontiguousarray(batch),
@@ -882,6 +883,27 @@ def _build_spec(
         grad_output=grad_output,
         **options,
     )
+
+
+def _locations(case: _Case) -> dict[str, tuple[int, int]]:
+    """Where each of the case's keys is written, as (line, column), 1-based: the case itself
+    (``case``), every key (``logits``; an inherited key where the file's top level gives it),
+    each key of ``expect`` (``expect.loss``) and each row of an inline batch (``logits[3]``)."""
+
+    def at(node: Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    found = {"case": at(case.node)}
+    for key, (key_node, value_node) in case.entries.items():
+        found[key] = at(key_node)
+        if key == "expect" and isinstance(value_node, MappingNode):
+            for sub_key, _ in value_node.value:
+                found[f"expect.{sub_key.value}"] = at(sub_key)
+        if key == "logits" and isinstance(value_node, SequenceNode):
+            rows = value_node.value
+            if rows and all(isinstance(row, SequenceNode) for row in rows):
+                found.update((f"logits[{i}]", at(row)) for i, row in enumerate(rows))
+    return found
 
 
 def _microbatches(case: _Case, n: int) -> int | None:

@@ -64,3 +64,32 @@ def test_ci_snippets_install_from_here_and_parse() -> None:
     (repo,) = hooks["repos"]  # type: ignore[index]
     assert repo["repo"] == "local" and "rev" not in repo
     assert repo["hooks"][0]["entry"].startswith("xentcheck run")
+
+
+def test_the_ci_workflow_runs_as_written(tmp_path: Path) -> None:
+    """The workflow's xentcheck step, inside a simulated Actions job: with the baseline it
+    names (saved first), it passes, prints github annotations only for failures (none), appends
+    the job summary and writes the artifact's baseline."""
+    (workflow,) = yaml_blocks("runs-on:")
+    steps = workflow["jobs"]["gradients"]["steps"]  # type: ignore[index]
+    (command,) = [s["run"] for s in steps if "run" in s and s["run"].startswith("xentcheck")]
+    shutil.copytree(ROOT / "specs", tmp_path / "specs")
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("PYTHONPATH", None)
+
+    def sh(line: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env={**env, **extra}, capture_output=True,
+            text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    assert sh("xentcheck run specs/ -q --save-baseline xentcheck-baseline.json").returncode == 0
+    summary = tmp_path / "summary.md"
+    proc = sh(command, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "::error" not in proc.stdout and "failed, 0 errors" in proc.stdout
+    assert summary.read_text().startswith("### xentcheck: ")
+    assert (tmp_path / "new-baseline.json").read_text() == (
+        tmp_path / "xentcheck-baseline.json"
+    ).read_text()

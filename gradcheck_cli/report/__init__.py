@@ -24,6 +24,7 @@ class Format(str, Enum):
     json = "json"
     junit = "junit"
     markdown = "markdown"
+    github = "github"
 
 
 #: Command -> format -> "module:function" of its renderer.
@@ -32,6 +33,7 @@ RENDERERS: dict[str, dict[Format, str]] = {
         Format.table: "gradcheck_cli.report.table:render",
         Format.json: "gradcheck_cli.report.json:render",
         Format.junit: "gradcheck_cli.report.junit:render",
+        Format.github: "gradcheck_cli.report.github:render",
     },
     "jacobian": {
         Format.table: "gradcheck_cli.report.jacobian:render_table",

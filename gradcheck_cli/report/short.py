@@ -11,9 +11,14 @@ from gradcheck_cli.compare import Comparison
 from gradcheck_cli.model import SpecResult
 
 
+def comparison_name(c: Comparison) -> str:
+    """The method, with the quantity when it is a layer's parameter (``analytic (weights)``)."""
+    return c.method if c.quantity in ("logits", "loss") else f"{c.method} ({c.quantity})"
+
+
 def comparison_failure(c: Comparison) -> str:
     """One failed comparison: what against what, how many elements, and its worst element."""
-    what = c.method if c.quantity in ("logits", "loss") else f"{c.method} ({c.quantity})"
+    what = comparison_name(c)
     count = f"{c.failed_elements} element{'s' if c.failed_elements != 1 else ''}"
     where = " [" + ", ".join(str(i) for i in c.worst_index) + "]" if c.worst_index else ""
     return (

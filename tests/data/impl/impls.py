@@ -127,3 +127,24 @@ def ignores_smoothing(  # type: ignore[no-untyped-def]
 ):
     """Bug: accepts label_smoothing and ignores it."""
     return _softmax_ce(logits, labels, reduction)
+
+
+def wrong_last_row(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """The last row's gradient off by 1e-3 (the loss is right)."""
+    value, grad = _softmax_ce(logits, labels, reduction)
+    grad[-1] += 1e-3
+    return value, grad
+
+
+def small_error(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """Correct but for 2**-40 (about 9e-13, inside every float64 tolerance) on grad[0, 0]."""
+    value, grad = _softmax_ce(logits, labels, reduction)
+    grad[0, 0] += 2.0**-40
+    return value, grad
+
+
+def doubled_error(logits, *, labels, reduction, loss="softmax_cross_entropy"):  # type: ignore[no-untyped-def]
+    """small_error's error exactly doubled (2**-39), still inside the tolerance."""
+    value, grad = _softmax_ce(logits, labels, reduction)
+    grad[0, 0] += 2.0**-39
+    return value, grad

@@ -222,8 +222,21 @@ def run(
         ),
     ] = False,
     full: Annotated[
-        bool, typer.Option("--full", help="Element-wise checks even for very large specs.")
+        bool,
+        typer.Option(
+            "--full", help="Element-wise checks of every element even for very large specs."
+        ),
     ] = False,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            help="Finite differences and complex steps at each row's label and 4 largest "
+            "logits and M seeded random classes instead of every class (default: chosen "
+            "automatically for large vocabularies, with M = 64).",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     directions: Annotated[
         int, typer.Option(help="Random directions of the fast mode's checks.", min=1, max=64)
     ] = 2,
@@ -443,7 +456,10 @@ def run(
             tensor_parallel=_counts("--tensor-parallel", tensor_parallel),
             timeout=timeout,
             vocab_chunks=_counts("--vocab-chunks", vocab_chunks),
+            sample=sample,
         )
+        if sample is not None and (full or fast):
+            raise UsageError("--sample excludes --full and --fast")
         if options.vocab_chunks and options.impl is None:
             raise UsageError("--vocab-chunks needs --impl")
         if options.tensor_parallel and options.impl is None:
@@ -597,6 +613,14 @@ def _run_report(
         if r.status == "error" and r.message:
             for line in r.message.splitlines():
                 err.print(f"error: {line}", markup=False)
+        if r.sampled is not None and not quiet:
+            m, k = r.sampled
+            err.print(
+                f"note: {r.name}: finite differences and complex steps sampled at {m} of {k} "
+                "classes (each row's label and largest logits among them); --full checks every "
+                "element",
+                markup=False,
+            )
     return Report(tuple(found))
 
 

@@ -58,8 +58,12 @@ from gradcheck_cli.methods import (
 )
 from gradcheck_cli.methods import layer as layer_methods
 from gradcheck_cli.methods import linear as linear_methods
-from gradcheck_cli.methods.differences import SELF_CHECK_SEED
-from gradcheck_cli.methods.jacobian import JACOBIAN_CHUNK_ELEMENTS
+from gradcheck_cli.methods.differences import (
+    SAMPLE_CLASSES,
+    SAMPLE_TOP,
+    SELF_CHECK_SEED,
+    sample_columns,
+)
 from gradcheck_cli.model import (
     Check,
     DType,
@@ -119,6 +123,11 @@ class RunOptions:
     vocab_chunks: tuple[int, ...] | None = None
     """``--vocab-chunks``: the implementation is checked once per chunk count, passed as its
     chunk-count parameter (``--chunk-option``, or found by name: :data:`VOCAB_CHUNK_PARAMETERS`)."""
+    sample: int | None = None
+    """``--sample M``: the differencing methods (finite differences, complex step) of every
+    element-wise spec evaluate each row's label and largest logits and M seeded random classes
+    instead of every class. None: only where ``fastmode.route`` says so (M =
+    ``differences.SAMPLE_CLASSES``); ``full`` overrides it."""
 
     def linear(self) -> linear_check.LinearOptions:
         """What a ``linear:`` spec's kernel check reads."""
@@ -213,14 +222,25 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         options = dataclass_replace(options, methods=options.methods or (REFERENCE_METHOD,))
     elif fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
         return _run_linear(spec, options, problem, dtype)
-    if not parallel and (options.fast or (not options.full and fastmode.needs_fast(n, k))):
+    sample = options.sample if options.sample is not None else SAMPLE_CLASSES
+    way = "full" if spec.layer is not None else fastmode.route(n, k, sample)
+    if way == "sampled" and (dtype != "float64" and not options.sample):
+        way = "fast"  # below float64 the in-dtype checks of a huge vocabulary are fast mode's
+    if spec.layer is not None and fastmode.needs_fast(n, k):
+        way = "fast"
+    if not parallel and (options.fast or (not options.full and way == "fast")):
         return _run_fast(spec, options, problem, dtype)
-    if options.announce is not None and fastmode.needs_fast(n, k):
+    if options.announce is not None and way != "full":
         options.announce(spec.name, float(n * k * k))
+    columns = None
+    if not options.full and spec.layer is None and (way == "sampled" or options.sample):
+        columns = sample_columns(problem.logits, getattr(problem, "labels", None), sample)
+        if columns.size == k:
+            columns = None
     problem, under_test = _in_dtype(problem, dtype)
     shaped = _shaper(spec)
     forward = _forward(spec, problem)
-    run = _gradients(spec, options, problem, under_test, dtype)
+    run = _gradients(spec, options, problem, under_test, dtype, columns)
     reference = run.reference()
     predicted = {
         name: predicted_error(
@@ -235,8 +255,9 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
     }
     _drop_unresolvable(spec, dtype, run.gradients, predicted, reference, run.not_computable)
     comparisons = _compare_all(
-        spec, options, "logits", run.gradients, run.reference_name, shaped, predicted, dtype
-    )
+        spec, options, "logits", run.gradients, run.reference_name, shaped, predicted, dtype,
+        run.settings.columns,
+    )  # fmt: skip
     parameter_gradients: dict[str, dict[str, np.ndarray | None]] = {}
     if spec.layer is not None:
         parameter_gradients = _layer_part(spec, problem, run, dtype)
@@ -301,6 +322,7 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         parameter_gradients=parameter_gradients,
         reference=run.reference_name,
         parallel=tuple(parallel_runs),
+        sampled=None if columns is None else (int(columns.size), k),
     )
 
 
@@ -399,13 +421,19 @@ def ran_in(method: str, dtype: str) -> str:
 
 
 def _gradients(
-    spec: Spec, options: RunOptions, problem: Problem, under_test: Problem, dtype: str
+    spec: Spec,
+    options: RunOptions,
+    problem: Problem,
+    under_test: Problem,
+    dtype: str,
+    columns: np.ndarray | None = None,
 ) -> _Gradients:
     """Run every requested method (the closed form always: it is the reference when ``exact``
-    is not; below float64 the float64 closed form is, under :data:`FLOAT64_REFERENCE`)."""
+    is not; below float64 the float64 closed form is, under :data:`FLOAT64_REFERENCE`);
+    ``columns``: the sampled classes of the differencing methods (see :data:`SAMPLED`)."""
     requested = options.methods or spec.methods or tuple(METHODS)
     names = [REFERENCE_METHOD] + [m for m in requested if m != REFERENCE_METHOD]
-    settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step)
+    settings = MethodSettings(fd_scheme=spec.fd_scheme, fd_step=spec.fd_step, columns=columns)
     gradients: dict[str, np.ndarray | None] = {}
     not_computable: dict[str, str] = {}
     notes: dict[str, str] = {}
@@ -421,6 +449,13 @@ def _gradients(
         gradients[name] = out.grad.astype(np.float64)
         if out.note:
             notes[name] = out.note
+        if columns is not None and name in SAMPLED:
+            k = problem.shape[1]
+            notes[name] = (notes.get(name, "") + "; " if name in notes else "") + (
+                f"sampled {columns.size} of {k} classes (each row's label and {SAMPLE_TOP} "
+                "largest logits, and seeded random ones) and compared there: every class with "
+                "--full"
+            )
         if upcast and name in UPCAST_IN_BFLOAT16 and dtype == "bfloat16":
             notes[name] = (
                 "run on float64 up-cast copies of the bfloat16 logits, with float64's steps: "
@@ -434,6 +469,10 @@ def _gradients(
     if dtype != "float64" and reference_name == REFERENCE_METHOD:
         reference_name = FLOAT64_REFERENCE
     return _Gradients(gradients, not_computable, notes, reference_name, settings)
+
+
+#: The methods that difference coordinate by coordinate, N K^2 work: sampled on large specs.
+SAMPLED = ("finite_difference", "complex_step")
 
 
 def _layer_part(
@@ -599,9 +638,11 @@ def _compare_all(
     shaped: Callable[[np.ndarray], np.ndarray],
     predicted: dict[str, float | None],
     dtype: str,
+    sampled: np.ndarray | None = None,
 ) -> list[Comparison]:
     """Every computed method against ``reference``, for one quantity. In a reduced-precision run
-    the methods other than the float64 references ran in ``dtype``."""
+    the methods other than the float64 references ran in ``dtype``. ``sampled``: the classes
+    the differencing methods computed (the comparison is made there)."""
     ref = by_method.get(reference)
     if ref is None:
         return []
@@ -611,18 +652,19 @@ def _compare_all(
             continue
         ran = ran_in(name, dtype)
         tol = resolve_tolerance(spec, name, options, ran)
+        got, want = shaped(grad), shaped(ref)
+        columns = sampled if quantity == "logits" and name in SAMPLED else None
+        if columns is not None:  # a sampled method: compared at its classes only
+            got, want = got[..., columns], want[..., columns]
         row = compare(
-            name,
-            shaped(grad),
-            reference,
-            shaped(ref),
-            tol,
-            quantity=quantity,
-            predicted=predicted.get(name),
+            name, got, reference, want, tol, quantity=quantity, predicted=predicted.get(name),
             dtype=ran,
-        )
+        )  # fmt: skip
         if ran != "float64" and quantity == "logits":  # ulps, and would a zero pass?
-            row = _with_precision(row, shaped(grad), shaped(ref), tol)
+            row = _with_precision(row, got, want, tol)
+        if columns is not None and row.worst_index:
+            *lead, j = row.worst_index
+            row = dataclass_replace(row, worst_index=(*lead, int(columns[j])))
         out.append(row)
     return out
 
@@ -1389,8 +1431,7 @@ def _checks(
         alpha, _ = reduction_scales(problem)
         mass = np.sum(np.abs(weighted_targets(problem)), axis=-1)
         found.append(checks.grad_rows_sum_to_zero(reference, mass, alpha))
-    if k * k <= JACOBIAN_CHUNK_ELEMENTS:
-        found.append(checks.jacobian_properties(probs))
+    found.append(checks.jacobian_properties(probs))  # whole rows of a sample when K is large
     if problem.plain and finite:
         found.append(checks.shift_invariance(problem, loss))
     if k == 2:

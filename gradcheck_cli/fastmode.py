@@ -75,6 +75,23 @@ ProgressCallback = Callable[[int, int], None]
 FAST_ELEMENTS = 1 << 24
 
 
+#: Element operations of a *sampled* element-wise check above which fast mode is taken instead
+#: (the differences of the sampled classes: 2 N K per class).
+SAMPLED_BUDGET = 2e9
+
+
+def route(n: int, k: int, sample: int) -> str:
+    """How an (N, K) softmax or sigmoid spec is checked without ``--full``/``--fast``:
+    ``full`` (every element) within :data:`FAST_BUDGET`; ``sampled`` (every method element-wise,
+    the differencing methods at a sample of about ``sample + 5 N`` classes) when the whole
+    batch fits in memory and the sample costs at most :data:`SAMPLED_BUDGET`; else ``fast``."""
+    if n * k > FAST_ELEMENTS:
+        return "fast"
+    if n * k * k <= FAST_BUDGET:
+        return "full"
+    return "sampled" if 2 * n * k * (sample + 5 * n) <= SAMPLED_BUDGET else "fast"
+
+
 def needs_fast(n: int, k: int) -> bool:
     """Whether a full element-wise check of an (N, K) problem exceeds the time budget (N K^2)
     or the memory budget (N K)."""

@@ -192,6 +192,9 @@ class SpecResult:
     checks: tuple[Check, ...] = ()
     parallel: tuple[ParallelRun, ...] = ()
     """With ``--tensor-parallel``: one entry per process-group size, in the order given."""
+    sampled: tuple[int, int] | None = None
+    """(m, K) when the differencing methods ran at a sample of m of the K classes (compared
+    there; their gradients hold nan at the other classes), else None."""
     locations: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Where in ``file`` the spec writes its keys (``Spec.locations``), as (line, column); for
     an invalid spec ``error``: where the (first) problem is. Empty when unknown."""

@@ -14,8 +14,8 @@ from gradcheck_cli.methods import (
     finite_difference_gradient,
     jacobian_gradient,
 )
-from gradcheck_cli.methods import finite_difference as fd_module
 from gradcheck_cli.methods import jacobian as jac_module
+from gradcheck_cli.methods.complex_step import complex_step_gradient
 
 import mpref
 
@@ -110,14 +110,30 @@ def test_finite_difference_error_bound_at_large_logits() -> None:
         assert float(np.max(diff)) < 6e-7
 
 
-def test_finite_difference_chunking_gives_identical_results(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "budget",
+    [
+        6 * 13 * 2 * 2,  # every row, blocks of 2 classes
+        2 * 13 * 2,  # groups of 2 rows, one class per block
+        13 * 2 * 5,  # groups of 5 rows (the last of 1), one class
+        1,  # one row, one class
+    ],
+)
+@pytest.mark.parametrize("options", [{}, {"softcap": 3.0, "z_loss": 1e-3, "label_smoothing": 0.1}])
+def test_differences_in_blocks_and_row_groups_give_identical_results(
+    monkeypatch: pytest.MonkeyPatch, budget: int, options: dict[str, float]
 ) -> None:
     rng = np.random.default_rng(8)
-    problem = CrossEntropyProblem(rng.normal(size=(6, 13)), labels=rng.integers(0, 13, 6))
+    z = rng.normal(size=(6, 13))
+    z[1, 4] = -np.inf
+    problem = CrossEntropyProblem(z, labels=rng.integers(0, 4, 6), **options)  # type: ignore[arg-type]
     whole = finite_difference_gradient(problem).grad
-    monkeypatch.setattr(fd_module, "FD_CHUNK_ELEMENTS", 6 * 13 * 2)  # blocks of 2 classes
+    twice = complex_step_gradient(problem).grad
+    monkeypatch.setattr(differences, "FD_BLOCK_ELEMENTS", budget)
     np.testing.assert_array_equal(finite_difference_gradient(problem).grad, whole)
+    np.testing.assert_array_equal(complex_step_gradient(problem).grad, twice)
+    np.testing.assert_allclose(whole, analytic_gradient(problem).grad, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(twice, analytic_gradient(problem).grad, rtol=1e-13, atol=1e-15)
 
 
 def test_finite_difference_divides_by_step_taken() -> None:

@@ -43,12 +43,16 @@ Problem = CrossEntropyProblem | SigmoidProblem
 
 
 def contributions(
-    problem: Problem, logits: _softmax_ce.AnyArray | None = None
+    problem: Problem,
+    logits: _softmax_ce.AnyArray | None = None,
+    scratch: _softmax_ce.AnyArray | None = None,
 ) -> _softmax_ce.FloatArray:
-    """Each row's share of the reduced loss, shape (..., N), for either loss family."""
+    """Each row's share of the reduced loss, shape (..., N), for either loss family (softmax
+    with ``scratch``, an array like ``logits``: nothing of their size is allocated and
+    ``logits`` is overwritten; the sigmoid family ignores it)."""
     if isinstance(problem, SigmoidProblem):
         return _sigmoid_ce.contributions(problem, logits)
-    return _softmax_ce.contributions(problem, logits)
+    return _softmax_ce.contributions(problem, logits, scratch)
 
 
 def build_problem(

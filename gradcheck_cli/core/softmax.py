@@ -24,7 +24,9 @@ FloatArray = NDArray[np.float64]
 AnyArray = NDArray[Any]
 
 
-def _shift_terms(z: AnyArray) -> tuple[AnyArray, AnyArray, AnyArray]:
+def _shift_terms(
+    z: AnyArray, scratch: AnyArray | None = None
+) -> tuple[AnyArray, AnyArray, AnyArray]:
     """Max-shift the logits and sum the exponentials other than the maximum's.
 
     Complex-safe (for the complex-step method): ``j*`` is the argmax of the real parts, and the
@@ -45,11 +47,19 @@ def _shift_terms(z: AnyArray) -> tuple[AnyArray, AnyArray, AnyArray]:
     m : the row maxima ``z_{j*}``, shape (..., 1).
     rest : ``sum_{j != j*} exp(z_j - m)``, shape (..., 1); so that
         ``sum_j exp(z_j - m) = 1 + rest`` and ``log`` of it is ``log1p(rest)``.
+
+    With ``scratch`` (an array shaped and typed like ``z``) nothing is allocated at ``z``'s
+    size: ``z`` itself is overwritten with ``z - m`` and the exponentials go to ``scratch``
+    (the finite-difference method reuses one cache-sized workspace for every block).
     """
     top = np.argmax(z.real, axis=-1)[..., None]
     m = np.take_along_axis(z, top, axis=-1)
-    shifted = z - m
-    e = np.exp(shifted)
+    if scratch is None:
+        shifted = z - m
+        e = np.exp(shifted)
+    else:
+        shifted = np.subtract(z, m, out=z)
+        e = np.exp(shifted, out=scratch)
     np.put_along_axis(e, top, 0.0, axis=-1)
     rest = np.sum(e, axis=-1, keepdims=True)
     return shifted, m, rest
@@ -112,13 +122,16 @@ def softmax(z: FloatArray) -> FloatArray:
     return out
 
 
-def softmax_terms(z: AnyArray) -> tuple[AnyArray, AnyArray, AnyArray]:
+def softmax_terms(
+    z: AnyArray, scratch: AnyArray | None = None
+) -> tuple[AnyArray, AnyArray, AnyArray]:
     """``(z - m, m, log1p(rest))``: everything the losses need from one pass over the logits.
 
     ``-log p_k = log1p(rest) - (z_k - m)`` (both parts non-negative) and
-    ``logsumexp(z) = m + log1p(rest)``; shapes (..., K), (..., 1), (..., 1).
+    ``logsumexp(z) = m + log1p(rest)``; shapes (..., K), (..., 1), (..., 1). With ``scratch``
+    ``z`` is overwritten (see :func:`_shift_terms`).
     """
-    shifted, m, rest = _shift_terms(z)
+    shifted, m, rest = _shift_terms(z, scratch)
     return shifted, m, np.log1p(rest)
 
 
@@ -148,7 +161,7 @@ def one_minus(p: FloatArray) -> FloatArray:
     return out
 
 
-def softmax_jacobian(p: FloatArray) -> FloatArray:
+def softmax_jacobian(p: FloatArray, rows: NDArray[np.intp] | None = None) -> FloatArray:
     """The softmax Jacobian ``J[i, j] = dp_i/dz_j = p_i (delta_ij - p_j) = diag(p) - p p^T``.
 
     Diagonal entries are ``p_i (1 - p_i)``, with ``1 - p_i`` computed as the sum of the other
@@ -160,13 +173,14 @@ def softmax_jacobian(p: FloatArray) -> FloatArray:
     Parameters
     ----------
     p : array of shape (..., K), probabilities.
+    rows : optional class indices (m,): only those rows of J, whole (a K too large for K x K).
 
     Returns
     -------
-    array of shape (..., K, K).
+    array of shape (..., K, K), or (..., m, K) with ``rows``.
     """
-    outer = -p[..., :, None] * p[..., None, :]
     k = p.shape[-1]
-    diag = np.arange(k)
-    outer[..., diag, diag] = p * one_minus(p)
+    picked = np.arange(k) if rows is None else rows
+    outer = -p[..., picked, None] * p[..., None, :]
+    outer[..., np.arange(picked.size), picked] = (p * one_minus(p))[..., picked]
     return outer

@@ -322,17 +322,22 @@ def float64_scales(problem: CrossEntropyProblem) -> tuple[FloatArray, FloatArray
     return alpha, beta
 
 
-def capped(problem: CrossEntropyProblem, logits: AnyArray) -> AnyArray:
-    """``c tanh(z / c)`` with the problem's softcap c, or the logits themselves without one."""
+def capped(problem: CrossEntropyProblem, logits: AnyArray, inplace: bool = False) -> AnyArray:
+    """``c tanh(z / c)`` with the problem's softcap c, or the logits themselves without one
+    (``inplace``: computed in ``logits``' own memory)."""
     if problem.softcap is None:
         return logits
     c = problem.softcap
+    if inplace:
+        np.divide(logits, c, out=logits)
+        np.tanh(logits, out=logits)
+        return np.multiply(logits, c, out=logits)
     out: FloatArray = c * np.tanh(logits / c)
     return out
 
 
 def sample_terms(
-    problem: CrossEntropyProblem, logits: AnyArray | None = None
+    problem: CrossEntropyProblem, logits: AnyArray | None = None, scratch: AnyArray | None = None
 ) -> tuple[FloatArray, FloatArray]:
     """Each sample's cross-entropy ``ce_n`` and z-loss ``s lse_n^2`` (0 for ignored samples).
 
@@ -341,14 +346,18 @@ def sample_terms(
     problem : targets, options and shape (N, K).
     logits : array of shape (..., N, K), default ``problem.logits``; leading axes are independent
         copies of the batch (the finite-difference method evaluates many perturbations at once).
+    scratch : optional array shaped and typed like ``logits``: then nothing of the logits' size
+        is allocated, and ``logits`` is overwritten (the finite differences' workspace).
 
     Returns
     -------
     ce, zl : arrays of shape (..., N). ``ce`` is +inf where a class with positive weighted target
         has logit -inf (without a softcap).
     """
-    z = capped(problem, problem.logits if logits is None else logits)
-    shifted, m, log_norm = softmax_terms(z)  # -log p = log_norm - shifted, both parts >= 0
+    if logits is None:
+        logits, scratch = problem.logits, None  # never overwrite the problem's own logits
+    z = capped(problem, logits, inplace=scratch is not None)
+    shifted, m, log_norm = softmax_terms(z, scratch)  # -log p = log_norm - shifted, both >= 0
     if problem.one_hot:
         # q is w_y at the label and 0 elsewhere: gather instead of a dot product.
         ce = _label_terms(problem, shifted, log_norm[..., 0])
@@ -409,13 +418,16 @@ def _label_terms(problem: CrossEntropyProblem, shifted: AnyArray, log_norm: AnyA
     return out
 
 
-def contributions(problem: CrossEntropyProblem, logits: AnyArray | None = None) -> FloatArray:
+def contributions(
+    problem: CrossEntropyProblem, logits: AnyArray | None = None, scratch: AnyArray | None = None
+) -> FloatArray:
     """Each sample's share of the reduced loss, ``alpha_n ce_n + beta_n zloss_n``, shape (..., N).
 
     For ``sum`` and ``mean`` the reduced loss is their sum; for ``none`` they are the per-sample
-    losses themselves. This is the black box the finite-difference method differentiates.
+    losses themselves. This is the black box the finite-difference method differentiates
+    (``scratch``: see :func:`sample_terms`; ``logits`` is then overwritten).
     """
-    ce, zl = sample_terms(problem, logits)
+    ce, zl = sample_terms(problem, logits, scratch)
     alpha, beta = reduction_scales(problem)
     with np.errstate(invalid="ignore"):  # alpha = 0 on a sample with infinite ce: nan -> 0 below
         out: FloatArray = np.where(alpha > 0, alpha * ce, 0.0) + np.where(beta > 0, beta * zl, 0.0)

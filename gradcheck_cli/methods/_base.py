@@ -29,6 +29,10 @@ class MethodSettings:
     fd_step: float | None = None
     """Relative finite-difference step factor (the step is ``factor * max(1, |z|)``); None picks
     the scheme's automatic factor."""
+    columns: NDArray[np.intp] | None = None
+    """Sampled coordinates: the classes (sorted, unique) whose derivatives the differencing
+    methods (finite differences, complex step) compute in every row, the other entries nan;
+    None: every class (``differences.sample_columns``)."""
 
 
 DEFAULT_SETTINGS = MethodSettings()

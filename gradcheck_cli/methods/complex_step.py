@@ -17,17 +17,19 @@ differences it perturbs class k in every row at once and reads the rows' shares 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, contributions
+from gradcheck_cli.core import Problem, batch_scales, contributions, rows_of
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
     MethodSettings,
     NotComputable,
 )
-from gradcheck_cli.methods.differences import FD_CHUNK_ELEMENTS, parallel_blocks
+from gradcheck_cli.methods.differences import parallel_blocks, row_groups, workspace
 
 FloatArray = NDArray[np.float64]
 #: Imaginary step (absolute).
@@ -44,13 +46,13 @@ def complex_step_gradient(
     NotComputable
         Where the loss is not finite at the given logits, or the dtype has no complex type.
     """
-    del settings  # the step is fixed: any tiny step gives the same digits
-    grad = complex_step(problem, COMPLEX_STEP)
+    grad = complex_step(problem, COMPLEX_STEP, settings.columns)  # fixed: any tiny step will do
     return GradientOutput(grad, note=f"complex step, h = {COMPLEX_STEP:g}")
 
 
-def complex_step(problem: Problem, h: float) -> FloatArray:
-    """The complex-step gradient with imaginary step ``h`` (absolute), shape (N, K)."""
+def complex_step(problem: Problem, h: float, columns: NDArray[np.intp] | None = None) -> FloatArray:
+    """The complex-step gradient with imaginary step ``h`` (absolute), shape (N, K) (with
+    ``columns`` only those classes' entries, nan elsewhere)."""
     base = contributions(problem)
     if not np.all(np.isfinite(base)):
         row = int(np.flatnonzero(~np.isfinite(base))[0])
@@ -60,21 +62,31 @@ def complex_step(problem: Problem, h: float) -> FloatArray:
         raise NotComputable("NumPy has no float16 complex type, so no float16 complex step")
     n, k = z.shape
     finite = np.isfinite(z)
-    steps = np.full(z.shape, h, dtype=z.dtype)
-    grad = np.zeros_like(z)
-    block = max(1, FD_CHUNK_ELEMENTS // (2 * n * k))  # complex values count twice
-    zc = z.astype(np.result_type(z.dtype, np.complex64))
+    grad = np.zeros_like(z) if columns is None else np.full_like(z, np.nan)
+    chosen = np.arange(k) if columns is None else columns
+    complex_type = np.result_type(z.dtype, np.complex64)
+    step = float(np.asarray(h, dtype=z.dtype))  # the step as the dtype holds it
+    group, block = row_groups(n, k)  # as the finite differences' blocks, one point
+    scales = batch_scales(problem)
+    for start in range(0, n, group):
+        rows = slice(start, min(n, start + group))
+        part = problem if group >= n else rows_of(problem, rows, scales, z.dtype.name)
+        zc = part.logits.astype(complex_type)
+        r = zc.shape[0]
 
-    def one_block(start: int) -> None:
-        cols = np.arange(start, min(k, start + block))
-        b = cols.size
-        batch = np.broadcast_to(zc, (b, n, k)).copy()
-        sel = np.arange(b)
-        batch[sel, :, cols] += 1j * steps[:, cols].T
-        with np.errstate(invalid="ignore"):
-            shares = contributions(problem, batch)  # (B, N), complex
-        grad[:, cols] = (shares.imag / steps[:, cols].T).T
+        def one_block(first: int, part: Problem = part, zc: Any = zc, rows: slice = rows) -> None:
+            cols = chosen[first : first + block]
+            b = cols.size
+            batch, scratch = (a[:b] for a in workspace((block, zc.shape[0], k), zc.dtype))
+            batch[...] = zc
+            batch[np.arange(b), :, cols] += 1j * step
+            with np.errstate(invalid="ignore"):
+                shares = contributions(part, batch, scratch)  # (B, rows), complex
+            grad[rows, cols] = (shares.imag / step).T
 
-    parallel_blocks(one_block, range(0, k, block), work=2 * n * k * k)
-    grad[~finite] = 0.0
+        parallel_blocks(one_block, range(0, chosen.size, block), work=2 * r * k * chosen.size)
+    infinite = ~finite
+    if columns is not None:  # the unsampled entries stay nan
+        infinite[:, np.setdiff1d(np.arange(k), columns)] = False
+    grad[infinite] = 0.0
     return grad

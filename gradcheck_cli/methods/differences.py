@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -79,6 +80,10 @@ SELF_CHECK_SEED = 1234
 PROBE_SEED = 4321
 
 FD_CHUNK_ELEMENTS = 1 << 20
+#: Values in one block of perturbed logits of the finite-difference method (2^16 float64:
+#: 512 KiB, and as much again for the exponentials, about one core's L2 cache); each thread
+#: reuses one workspace of that size (``finite_difference.fd_gradient``).
+FD_BLOCK_ELEMENTS = 1 << 18
 #: Element operations below which blocks run in one thread.
 PARALLEL_MIN_WORK = 1 << 22
 #: Most threads used for blocks.
@@ -198,24 +203,29 @@ def coordinatewise(
     base: FloatArray | None,
     block: int,
     work: int,
+    columns: NDArray[np.intp] | None = None,
 ) -> FloatArray:
     """The quotient of every element of ``z`` (N, K), columns in blocks of ``block``.
 
     ``moved`` are :func:`points` of ``z`` (each (N, K)). ``evaluate(cols)`` returns the function
     with column ``cols[b]`` of every row moved to each point at once, shape (P, B, N) (rows are
     independent, so one perturbation per column serves all rows); ``base`` (N,) is its value at
-    ``z`` (forward only). Blocks write disjoint columns and may run on several threads.
+    ``z`` (forward only). Blocks write disjoint columns and may run on several threads. With
+    ``columns`` only those columns are differenced; the others are nan.
     """
     k = z.shape[1]
     grad = np.empty_like(z)
+    chosen = np.arange(k) if columns is None else columns
+    if columns is not None:
+        grad.fill(np.nan)
 
     def one_block(start: int) -> None:
-        cols = np.arange(start, min(k, start + block))
+        cols = chosen[start : start + block]
         values = evaluate(cols)  # (P, B, N)
         at = [m[:, cols].T for m in moved]  # (B, N) each
         grad[:, cols] = coordinate_quotient(scheme, values, at, base, z[:, cols].T).T
 
-    parallel_blocks(one_block, range(0, k, block), work=work)
+    parallel_blocks(one_block, range(0, chosen.size, block), work=work)
     return grad
 
 
@@ -234,3 +244,50 @@ def parallel_blocks(fn: Callable[[int], None], starts: range, work: int) -> None
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(fn, starts):
             pass
+
+
+_local = threading.local()
+
+
+def workspace(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[Any, Any]:
+    """This thread's two arrays of ``shape`` and ``dtype`` (the perturbed logits of a block and
+    their exponentials), kept between calls so that a block allocates nothing of its size."""
+    held = getattr(_local, "arrays", None)
+    if held is None or held[0].shape != shape or held[0].dtype != dtype:
+        held = (np.empty(shape, dtype), np.empty(shape, dtype))
+        _local.arrays = held
+    return held
+
+
+def row_groups(n: int, values_per_row: int) -> tuple[int, int]:
+    """(rows per group, columns per block) so that a block of ``values_per_row`` values per
+    row and column holds about :data:`FD_BLOCK_ELEMENTS` values."""
+    group = max(1, min(n, FD_BLOCK_ELEMENTS // values_per_row))
+    return group, max(1, FD_BLOCK_ELEMENTS // (values_per_row * group))
+
+
+#: Random classes of a sample (besides each row's label and largest logits).
+SAMPLE_CLASSES = 64
+#: Largest logits of each row always in a sample.
+SAMPLE_TOP = 4
+#: Seed of the sampled classes.
+SAMPLE_SEED = 20261202
+
+
+def sample_columns(
+    logits: FloatArray, labels: NDArray[np.intp] | None, m: int = SAMPLE_CLASSES
+) -> NDArray[np.intp]:
+    """The classes a sampled check differences, sorted and unique: every row's label (valid
+    ones) and :data:`SAMPLE_TOP` largest logits, and ``m`` classes drawn at random (seeded) from
+    the rest; all K when that is not fewer. ``logits`` (N, K)."""
+    k = logits.shape[1]
+    wanted: set[int] = set()
+    if labels is not None:
+        wanted.update(int(y) for y in labels if 0 <= y < k)
+    top = min(SAMPLE_TOP, k)
+    wanted.update(int(c) for c in np.argpartition(-logits, top - 1, axis=1)[:, :top].ravel())
+    if len(wanted) + m >= k:
+        return np.arange(k)
+    rest = np.setdiff1d(np.arange(k), np.fromiter(wanted, dtype=np.intp))
+    drawn = np.random.default_rng(SAMPLE_SEED).choice(rest, size=m, replace=False)
+    return np.union1d(np.fromiter(wanted, dtype=np.intp), drawn).astype(np.intp)

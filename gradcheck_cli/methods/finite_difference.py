@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, contributions
+from gradcheck_cli.core import Problem, batch_scales, contributions, rows_of
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -37,11 +37,12 @@ from gradcheck_cli.methods._base import (
     Scheme,
 )
 from gradcheck_cli.methods.differences import (
-    FD_CHUNK_ELEMENTS,
     coordinatewise,
     points,
     relative_steps,
+    row_groups,
     step_factor,
+    workspace,
 )
 
 FloatArray = NDArray[np.float64]
@@ -59,7 +60,7 @@ def finite_difference_gradient(
     """
     scheme = settings.fd_scheme
     factor = settings.fd_step or step_factor(scheme, problem.logits.dtype)
-    grad = fd_gradient(problem, scheme, factor)
+    grad = fd_gradient(problem, scheme, factor, settings.columns)
     how = "automatic" if settings.fd_step is None else "given"
     exponent = {"forward": "1/2", "central": "1/3", "richardson": "1/5"}[scheme]
     rule = f"eps^({exponent})" if settings.fd_step is None else f"{factor:g}"
@@ -68,8 +69,17 @@ def finite_difference_gradient(
     )
 
 
-def fd_gradient(problem: Problem, scheme: Scheme, factor: float) -> FloatArray:
-    """The gradient by ``scheme`` with relative step ``factor`` (shape (N, K))."""
+def fd_gradient(
+    problem: Problem, scheme: Scheme, factor: float, columns: NDArray[np.intp] | None = None
+) -> FloatArray:
+    """The gradient by ``scheme`` with relative step ``factor`` (shape (N, K); with
+    ``columns`` only those classes' entries, nan elsewhere).
+
+    Rows are taken in groups and classes in blocks so that one block of perturbed logits,
+    (points, classes, rows, K), holds about ``FD_BLOCK_ELEMENTS`` values; each thread
+    evaluates its blocks in one workspace of that size (and one for the exponentials), so the
+    hot loop allocates nothing of the logits' size and its passes stay in cache.
+    """
     base = contributions(problem)
     if not np.all(np.isfinite(base)):
         row = int(np.flatnonzero(~np.isfinite(base))[0])
@@ -87,28 +97,51 @@ def fd_gradient(problem: Problem, scheme: Scheme, factor: float) -> FloatArray:
             "so z + h == z"
         )
     inputs = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
+    count = len(moved)
+    group, block = row_groups(n, count * k)  # rows evaluated together, classes per block
+    scales = batch_scales(problem)
+    grad = np.empty_like(zf)
+    for start in range(0, n, group):
+        rows = slice(start, min(n, start + group))
+        part = problem if group >= n else rows_of(problem, rows, scales, z.dtype.name)
+        at = [pt[rows] for pt in inputs]
 
-    def evaluate(cols: NDArray[np.intp]) -> FloatArray:
-        return _shares(problem, [pt[:, cols] for pt in inputs], cols)  # (P, B, N)
+        def evaluate(
+            cols: NDArray[np.intp], part: Problem = part, at: list[FloatArray] = at
+        ) -> FloatArray:
+            return _shares(part, at, cols, block)  # (P, B, rows)
 
-    block = max(1, FD_CHUNK_ELEMENTS // (len(moved) * n * k))
-    work = len(moved) * n * k * k
-    grad = coordinatewise(scheme, zf, moved, evaluate, base, block, work)
-    grad[~finite] = 0.0
+        width = k if columns is None else columns.size
+        work = count * (rows.stop - rows.start) * k * width
+        grad[rows] = coordinatewise(
+            scheme, zf[rows], [m[rows] for m in moved], evaluate, base[rows], block, work, columns
+        )
+    infinite = ~finite
+    if columns is not None:  # the unsampled entries stay nan
+        infinite[:, np.setdiff1d(np.arange(k), columns)] = False
+    grad[infinite] = 0.0
     return grad
 
 
-def _shares(problem: Problem, values: list[FloatArray], cols: NDArray[np.intp]) -> FloatArray:
-    """Rows' shares of the loss with column ``cols[b]`` replaced by ``values[p][:, b]``.
+def _shares(
+    problem: Problem, values: list[FloatArray], cols: NDArray[np.intp], block: int
+) -> FloatArray:
+    """Rows' shares of the loss with column ``cols[b]`` replaced by ``values[p][:, b]``, by the
+    forward formula itself (``core.contributions``) on every perturbed copy of the rows.
 
     Returns shape (P, B, N): evaluation point p, perturbed class b, row n.
     """
     z = problem.logits
     n, k = z.shape
     b = cols.size
-    batch = np.broadcast_to(z, (len(values), b, n, k)).copy()
+    native = z.dtype.kind == "f"  # bfloat16 (ml_dtypes) takes the allocating path
+    if native:
+        batch, scratch = (a[:, :b] for a in workspace((len(values), block, n, k), z.dtype))
+        batch[...] = z
+    else:
+        batch, scratch = np.broadcast_to(z, (len(values), b, n, k)).copy(), None
     sel = np.arange(b)
     for p, v in enumerate(values):
-        batch[p, sel, :, cols] = v.T
-    out: FloatArray = contributions(problem, batch)
+        batch[p, sel, :, cols] = v[:, cols].T
+    out: FloatArray = contributions(problem, batch, scratch)
     return out

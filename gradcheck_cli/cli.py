@@ -364,10 +364,7 @@ def run(
         renderer("run", format)  # an unsupported format fails before any spec runs
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
-        if output is not None and not output.resolve().parent.is_dir():
-            raise UsageError(
-                f"--output {output}: the directory {output.resolve().parent} does not exist"
-            )
+        _check_output(output)
         options = RunOptions(
             methods=tuple(m.value for m in method) if method else None,
             rtol=rtol,
@@ -409,6 +406,14 @@ def run(
         _fail(str(exc))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _check_output(output: Path | None) -> None:
+    """``--output``'s directory must exist (checked before any work)."""
+    if output is not None and not output.resolve().parent.is_dir():
+        raise UsageError(
+            f"--output {output}: the directory {output.resolve().parent} does not exist"
+        )
 
 
 def _counts(option: str, text: str | None) -> tuple[int, ...] | None:
@@ -587,6 +592,12 @@ def sweep(
     fast: Annotated[
         bool, typer.Option("--fast", help="Along seeded random directions even for small specs.")
     ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the report to this file (atomically).", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Sweep the step h from 1e-1 to 1e-16 for every differencing method and run a Taylor test.
 
@@ -601,6 +612,7 @@ def sweep(
         renderer("sweep", format)  # an unsupported format fails before the sweep runs
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
+        _check_output(output)
         chosen = _pick_spec(spec, case)
         problem = build_problem(chosen)
         directional = True if fast else False if full else None
@@ -617,7 +629,7 @@ def sweep(
             )
         finally:
             progress.close()
-        _emit("sweep", format, result)
+        _emit("sweep", format, result, output)
     except XentcheckError as exc:
         _fail(str(exc))
 
@@ -938,10 +950,7 @@ def mutate(
 
     try:
         renderer("mutate", format)
-        if output is not None and not output.resolve().parent.is_dir():
-            raise UsageError(
-                f"--output {output}: the directory {output.resolve().parent} does not exist"
-            )
+        _check_output(output)
         target = _load_impl(impl)
         if not paths:
             paths = [str(bundled_specs_dir())]

@@ -138,8 +138,8 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
 
     from rich.console import Console
 
+    from gradcheck_cli.report import html, junit, table
     from gradcheck_cli.report import json as json_report
-    from gradcheck_cli.report import junit, table
 
     results = _bundled_results()
     assert len(results) >= 3 * 21
@@ -151,6 +151,8 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
         doc = json.loads(json_report.render([r]))  # type: ignore[list-item]
         assert doc["results"][0]["reduction"] == r.reduction  # type: ignore[attr-defined]
         ET.fromstring(junit.render([r]))  # type: ignore[list-item]
+        page = html.render([r])  # type: ignore[list-item]
+        assert page.endswith("</html>\n") and f"reduction {r.reduction}" in page  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("width", [60, 80, 120, 200])

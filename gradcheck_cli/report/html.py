@@ -387,7 +387,7 @@ def render_sweep(r: SweepResult) -> str:
         items = "".join(
             f'<li class="warn">{escape(m)}: {escape(note)}</li>' for m, note in r.notes.items()
         )
-        body.append(f'<section class="spec"><ul class="notes">{items}</ul></section>')
+        body.append(f'<section class="spec"><h2>Notes</h2><ul class="notes">{items}</ul></section>')
     return page(f"xentcheck sweep: {r.name}", body)
 
 

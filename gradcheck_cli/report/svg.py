@@ -157,9 +157,9 @@ def heat_map(heat: HeatMap, worst: tuple[int, ...], title: str) -> str:
     for i in _ticks(rows, 16):
         y = top + i * ch + ch / 2 + 4
         out.append(f'<text class="tick" x="{left - 6}" y="{y:g}" text-anchor="end">{i * bn}</text>')
-    out.append(  # from the grid's left edge: clear of "row n" however narrow the grid
-        f'<text class="axis" x="{left}" y="{top - 24}">class k →</text>'
-    )
+    # centred over a wide grid, else from its left edge (clear of "row n")
+    anchor = f'x="{left + width / 2:g}" text-anchor="middle"' if width >= 240 else f'x="{left}"'
+    out.append(f'<text class="axis" {anchor} y="{top - 24}">class k →</text>')
     out.append(  # horizontal, above the row labels (a rotated arrow would point up)
         f'<text class="axis" x="{left - 6}" y="{top - 24}" text-anchor="end">row n ↓</text>'
     )
@@ -264,11 +264,12 @@ class Style:
 
 
 def styles(series: Sequence[Series]) -> list[Style]:
-    """Each series' colour, dash and marker (guides: grey dashes)."""
-    out, i = [], 0
+    """Each series' colour, dash and marker (guides: grey, each with its own dashes)."""
+    out, i, g = [], 0, 0
     for s in series:
         if s.guide:
-            out.append(Style("#999999", "5 4", ""))
+            out.append(Style("#8a8a8a", ("6 4", "2 3", "9 3 2 3")[g % 3], ""))
+            g += 1
         else:
             out.append(Style(COLOURS[i % 6], DASHES[i % 6], MARKERS[i % 6]))
             i += 1

@@ -166,12 +166,20 @@ def _write(text: str, output: Path | None) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
+            os.chmod(tmp, _file_mode())  # mkstemp's file is 0600; a report is an ordinary file
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @app.command()

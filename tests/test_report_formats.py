@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -112,6 +114,21 @@ def test_output_is_atomic_when_rendering_fails(
     assert "cannot write --output" in result.stderr
     assert out.read_text() == "previous report\n"  # untouched
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def test_output_file_has_the_ordinary_mode(tmp_path: Path) -> None:
+    """The temporary file behind the atomic write is 0600; the report is not (it is shared as
+    a CI artifact or served as a page): 0666 less the umask, as open() makes it."""
+    out = tmp_path / "report.html"
+    old = os.umask(0o022)
+    try:
+        result = runner.invoke(
+            app, ["run", str(SPECS / "three_class.yaml"), "-f", "html", "-o", str(out)]
+        )
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def _bundled_results() -> list[object]:

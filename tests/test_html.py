@@ -239,6 +239,28 @@ def test_non_finite_numbers_read_as_text(tmp_path: Path) -> None:
     assert "loss inf" in Page(found["masked-target-is-infinite"]).all_text()
 
 
+def test_invalid_and_skipped_specs_say_why(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("logits: [1, 2]\nlabel: 7\n")
+    out = tmp_path / "report.html"
+    args = ["run", str(bad), str(SPECS / "huge_logits.yaml"), "--dtype", "float16"]
+    result = runner.invoke(app, [*args, "-f", "html", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    text = out.read_text(encoding="utf-8")
+    Page(text)
+    found = sections(text)
+    assert (
+        '<section class="spec error"' in text and '<span class="badge error">ERROR</span>' in text
+    )
+    message = re.search(r'<pre class="message">(.*?)</pre>', found["bad"], re.S)
+    assert message is not None
+    assert html.unescape(message.group(1)) == (
+        f"{bad}:2:8: label: class index 7 out of range: expected 0 to 1"
+    )
+    assert "skipped: cannot run in float16: logit 1e+300" in found["huge-logits"]
+    assert "0 passed, 0 failed, 1 error, 1 skipped" in text
+
+
 def test_html_without_output_goes_to_stdout() -> None:
     result = runner.invoke(app, ["run", str(SPECS / "three_class.yaml"), "-f", "html", "-q"])
     assert result.exit_code == 0, result.output

@@ -4,6 +4,8 @@ leave no process behind."""
 
 from __future__ import annotations
 
+import html
+import re
 import subprocess
 from pathlib import Path
 
@@ -225,3 +227,23 @@ def test_vocab_chunks_need_a_chunk_parameter() -> None:
     assert result.exit_code == 2 and "--chunk-option NAME" in result.output
     named = _chunks("online_ce", "2", "--chunk-option", "vocab_chunks")
     assert named.exit_code == 0
+
+
+def test_html_report_of_a_failing_rank(tmp_path: Path) -> None:
+    """The TP table and the rank's failed row are on the page; a rank's gradient columns get
+    no heat map (the shard's own map would number its classes from 0, not from its start)."""
+    out = tmp_path / "tp.html"
+    specs = "cases:\n  - name: " + next(
+        c for c in SPECS.split("  - name: ")[1:] if c.startswith("mean")
+    )
+    result = _run(
+        tmp_path, f"{EXAMPLE}:bug_padding_mass", "2", "-f", "html", "-o", str(out), specs=specs
+    )
+    assert result.exit_code == 1, result.output
+    page = out.read_text(encoding="utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))  # (long cells are split into spans)
+    assert "tensor parallel: each size against the reference" in text
+    assert "impl rank 1 of 2 (classes 4:7)" in text and "FAIL" in text
+    figures = "".join(re.findall(r'<figure class="heatmap".*?</figure>', page, re.S))
+    assert "rank" not in figures
+    assert _no_workers_left()

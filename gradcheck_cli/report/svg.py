@@ -140,8 +140,8 @@ def heat_map(heat: HeatMap, worst: tuple[int, ...], title: str) -> str:
         f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" '
         'stroke="#888" stroke-width="1"/>'
     )
-    if len(worst) == 2 and np.any(ratio != 0):
-        wi, wj = heat.cell(worst)
+    wi, wj = heat.cell(worst) if len(worst) == 2 else (-1, -1)
+    if 0 <= wi < rows and 0 <= wj < cols and np.any(ratio != 0):
         out.append(
             f'<rect class="worst" data-cell="{wi},{wj}" x="{left + wj * cw - 1}" '
             f'y="{top + wi * ch - 1}" width="{cw + 2}" height="{ch + 2}" fill="none" '

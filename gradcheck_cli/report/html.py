@@ -247,7 +247,7 @@ def heat_comparisons(r: SpecResult) -> list[Comparison]:
     return [max(impl or batch, key=lambda c: float(np.max(c.heat.ratio)) if c.heat else 0.0)]
 
 
-def heat_figure(r: SpecResult, c: Comparison) -> str:
+def heat_figure(c: Comparison) -> str:
     heat = c.heat
     assert heat is not None
     n, k = heat.shape
@@ -305,7 +305,7 @@ def spec_section(r: SpecResult, i: int) -> str:
         ):
             parts.append(fitted_table(part))
         parts.append(notes(r))
-        parts += [heat_figure(r, c) for c in heat_comparisons(r)]
+        parts += [heat_figure(c) for c in heat_comparisons(r)]
         parts.append(check_table(r))
         parts.append(method_notes(r))
     parts.append("</section>")

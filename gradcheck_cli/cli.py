@@ -166,12 +166,20 @@ def _write(text: str, output: Path | None) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
+            os.chmod(tmp, _file_mode())  # mkstemp's file is 0600; a report is an ordinary file
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @app.command()
@@ -433,10 +441,7 @@ def run(
         renderer("run", format)  # an unsupported format fails before any spec runs
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
-        if output is not None and not output.resolve().parent.is_dir():
-            raise UsageError(
-                f"--output {output}: the directory {output.resolve().parent} does not exist"
-            )
+        _check_output(output)
         options = RunOptions(
             methods=tuple(m.value for m in method) if method else None,
             rtol=rtol,
@@ -546,6 +551,14 @@ def _step_summary(results: Any) -> None:
             fh.write(step_summary(results))
     except OSError as exc:
         raise UsageError(f"cannot write $GITHUB_STEP_SUMMARY {target}: {exc.strerror}") from None
+
+
+def _check_output(output: Path | None) -> None:
+    """``--output``'s directory must exist (checked before any work)."""
+    if output is not None and not output.resolve().parent.is_dir():
+        raise UsageError(
+            f"--output {output}: the directory {output.resolve().parent} does not exist"
+        )
 
 
 def _counts(option: str, text: str | None) -> tuple[int, ...] | None:
@@ -732,6 +745,12 @@ def sweep(
     fast: Annotated[
         bool, typer.Option("--fast", help="Along seeded random directions even for small specs.")
     ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the report to this file (atomically).", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Sweep the step h from 1e-1 to 1e-16 for every differencing method and run a Taylor test.
 
@@ -746,6 +765,7 @@ def sweep(
         renderer("sweep", format)  # an unsupported format fails before the sweep runs
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
+        _check_output(output)
         chosen = _pick_spec(spec, case)
         problem = build_problem(chosen)
         directional = True if fast else False if full else None
@@ -762,7 +782,7 @@ def sweep(
             )
         finally:
             progress.close()
-        _emit("sweep", format, result)
+        _emit("sweep", format, result, output)
     except XentcheckError as exc:
         _fail(str(exc))
 
@@ -1083,10 +1103,7 @@ def mutate(
 
     try:
         renderer("mutate", format)
-        if output is not None and not output.resolve().parent.is_dir():
-            raise UsageError(
-                f"--output {output}: the directory {output.resolve().parent} does not exist"
-            )
+        _check_output(output)
         target = _load_impl(impl)
         if not paths:
             paths = [str(bundled_specs_dir())]

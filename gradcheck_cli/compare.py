@@ -11,7 +11,7 @@ the reference is 0): the honest figure, never hidden behind the absolute toleran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -102,6 +102,66 @@ class Precision:
         )
 
 
+#: A batch's heat map keeps at most this many cells a side: a larger batch is cut into blocks of
+#: rows and of columns, and each cell holds its block's largest ratio (the 256 x 1000 batch: 64 x
+#: 63 cells of 4 rows x 16 columns).
+HEAT_CELLS = 64
+
+
+@dataclass(frozen=True, eq=False)
+class HeatMap:
+    """Where in a batch a comparison's error lies: each element's *tolerance ratio*
+    ``|a - b| / allowance`` (the allowance the verdict used: ``atol + rtol |b|``, or a tolerance
+    model's), as a grid of at most :data:`HEAT_CELLS` x :data:`HEAT_CELLS` cells, each the
+    largest ratio of its block of elements. Above 1 an element failed."""
+
+    ratio: NDArray[np.float64]
+    """Shape (ceil(N / rows per cell), ceil(K / columns per cell)); 0 where every element of
+    the block is exact, inf where one is nan or has a zero allowance with a nonzero error."""
+    shape: tuple[int, int]
+    """(N, K) of the compared arrays."""
+    block: tuple[int, int]
+    """Rows and columns of elements per cell (the last row and column of cells may hold
+    fewer)."""
+
+    def cell(self, index: tuple[int, ...]) -> tuple[int, int]:
+        """The cell that holds element ``index`` (n, k)."""
+        return index[0] // self.block[0], index[1] // self.block[1]
+
+
+def heat_block(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Rows and columns of elements per heat-map cell for an (N, K) batch."""
+    n, k = shape
+    return -(-n // HEAT_CELLS), -(-k // HEAT_CELLS)
+
+
+def block_max(
+    ratio: NDArray[np.float64], block: tuple[int, int], offset: int = 0
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The heat-map cells that rows ``offset ...`` of a batch (``ratio``, shape (rows, K))
+    touch: their row of cells (shape (m,)) and each one's largest ratio (shape (m, cells a
+    row)); nan counts as inf. A chunk of rows may start or end inside a block: merge the
+    chunks' cells with ``np.maximum``."""
+    bn, bk = block
+    rows, k = ratio.shape
+    by_column = np.maximum.reduceat(ratio, np.arange(0, k, bk), axis=1)
+    first = (-offset) % bn  # the chunk's first row that starts a block
+    starts = np.unique(np.concatenate(([0], np.arange(first, rows, bn))))
+    cells = np.maximum.reduceat(by_column, starts, axis=0)
+    cells[np.isnan(cells)] = np.inf
+    return (offset + starts) // bn, cells
+
+
+def heat_map(ratio: NDArray[np.float64]) -> HeatMap | None:
+    """The heat map of a batch's element-wise ratios (shape (N, K)); None for anything but a
+    batch of at least two rows."""
+    if ratio.ndim != 2 or ratio.shape[0] < 2 or ratio.size == 0:
+        return None
+    block = heat_block(ratio.shape)
+    _, cells = block_max(ratio, block)
+    return HeatMap(cells, (int(ratio.shape[0]), int(ratio.shape[1])), block)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One method's gradient compared element-wise with the reference gradient."""
@@ -144,6 +204,8 @@ class Comparison:
     """For a low-precision implementation check: the tolerance model, the error in ulps, the
     naive baseline's, and the planted wrong answers the allowance would accept
     (``gradcheck_cli.tolerance_models``)."""
+    heat: HeatMap | None = field(default=None, compare=False, repr=False)
+    """For a batch (N > 1 rows): where its errors lie against the allowance (for reports)."""
 
     @property
     def loose(self) -> tuple[str, ...]:
@@ -238,6 +300,7 @@ def compare(
         predicted=predicted,
         dtype=dtype,
         inconclusive=why,
+        heat=heat_map(ratio),
     )
 
 

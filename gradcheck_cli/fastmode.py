@@ -29,7 +29,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gradcheck_cli import checks
-from gradcheck_cli.compare import Comparison, Tolerance, elementwise_errors
+from gradcheck_cli.compare import (
+    Comparison,
+    HeatMap,
+    Tolerance,
+    block_max,
+    elementwise_errors,
+    heat_block,
+)
 from gradcheck_cli.core import (
     CrossEntropyProblem,
     Problem,
@@ -109,12 +116,20 @@ class ChunkStats:
     value: float
     reference_value: float
     failed: int
+    heat: tuple[NDArray[np.int64], FloatArray] | None = None
+    """With a heat-map block: the rows of cells this chunk touches and their largest ratios
+    (``compare.block_max``)."""
 
 
 def chunk_stats(
-    got: NDArray[np.floating], ref: FloatArray, tol: Tolerance, offset: int
+    got: NDArray[np.floating],
+    ref: FloatArray,
+    tol: Tolerance,
+    offset: int,
+    block: tuple[int, int] | None = None,
 ) -> ChunkStats:
-    """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``.
+    """``|got - ref|`` against ``tol`` for a chunk whose first row is row ``offset``; with
+    ``block`` (``compare.heat_block`` of the whole batch) also its heat-map cells.
 
     Written for speed (about ten passes, in place, ``got`` may be float32): a chunk of 4 million
     elements is compared in a few tens of milliseconds. Non-finite values fall back to
@@ -146,6 +161,7 @@ def chunk_stats(
         value=float(got[idx]),
         reference_value=float(ref[idx]),
         failed=int(ratio.size - np.count_nonzero(ratio <= 1.0)),  # nan counts as failed
+        heat=None if block is None else block_max(ratio, block, offset),
     )
 
 
@@ -168,10 +184,15 @@ class Stream:
     failed: int = 0
     chunks: int = 0
     """How many chunks were merged (0: the method computed nothing, so no comparison)."""
+    shape: tuple[int, int] | None = None
+    """(N, K) of the batch, for an element-wise stream with a heat map (chunks then come with
+    their cells: ``chunk_stats(..., block=heat_block(shape))``)."""
+    cells: FloatArray | None = None
 
     def add(self, got: FloatArray, ref: FloatArray, offset: int) -> None:
         """Fold in a chunk whose first row is row ``offset`` of the whole batch."""
-        self.merge(chunk_stats(got, ref, self.tolerance, offset))
+        block = None if self.shape is None else heat_block(self.shape)
+        self.merge(chunk_stats(got, ref, self.tolerance, offset, block))
 
     def merge(self, stats: ChunkStats) -> None:
         self.chunks += 1
@@ -183,6 +204,12 @@ class Stream:
             self.worst_index = stats.worst_index
             self.value = stats.value
             self.reference_value = stats.reference_value
+        if stats.heat is not None and self.shape is not None:
+            if self.cells is None:
+                bn, bk = heat_block(self.shape)
+                self.cells = np.zeros((-(-self.shape[0] // bn), -(-self.shape[1] // bk)))
+            where, cells = stats.heat
+            self.cells[where] = np.maximum(self.cells[where], cells)
 
     def comparison(self) -> Comparison:
         return Comparison(
@@ -198,6 +225,11 @@ class Stream:
             failed_elements=self.failed,
             quantity=self.quantity,
             dtype=self.dtype,
+            heat=(
+                None
+                if self.cells is None or self.shape is None
+                else HeatMap(self.cells, self.shape, heat_block(self.shape))
+            ),
         )
 
 
@@ -297,11 +329,13 @@ class _FastRun:
         impl: ImplGradient | None = None,
     ) -> None:
         n, k = problem.shape
+        heat = (n, k) if n > 1 else None  # the element-wise streams' heat maps
+        self.block = None if heat is None else heat_block(heat)
         self.impl = impl
         self.impl_stream = (
             None
             if impl is None
-            else Stream(impl.name, "reference", impl.tolerance, "logits", dtype)
+            else Stream(impl.name, "reference", impl.tolerance, "logits", dtype, shape=heat)
         )
         self.nonfinite: NonFinite | None = None
         self.problem, self.dtype, self.settings = problem, dtype, settings
@@ -329,7 +363,7 @@ class _FastRun:
             self.directional.remove("complex_step")
             self.not_computable["complex_step"] = "NumPy has no float16 complex type"
         self.streams = {
-            m: Stream(m, FAST_REFERENCE, tolerance(m, dtype), "logits", dtype)
+            m: Stream(m, FAST_REFERENCE, tolerance(m, dtype), "logits", dtype, shape=heat)
             for m in self.elementwise
         }
         self.dir_streams = {
@@ -364,7 +398,10 @@ class _FastRun:
                 grads[m] = METHODS[m](low, self.settings).grad  # widened inside chunk_stats
             except NotComputable as exc:
                 failures[m] = exc.reason
-        stats = {m: chunk_stats(g, ref, self.streams[m].tolerance, start) for m, g in grads.items()}
+        stats = {
+            m: chunk_stats(g, ref, self.streams[m].tolerance, start, self.block)
+            for m, g in grads.items()
+        }
         shares = contributions(wide)
         live = np.isfinite(shares)  # a row with an infinite loss has no derivative
         directional = {
@@ -400,7 +437,7 @@ class _FastRun:
         factor = impl.factor if impl.factor.ndim == 0 else impl.factor[rows]
         expected = ref * factor
         got = impl.grad[rows]
-        stats = chunk_stats(got, expected, impl.tolerance, rows.start)
+        stats = chunk_stats(got, expected, impl.tolerance, rows.start, self.block)
         bad = ~np.isfinite(got) & np.isfinite(expected)
         if not np.any(bad):
             return stats, None

@@ -67,3 +67,17 @@ def test_defaults() -> None:
     assert default_tolerance("finite_difference").atol == 1e-6
     # Unknown methods fall back to something tight, never to "anything goes".
     assert default_tolerance("something_else").rtol <= 1e-9
+
+
+def test_heat_map_of_a_batch_holds_each_elements_tolerance_ratio() -> None:
+    ref = np.array([[1.0, -2.0, 0.5], [0.0, 4.0, 1.0]])
+    got = ref + np.array([[0.0, 1e-3, 0.0], [1e-9, 0.0, np.nan]])
+    c = compare("m", got, "r", ref, Tolerance(rtol=1e-4, atol=1e-8))
+    assert c.heat is not None and c.heat.block == (1, 1) and c.heat.shape == (2, 3)
+    np.testing.assert_allclose(
+        c.heat.ratio, [[0.0, 1e-3 / (1e-8 + 2e-4), 0.0], [0.1, 0.0, math.inf]]
+    )
+    assert c.heat.cell(c.worst_index) == (1, 2)
+    # a single sample, and a batch of one row, have none
+    assert compare("m", got[0], "r", ref[0], Tolerance(1e-4, 1e-8)).heat is None
+    assert compare("m", got[:1], "r", ref[:1], Tolerance(1e-4, 1e-8)).heat is None

@@ -107,6 +107,28 @@ def test_streamed_statistics_equal_the_one_shot_comparison() -> None:
     assert streamed.max_rel_error == pytest.approx(whole.max_rel_error)
 
 
+def test_streamed_heat_map_equals_the_one_shot_one() -> None:
+    """Chunks that start and end inside a block of the heat map (7 rows a chunk, 3 rows a
+    cell) merge into the whole batch's cells; the worst element's cell is the hottest."""
+    rng = np.random.default_rng(6)
+    ref = rng.normal(size=(130, 150))
+    got = ref * (1 + rng.normal(size=ref.shape) * 1e-9)
+    got[101, 77] = np.nan
+    got[40, 3] += 1e-6
+    tol = Tolerance(rtol=1e-8, atol=1e-10)
+    stream = fastmode.Stream("m", "r", tol, "logits", "float64", shape=(130, 150))
+    for start in range(0, 130, 7):
+        stream.add(got[start : start + 7], ref[start : start + 7], start)
+    streamed, whole = stream.comparison(), compare("m", got, "r", ref, tol)
+    assert streamed.heat is not None and whole.heat is not None
+    assert whole.heat.block == (3, 3) and whole.heat.ratio.shape == (44, 50)
+    np.testing.assert_array_equal(streamed.heat.ratio, whole.heat.ratio)
+    assert whole.worst_index == (101, 77) and whole.heat.cell((101, 77)) == (33, 25)
+    assert whole.heat.ratio[33, 25] == np.inf  # nan counts as the worst
+    finite = np.where(np.isinf(whole.heat.ratio), 0.0, whole.heat.ratio)
+    assert np.unravel_index(np.argmax(finite), finite.shape) == (13, 1)  # [40, 3]'s cell
+
+
 def test_budget_threshold() -> None:
     assert not fastmode.needs_fast(256, 1000)
     assert fastmode.needs_fast(4096, 32000)

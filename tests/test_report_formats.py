@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -114,6 +116,21 @@ def test_output_is_atomic_when_rendering_fails(
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
 
 
+def test_output_file_has_the_ordinary_mode(tmp_path: Path) -> None:
+    """The temporary file behind the atomic write is 0600; the report is not (it is shared as
+    a CI artifact or served as a page): 0666 less the umask, as open() makes it."""
+    out = tmp_path / "report.html"
+    old = os.umask(0o022)
+    try:
+        result = runner.invoke(
+            app, ["run", str(SPECS / "three_class.yaml"), "-f", "html", "-o", str(out)]
+        )
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
 def _bundled_results() -> list[object]:
     """Every case of every bundled spec, run once per reduction (the spec's own first)."""
     from dataclasses import replace
@@ -138,8 +155,8 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
 
     from rich.console import Console
 
+    from gradcheck_cli.report import html, junit, table
     from gradcheck_cli.report import json as json_report
-    from gradcheck_cli.report import junit, table
 
     results = _bundled_results()
     assert len(results) >= 3 * 21
@@ -151,6 +168,8 @@ def test_every_renderer_renders_every_bundled_spec_and_reduction() -> None:
         doc = json.loads(json_report.render([r]))  # type: ignore[list-item]
         assert doc["results"][0]["reduction"] == r.reduction  # type: ignore[attr-defined]
         ET.fromstring(junit.render([r]))  # type: ignore[list-item]
+        page = html.render([r])  # type: ignore[list-item]
+        assert page.endswith("</html>\n") and f"reduction {r.reduction}" in page  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("width", [60, 80, 120, 200])

@@ -4,7 +4,10 @@ leave no process behind."""
 
 from __future__ import annotations
 
-import subprocess
+import html
+import os
+import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +59,24 @@ def _run(tmp_path: Path, target: str, parallel: str, *extra: str, specs: str = S
     return CliRunner().invoke(app, args)
 
 
+#: Inherited by every worker this test session starts (and by their children), so that the
+#: search for left-over processes finds this session's, not another session's on the machine.
+TAG = f"XENTCHECK_TP_TEST={uuid.uuid4().hex}"
+os.environ[TAG.split("=")[0]] = TAG.split("=")[1]
+
+
 def _no_workers_left() -> bool:
-    found = subprocess.run(
-        ["pgrep", "-f", "gradcheck_cli.tensor_parallel"], capture_output=True, check=False
-    )
-    return found.returncode == 1  # pgrep: no process matched
+    """No process carries this session's tag (read from /proc/*/environ), except this one."""
+    mine = str(os.getpid())
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        if environ.parent.name == mine:
+            continue
+        try:
+            if TAG.encode() in environ.read_bytes().split(b"\0"):
+                return False
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return True
 
 
 def test_the_reference_example_passes_at_every_size(tmp_path: Path) -> None:
@@ -225,3 +241,23 @@ def test_vocab_chunks_need_a_chunk_parameter() -> None:
     assert result.exit_code == 2 and "--chunk-option NAME" in result.output
     named = _chunks("online_ce", "2", "--chunk-option", "vocab_chunks")
     assert named.exit_code == 0
+
+
+def test_html_report_of_a_failing_rank(tmp_path: Path) -> None:
+    """The TP table and the rank's failed row are on the page; a rank's gradient columns get
+    no heat map (the shard's own map would number its classes from 0, not from its start)."""
+    out = tmp_path / "tp.html"
+    specs = "cases:\n  - name: " + next(
+        c for c in SPECS.split("  - name: ")[1:] if c.startswith("mean")
+    )
+    result = _run(
+        tmp_path, f"{EXAMPLE}:bug_padding_mass", "2", "-f", "html", "-o", str(out), specs=specs
+    )
+    assert result.exit_code == 1, result.output
+    page = out.read_text(encoding="utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))  # (long cells are split into spans)
+    assert "tensor parallel: each size against the reference" in text
+    assert "impl rank 1 of 2 (classes 4:7)" in text and "FAIL" in text
+    figures = "".join(re.findall(r'<figure class="heatmap".*?</figure>', page, re.S))
+    assert "rank" not in figures
+    assert _no_workers_left()

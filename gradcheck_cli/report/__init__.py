@@ -1,7 +1,7 @@
 """Renderers: each turns finished results into output, and never computes anything itself.
 
 One signature for all: ``render(document) -> str | RenderableType``. A ``str`` is written as it
-stands (JSON, JUnit XML, Markdown); a Rich renderable is printed on a console (the table
+stands (JSON, JUnit XML, Markdown, HTML); a Rich renderable is printed on a console (the table
 formats). One registry, :data:`RENDERERS`, says which command renders which :class:`Format`;
 a format a command does not have is a usage error naming the ones it has. Renderers are
 imported on first use, so the registry costs nothing at start-up.
@@ -25,6 +25,7 @@ class Format(str, Enum):
     junit = "junit"
     markdown = "markdown"
     github = "github"
+    html = "html"
 
 
 #: Command -> format -> "module:function" of its renderer.
@@ -34,6 +35,7 @@ RENDERERS: dict[str, dict[Format, str]] = {
         Format.json: "gradcheck_cli.report.json:render",
         Format.junit: "gradcheck_cli.report.junit:render",
         Format.github: "gradcheck_cli.report.github:render",
+        Format.html: "gradcheck_cli.report.html:render",
     },
     "jacobian": {
         Format.table: "gradcheck_cli.report.jacobian:render_table",
@@ -42,6 +44,7 @@ RENDERERS: dict[str, dict[Format, str]] = {
     "sweep": {
         Format.table: "gradcheck_cli.report.sweep:render_table",
         Format.json: "gradcheck_cli.report.sweep:render_json",
+        Format.html: "gradcheck_cli.report.html:render_sweep",
     },
     "mutate": {
         Format.table: "gradcheck_cli.report.mutate:render",

@@ -4,6 +4,7 @@ fixture and the marker, and that it stays out of the way when not configured."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -359,3 +360,12 @@ def test_the_plugin_module_imports_no_numerics() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_docs_marker_example_runs(project: pytest.Pytester) -> None:
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n# test_marked\.py\n(.+?)```", text, re.S)
+    assert code is not None
+    shutil.copytree(ROOT / "examples", project.path / "examples")
+    project.makepyfile(test_marked=code.group(1))
+    project.runpytest("test_marked.py").assert_outcomes(passed=1)

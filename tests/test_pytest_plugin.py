@@ -369,3 +369,11 @@ def test_the_docs_marker_example_runs(project: pytest.Pytester) -> None:
     shutil.copytree(ROOT / "examples", project.path / "examples")
     project.makepyfile(test_marked=code.group(1))
     project.runpytest("test_marked.py").assert_outcomes(passed=1)
+
+
+def test_the_installed_distribution_registers_the_plugin() -> None:
+    from importlib.metadata import entry_points
+
+    (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "xentcheck"]
+    assert plugin.value == "gradcheck_cli.pytest_plugin"
+    assert plugin.dist is not None and plugin.dist.name == "xentcheck"

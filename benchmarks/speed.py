@@ -197,7 +197,8 @@ def main() -> None:
     print(
         f"cores {CORES}; exp {limits['exp64_ns']:.2f} ns (float64), {limits['exp32_ns']:.2f} ns "
         f"(float32) per element on one thread; read {limits['read_gbs']:.1f} GB/s, copy "
-        f"{limits['copy_gbs']:.1f} GB/s; runs per figure: {opts.runs} (medians)"
+        f"{limits['copy_gbs']:.1f} GB/s (bytes read + written); runs per figure: {opts.runs} "
+        "(medians)"
     )
     have_torch = _importable("torch")
     have_jax = _importable("jax") and _importable("optax")
@@ -231,9 +232,9 @@ def main() -> None:
         low = bound(case, limits, sampled)
         label = case.name + (f" (sampled {sampled})" if sampled else "")
         peer_text = ", ".join(f"{p} {statistics.median(r):.2f}x" for p, r in ratios.items())
+        over = f"{wall / low:7.1f}" if low >= 1e-3 else f"{'-':>7}"  # start-up only
         print(
-            f"{label:28} {wall:7.2f} {cpu:7.2f} {peak:8.0f} {low:8.3f} {wall / low:7.1f}  "
-            f"{peer_text}",
+            f"{label:28} {wall:7.2f} {cpu:7.2f} {peak:8.0f} {low:8.3f} {over}  {peer_text}",
             flush=True,
         )
         if case.fast:

@@ -232,3 +232,21 @@ def test_structured_product_with_one_hot_targets(monkeypatch: pytest.MonkeyPatch
     materialized = jacobian_gradient(problem).grad
     monkeypatch.setattr(jac_module, "JACOBIAN_CHUNK_ELEMENTS", 50)
     np.testing.assert_allclose(jacobian_gradient(problem).grad, materialized, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("budget", [1 << 18, 13 * 2])  # whole slice; one row at a time
+def test_differences_of_a_slice_keep_the_batch_scales(
+    monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """A slice of a mean batch (``rows_of``, carrying the whole batch's scales) is differenced
+    with those scales, not renormalised over its own rows."""
+    from gradcheck_cli.core import batch_scales, rows_of
+
+    monkeypatch.setattr(differences, "FD_BLOCK_ELEMENTS", budget)
+    rng = np.random.default_rng(9)
+    problem = CrossEntropyProblem(rng.normal(size=(6, 13)), labels=rng.integers(0, 13, 6))
+    part = rows_of(problem, slice(2, 5), batch_scales(problem), "float64")
+    for method in (finite_difference_gradient, complex_step_gradient):
+        np.testing.assert_allclose(
+            method(part).grad, method(problem).grad[2:5], rtol=1e-12, atol=1e-15
+        )

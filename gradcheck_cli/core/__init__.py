@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from gradcheck_cli.core import sigmoid_ce as _sigmoid_ce
 from gradcheck_cli.core import softmax_ce as _softmax_ce
 from gradcheck_cli.core.options import SIGMOID, LossKind
@@ -87,6 +89,17 @@ def batch_scales(problem: Problem) -> BatchScales:
     return _softmax_ce.float64_scales(problem)
 
 
+def carried_scales(problem: Problem) -> BatchScales:
+    """:func:`batch_scales`, or the scales a slice of a batch carries (``rows_of``): what
+    :func:`rows_of` needs to cut this problem again without changing any row's share."""
+    if isinstance(problem, SigmoidProblem):
+        return batch_scales(problem) if problem.scale is None else problem.scale
+    if problem.row_scales is None:
+        return batch_scales(problem)
+    alpha, beta = problem.row_scales
+    return alpha.astype(np.float64), beta.astype(np.float64)
+
+
 def rows_of(problem: Problem, rows: slice, scales: BatchScales, dtype: str) -> Problem:
     """Rows ``rows`` of ``problem`` as a problem of their own, in ``dtype``, carrying the whole
     batch's reduction ``scales`` (:func:`batch_scales`)."""
@@ -113,6 +126,7 @@ __all__ = [
     "SigmoidProblem",
     "batch_scales",
     "build_problem",
+    "carried_scales",
     "cast_problem",
     "class_weights",
     "contributions",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, batch_scales, contributions, rows_of
+from gradcheck_cli.core import Problem, carried_scales, contributions, rows_of
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -67,10 +67,10 @@ def complex_step(problem: Problem, h: float, columns: NDArray[np.intp] | None = 
     complex_type = np.result_type(z.dtype, np.complex64)
     step = float(np.asarray(h, dtype=z.dtype))  # the step as the dtype holds it
     group, block = row_groups(n, k)  # as the finite differences' blocks, one point
-    scales = batch_scales(problem)
+    scales = carried_scales(problem)
     for start in range(0, n, group):
         rows = slice(start, min(n, start + group))
-        part = problem if group >= n else rows_of(problem, rows, scales, z.dtype.name)
+        part = rows_of(problem, rows, scales, z.dtype.name)  # scales computed once, not per block
         zc = part.logits.astype(complex_type)
         r = zc.shape[0]
 

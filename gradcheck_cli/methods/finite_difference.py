@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, batch_scales, contributions, rows_of
+from gradcheck_cli.core import Problem, carried_scales, contributions, rows_of
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -99,11 +99,11 @@ def fd_gradient(
     inputs = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
     count = len(moved)
     group, block = row_groups(n, count * k)  # rows evaluated together, classes per block
-    scales = batch_scales(problem)
+    scales = carried_scales(problem)
     grad = np.empty_like(zf)
     for start in range(0, n, group):
         rows = slice(start, min(n, start + group))
-        part = problem if group >= n else rows_of(problem, rows, scales, z.dtype.name)
+        part = rows_of(problem, rows, scales, z.dtype.name)  # scales computed once, not per block
         at = [pt[rows] for pt in inputs]
 
         def evaluate(

@@ -394,8 +394,10 @@ def label_weights(problem: CrossEntropyProblem) -> FloatArray:
     """``w_{y_n}`` for every sample, 0 for ignored ones, shape (N,) (index labels only)."""
     assert problem.labels is not None
     valid = problem.valid
+    if problem.weight is None:  # every weight 1: no (K,) array of ones (called once per block)
+        return valid.astype(problem.logits.dtype)
     out = np.zeros(problem.shape[0], dtype=problem.logits.dtype)
-    out[valid] = class_weights(problem)[problem.labels[valid]]
+    out[valid] = problem.weight[problem.labels[valid]]
     return out
 
 

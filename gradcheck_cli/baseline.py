@@ -31,6 +31,7 @@ from typing import Any, Literal
 from gradcheck_cli.compare import Comparison, ulp
 from gradcheck_cli.errors import UsageError, XentcheckError
 from gradcheck_cli.model import Check, SpecResult
+from gradcheck_cli.report.json import jsonable
 from gradcheck_cli.report.short import comparison_name
 
 #: Version of the file's layout.
@@ -116,18 +117,14 @@ def _entries(results: Sequence[SpecResult]) -> dict[str, tuple[SpecResult, Compa
     return out
 
 
-def _number(x: float) -> float | str:
-    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
-
-
 def document(results: Sequence[SpecResult]) -> str:
     """The baseline file's text: every comparison's largest error, keys sorted."""
     from gradcheck_cli._version import __version__
 
     comparisons = {
         key: {
-            "max_abs_error": _number(c.max_abs_error),
-            "max_rel_error": _number(c.max_rel_error),
+            "max_abs_error": jsonable(c.max_abs_error),
+            "max_rel_error": jsonable(c.max_rel_error),
             "dtype": c.dtype,
             "rtol": c.rtol,
             "atol": c.atol,
@@ -267,9 +264,9 @@ def as_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [
         {
             "key": r.key,
-            "before": None if r.before is None else _number(r.before),
-            "after": None if r.after is None else _number(r.after),
-            "fails_at": None if r.limit is None else _number(r.limit),
+            "before": jsonable(r.before),
+            "after": jsonable(r.after),
+            "fails_at": jsonable(r.limit),
             "status": r.status,
         }
         for r in rows

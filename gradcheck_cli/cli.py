@@ -505,10 +505,10 @@ def _baseline_table(rows: Any, fmt: Format, quiet: bool, everything: bool) -> No
     stderr (unless --quiet); the grown, new and gone comparisons (``everything``: all)."""
     from gradcheck_cli import baseline as baseline_module
 
-    cells = baseline_module.table_rows(rows, everything)
-    console = _stdout() if fmt is Format.table and not quiet else _stderr()
     if quiet and fmt is not Format.table:
         return
+    cells = baseline_module.table_rows(rows, everything)
+    console = _stdout() if fmt is Format.table and not quiet else _stderr()
     grew = sum(r.status == "grew" for r in rows)
     title = f"baseline: {grew} of {len(rows)} comparisons grew past --fail-on-growth"
     console.print()

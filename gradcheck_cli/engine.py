@@ -222,18 +222,14 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         options = dataclass_replace(options, methods=options.methods or (REFERENCE_METHOD,))
     elif fused and (options.fast or spec.logits.strides == (0, 0)):  # chunks: no (N, V) logits
         return _run_linear(spec, options, problem, dtype)
-    sample = options.sample if options.sample is not None else SAMPLE_CLASSES
-    way = "full" if spec.layer is not None else fastmode.route(n, k, sample)
-    if way == "sampled" and (dtype != "float64" and not options.sample):
-        way = "fast"  # below float64 the in-dtype checks of a huge vocabulary are fast mode's
-    if spec.layer is not None and fastmode.needs_fast(n, k):
-        way = "fast"
+    way = _way(spec, options, n, k, dtype)
     if not parallel and (options.fast or (not options.full and way == "fast")):
         return _run_fast(spec, options, problem, dtype)
     if options.announce is not None and way != "full":
         options.announce(spec.name, float(n * k * k))
     columns = None
     if not options.full and spec.layer is None and (way == "sampled" or options.sample):
+        sample = options.sample or SAMPLE_CLASSES
         columns = sample_columns(problem.logits, getattr(problem, "labels", None), sample)
         if columns.size == k:
             columns = None
@@ -324,6 +320,19 @@ def _run_spec(spec: Spec, options: RunOptions) -> SpecResult:
         parallel=tuple(parallel_runs),
         sampled=None if columns is None else (int(columns.size), k),
     )
+
+
+def _way(spec: Spec, options: RunOptions, n: int, k: int, dtype: str) -> str:
+    """How an (N, K) spec is checked unless ``--full`` or ``--fast`` says: ``full``,
+    ``sampled`` or ``fast`` (``fastmode.route``). A layer spec is never sampled, nor, unless
+    ``--sample`` asks, one below float64 (the in-dtype checks of a huge vocabulary are fast
+    mode's)."""
+    if spec.layer is not None:
+        return "fast" if fastmode.needs_fast(n, k) else "full"
+    way = fastmode.route(n, k, options.sample or SAMPLE_CLASSES)
+    if way == "sampled" and dtype != "float64" and not options.sample:
+        return "fast"
+    return way
 
 
 def _result(

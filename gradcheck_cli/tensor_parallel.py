@@ -299,10 +299,12 @@ def check(
             raise impl_module.ImplError(f"--tensor-parallel {p}: {exc}") from None
         seconds = time.perf_counter() - started
         mine = _rank_rows(outs, p, ref_loss, scaled, tol, dtype)
-        checks = _rank_checks(outs, p, ref_loss, tol, native)
+        losses = [np.asarray(o.loss, dtype=np.float64).reshape(ref_loss.shape) for o in outs]
+        spread = _ranks_spread(losses)
+        checks = _rank_checks(outs, p, ref_loss, spread, tol, native)
         rows += mine
         found += checks
-        runs.append(_summary(outs, p, vocab, seconds, mine, checks, baseline))
+        runs.append(_summary(outs, p, vocab, seconds, mine, checks, spread, baseline))
         if baseline is None:
             baseline = (p, outs)
     order = {p: i for i, p in enumerate(parallel)}  # the table in the order given
@@ -345,14 +347,12 @@ def _rank_rows(
 
 
 def _rank_checks(
-    outs: list[RankOutput], p: int, ref_loss: np.ndarray, tol: Any, native: Any
+    outs: list[RankOutput], p: int, ref_loss: np.ndarray, spread: float, tol: Any, native: Any
 ) -> list[Any]:
     """The checks of one size over its ranks: they agree on the loss; no side effects; two
     identical calls agree; with ``native.views``, views give the same result."""
     from gradcheck_cli.model import Check
 
-    losses = [np.asarray(o.loss, dtype=np.float64).reshape(ref_loss.shape) for o in outs]
-    spread = _ranks_spread(losses)
     agree = tol("loss", ref_loss)
     allowed = agree.atol + agree.rtol * float(np.max(np.abs(ref_loss), initial=0.0))
     checks = [
@@ -411,15 +411,9 @@ def _ranks(p: int) -> str:
 
 
 def _ranks_spread(losses: list[np.ndarray]) -> float:
-    """The largest difference between two ranks' losses; equal values (inf and inf, nan and
-    nan) count as 0."""
-    top = 0.0
-    for x in losses[1:]:
-        with np.errstate(invalid="ignore"):
-            same = (x == losses[0]) | (np.isnan(x) & np.isnan(losses[0]))
-            diff = np.where(same, 0.0, np.abs(x - losses[0]))
-        top = max(top, float(np.nan_to_num(np.max(diff, initial=0.0), nan=np.inf)))
-    return top
+    """The largest difference between rank 0's loss and another rank's (see
+    :func:`_largest_difference`)."""
+    return max((_largest_difference(x, losses[0])[0] for x in losses[1:]), default=0.0)
 
 
 def _largest_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, ...]]:
@@ -441,6 +435,7 @@ def _summary(
     seconds: float,
     rows: list[Any],
     checks: list[Any],
+    spread: float,
     baseline: tuple[int, list[RankOutput]] | None,
 ) -> Any:
     """The :class:`~gradcheck_cli.model.ParallelRun` of one size: its worst errors against the
@@ -461,7 +456,7 @@ def _summary(
         grad_error=grad_rows[worst_grad].max_abs_error,
         grad_rank=worst_grad,
         grad_at=tuple(grad_rows[worst_grad].worst_index),
-        ranks_spread=_ranks_spread([np.asarray(o.loss, dtype=np.float64) for o in outs]),
+        ranks_spread=spread,
         passed=all(r.passed for r in rows) and all(c.passed for c in checks),
     )
     if baseline is None:

@@ -22,14 +22,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, carried_scales, contributions, rows_of
+from gradcheck_cli.core import Problem, contributions
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
     MethodSettings,
     NotComputable,
 )
-from gradcheck_cli.methods.differences import parallel_blocks, row_groups, workspace
+from gradcheck_cli.methods.differences import (
+    parallel_blocks,
+    row_groups,
+    row_parts,
+    workspace,
+    zero_at_minus_inf,
+)
 
 FloatArray = NDArray[np.float64]
 #: Imaginary step (absolute).
@@ -67,10 +73,7 @@ def complex_step(problem: Problem, h: float, columns: NDArray[np.intp] | None = 
     complex_type = np.result_type(z.dtype, np.complex64)
     step = float(np.asarray(h, dtype=z.dtype))  # the step as the dtype holds it
     group, block = row_groups(n, k)  # as the finite differences' blocks, one point
-    scales = carried_scales(problem)
-    for start in range(0, n, group):
-        rows = slice(start, min(n, start + group))
-        part = rows_of(problem, rows, scales, z.dtype.name)  # scales computed once, not per block
+    for rows, part in row_parts(problem, group):
         zc = part.logits.astype(complex_type)
         r = zc.shape[0]
 
@@ -85,8 +88,5 @@ def complex_step(problem: Problem, h: float, columns: NDArray[np.intp] | None = 
             grad[rows, cols] = (shares.imag / step).T
 
         parallel_blocks(one_block, range(0, chosen.size, block), work=2 * r * k * chosen.size)
-    infinite = ~finite
-    if columns is not None:  # the unsampled entries stay nan
-        infinite[:, np.setdiff1d(np.arange(k), columns)] = False
-    grad[infinite] = 0.0
+    zero_at_minus_inf(grad, finite, columns)
     return grad

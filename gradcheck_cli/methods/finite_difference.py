@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from gradcheck_cli.core import Problem, carried_scales, contributions, rows_of
+from gradcheck_cli.core import Problem, contributions
 from gradcheck_cli.methods._base import (
     DEFAULT_SETTINGS,
     GradientOutput,
@@ -41,8 +41,10 @@ from gradcheck_cli.methods.differences import (
     points,
     relative_steps,
     row_groups,
+    row_parts,
     step_factor,
     workspace,
+    zero_at_minus_inf,
 )
 
 FloatArray = NDArray[np.float64]
@@ -99,11 +101,8 @@ def fd_gradient(
     inputs = [np.where(finite, m, z) for m in moved]  # -inf logits stay -inf
     count = len(moved)
     group, block = row_groups(n, count * k)  # rows evaluated together, classes per block
-    scales = carried_scales(problem)
     grad = np.empty_like(zf)
-    for start in range(0, n, group):
-        rows = slice(start, min(n, start + group))
-        part = rows_of(problem, rows, scales, z.dtype.name)  # scales computed once, not per block
+    for rows, part in row_parts(problem, group):
         at = [pt[rows] for pt in inputs]
 
         def evaluate(
@@ -116,10 +115,7 @@ def fd_gradient(
         grad[rows] = coordinatewise(
             scheme, zf[rows], [m[rows] for m in moved], evaluate, base[rows], block, work, columns
         )
-    infinite = ~finite
-    if columns is not None:  # the unsampled entries stay nan
-        infinite[:, np.setdiff1d(np.arange(k), columns)] = False
-    grad[infinite] = 0.0
+    zero_at_minus_inf(grad, finite, columns)
     return grad
 
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gradcheck_cli import guard
 from gradcheck_cli.engine import RunOptions, run_spec
 from gradcheck_cli.errors import CannotCheck, SpecError, XentcheckError
 from gradcheck_cli.impl import Implementation, wrap
 from gradcheck_cli.impl import load as load_impl
-from gradcheck_cli.model import DType, Spec, SpecResult, error_result, skipped_result
+from gradcheck_cli.model import Check, DType, Spec, SpecResult, error_result, skipped_result
 
 __all__ = ["Report", "assert_passes", "check", "load", "run_paths"]
 
@@ -192,8 +193,47 @@ def run_paths(
     """
     from gradcheck_cli.spec import discover, load_file
 
+    worker, refs = _worker(options)
+    try:
+        return _run_found(
+            discover(paths, exclude), load_file, options, limits, progress, debug, worker, refs
+        )
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _worker(options: RunOptions) -> tuple[Any, Any]:
+    """The isolated worker (started, with the implementations loaded in it) and the refs it
+    loads them by, when ``options.isolation`` asks for one; (None, None) otherwise. A
+    tensor-parallel run is not isolated again: its ranks are worker processes already."""
+    if options.isolation is None or options.impl is None or options.tensor_parallel:
+        return None, None
+    from gradcheck_cli import isolation
+
+    refs = isolation.implementation_refs(options)
+    worker = isolation.Worker(options.isolation)
+    try:
+        worker.start()
+        worker.load(refs)
+    except BaseException:
+        worker.close()
+        raise
+    return worker, refs
+
+
+def _run_found(
+    found_items: Iterable[Any],
+    load_file: Callable[..., Any],
+    options: RunOptions,
+    limits: Mapping[str, int] | None,
+    progress: Callable[[int, int, str], None] | None,
+    debug: bool,
+    worker: Any,
+    refs: Any,
+) -> list[SpecResult]:
     results: list[SpecResult] = []
-    for found in discover(paths, exclude):
+    for found in found_items:
         if isinstance(found, SpecError):
             results.append(error_result(found.file, found.file, str(found), _where(found)))
             continue
@@ -210,7 +250,10 @@ def run_paths(
             if progress is not None:
                 progress(len(results), len(results) + 1, item.name)
                 run_options = replace(options, progress=_chunk_progress(progress, item.name))
-            results.append(_run_one(item, run_options, display, debug))
+            if worker is not None:
+                results.append(worker.run(item, run_options, refs, display, debug))
+            else:
+                results.append(_run_one(item, run_options, display, debug))
     return results
 
 
@@ -231,8 +274,47 @@ def display_path(path: Path, given: str) -> str:
 
 
 def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False) -> SpecResult:
-    """One spec's result; an error for it (never an exception) when it cannot be run."""
+    """One spec's result; an error for it (never an exception) when it cannot be run. What the
+    implementation changed in process-wide state and what it printed (``guard``) are part of
+    the result."""
     started = time.perf_counter()
+    return with_guard(_attempt(spec, options, display, debug), started)
+
+
+def with_guard(result: SpecResult, started: float | None = None) -> SpecResult:
+    """``result`` with what ``guard`` recorded since the last spec: a failed
+    ``impl_global_state`` check for each change of process-wide state (a note for a draw from
+    a global random generator), and the captured output. ``started``: set ``seconds``."""
+    changes = guard.drain_changes()
+    printed = guard.truncate(guard.drain_output())
+    if started is not None:
+        result = replace(result, seconds=time.perf_counter() - started)
+    if not changes and printed is None:
+        return result
+    failing = list(dict.fromkeys(text for fails, text in changes if fails))
+    noted = list(dict.fromkeys(text for fails, text in changes if not fails))
+    checks, status, message = result.checks, result.status, result.message
+    if failing and status == "error":
+        message = "\n".join([message or "", *failing]).strip()
+    elif failing and status in ("pass", "fail"):
+        checks = (*checks, Check("impl_global_state", False, "; ".join(failing)))
+        status = "fail"
+    else:
+        noted += failing
+    notes = result.method_notes
+    if noted:
+        notes = {**notes, "global_state": "; ".join(noted)}
+    return replace(
+        result,
+        checks=checks,
+        status=status,
+        message=message,
+        method_notes=notes,
+        output=printed or result.output,
+    )
+
+
+def _attempt(spec: Spec, options: RunOptions, display: str, debug: bool) -> SpecResult:
     try:
         result = run_spec(spec, options)
     except CannotCheck as exc:
@@ -256,7 +338,7 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
             "please report this with the spec file (--debug shows the traceback)",
             spec.locations,
         )
-    return replace(result, seconds=time.perf_counter() - started)
+    return result
 
 
 def _chunk_progress(

@@ -144,6 +144,7 @@ class DelayedProgress:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
 
 
 def bundled_specs_dir() -> Path:
@@ -345,9 +346,32 @@ def run(
             show_default=False,
         ),
     ] = None,
+    isolate: Annotated[
+        bool | None,
+        typer.Option(
+            "--isolate/--no-isolate",
+            help="Run the implementation in a worker process: a crash, a hang past --timeout "
+            "or an allocation past --max-memory fails only its spec, and what it prints is "
+            "shown under its spec. Default: on for torch/jax/optax implementations.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds a --tensor-parallel launch may take.", min=1.0)
-    ] = 120.0,
+        float,
+        typer.Option(
+            help="Seconds one call into an isolated implementation (or a --tensor-parallel "
+            "launch) may take before it is killed.",
+            min=0.1,
+        ),
+    ] = 300.0,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Address-space limit of the isolated worker (512M, 16G, none). Default: this "
+            "machine's RAM; none on a GPU device.",
+            show_default=False,
+        ),
+    ] = None,
     vocab_chunks: Annotated[
         str | None,
         typer.Option(
@@ -439,6 +463,7 @@ def run(
         _fail(str(exc))
     try:
         renderer("run", format)  # an unsupported format fails before any spec runs
+        isolated = _isolated(isolate, impl, tensor_parallel)
         if fast and full:
             raise UsageError("--fast and --full exclude each other")
         _check_output(output)
@@ -447,8 +472,9 @@ def run(
             rtol=rtol,
             atol=atol,
             dtype=dtype.value if dtype else None,
-            impl=_load_impl(impl, device),
-            compiled=_load_impl(impl, device, compile_backend) if compile else None,
+            impl=_load_impl(impl, device, isolated=isolated),
+            compiled=_load_impl(impl, device, compile_backend, isolated) if compile else None,
+            isolation=_isolation(isolated, timeout, max_memory, device),
             tolerance_model=Settings(
                 tolerance_model.value if tolerance_model else None, model_k, model_floor
             ),
@@ -579,18 +605,63 @@ def _announce(spec_name: str, operations: float) -> None:
     _warn_cost(operations, f"the element-wise check of {spec_name}", force=True)
 
 
-def _load_impl(target: str | None, device: str = "cpu", compile_backend: str | None = None) -> Any:
+def _load_impl(
+    target: str | None,
+    device: str = "cpu",
+    compile_backend: str | None = None,
+    isolated: bool = False,
+) -> Any:
     """The ``--impl`` implementation (under torch.compile with ``compile_backend``), or None;
-    ImplError (a XentcheckError) if it won't load."""
+    ImplError (a XentcheckError) if it won't load. ``isolated``: only a reference to it (the
+    worker imports it, this process never does)."""
     if target is None:
         if device != "cpu":
             raise UsageError("--device applies to --impl torch:... and jax:... only")
         if compile_backend is not None:
             raise UsageError("--compile needs --impl torch or --impl torch:module:function")
         return None
-    from gradcheck_cli.impl import load
+    from gradcheck_cli.impl import ImplError, is_native_target, load, reference
 
+    if isolated:
+        if compile_backend is not None and not target.startswith("torch"):
+            raise ImplError(f"--compile applies to torch implementations only, not {target!r}")
+        if device != "cpu" and not is_native_target(target):
+            raise ImplError(f"--device {device}: a NumPy implementation runs where NumPy does")
+        return reference(target, device, compile_backend)
     return load(target, device, compile_backend)
+
+
+def _isolated(given: bool | None, target: str | None, tensor_parallel: str | None) -> bool:
+    """Whether the implementation runs in a worker: as ``--isolate``/``--no-isolate`` say,
+    else for a framework-native one; never for ``--tensor-parallel`` (its ranks are workers
+    already) or without ``--impl``."""
+    if target is None or tensor_parallel:
+        return False
+    if given is not None:
+        return given
+    from gradcheck_cli.impl import is_native_target
+
+    return is_native_target(target)
+
+
+def _isolation(isolated: bool, timeout: float, max_memory: str | None, device: str) -> Any:
+    """``RunOptions.isolation`` for an isolated run (None otherwise); ``--max-memory``
+    defaults to the machine's RAM on the CPU and to no limit on a GPU (CUDA reserves far more
+    address space than it uses)."""
+    if not isolated:
+        return None
+    from gradcheck_cli import isolation
+
+    if max_memory is None:
+        limit = isolation.physical_memory() if device == "cpu" else None
+    else:
+        try:
+            limit = isolation.parse_memory(max_memory)
+        except ValueError:
+            raise UsageError(
+                f"--max-memory {max_memory}: expected a size such as 512M, 16G or 2.5G, or none"
+            ) from None
+    return isolation.Isolation(timeout=timeout, max_memory=limit)
 
 
 def _run_report(
@@ -620,6 +691,9 @@ def _run_report(
         found = run_paths(
             paths, options, limits=limits, progress=progress.update, debug=debug, exclude=exclude
         )
+    except XentcheckError as exc:  # an isolated implementation that will not load
+        progress.close()
+        _fail(str(exc))
     finally:
         progress.close()
     for r in found:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,6 +75,9 @@ from gradcheck_cli.model import (
 )
 from gradcheck_cli.precision import dtype_overflow, dtype_tolerance, predicted_error
 
+if TYPE_CHECKING:
+    from gradcheck_cli.isolation import Isolation
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -118,8 +121,12 @@ class RunOptions:
     tensor_parallel: tuple[int, ...] | None = None
     """``--tensor-parallel``: run the torch implementation on a process group of each size,
     rank by rank (``gradcheck_cli.tensor_parallel``), instead of in this process."""
-    timeout: float = 120.0
-    """``--timeout``: seconds a tensor-parallel launch may take."""
+    timeout: float = 300.0
+    """``--timeout``: seconds a tensor-parallel launch may take (an isolated call's limit is
+    ``isolation.timeout``)."""
+    isolation: Isolation | None = None
+    """``--isolate``: run the implementation in a worker process with these limits
+    (``gradcheck_cli.isolation``; ``api.run_paths`` starts it). None: in this process."""
     vocab_chunks: tuple[int, ...] | None = None
     """``--vocab-chunks``: the implementation is checked once per chunk count, passed as its
     chunk-count parameter (``--chunk-option``, or found by name: :data:`VOCAB_CHUNK_PARAMETERS`)."""

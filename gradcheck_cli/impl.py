@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gradcheck_cli import guard
 from gradcheck_cli.compare import Comparison, Tolerance, compare, ulp
 from gradcheck_cli.core import (
     BatchScales,
@@ -171,6 +172,36 @@ class Implementation:
     bound: tuple[tuple[str, Any], ...] = ()
     """Keyword options every call of this check passes besides the spec's (``--vocab-chunks``
     binds the kernel's chunk count: :func:`bind`)."""
+    target: str | None = None
+    """What :func:`load` was given (None for a Python callable): an isolated worker loads the
+    implementation again from it."""
+
+
+def is_native_target(target: str) -> bool:
+    """Whether ``--impl target`` names a framework-native loss (torch, JAX/optax)."""
+    return target in ("torch", "optax") or target.startswith(("torch:", "jax:"))
+
+
+def reference(
+    target: str, device: str = "cpu", compile_backend: str | None = None
+) -> Implementation:
+    """An implementation *named* but not loaded: an isolated run's parent never imports the
+    code under test (its worker loads it from ``target``, ``gradcheck_cli.isolation``).
+    Calling it is a bug."""
+    name = target if compile_backend is None else f"{target} [compiled: {compile_backend}]"
+    return Implementation(
+        name,
+        _not_loaded,
+        None,
+        builtin=target if target in ("torch", "optax") else None,
+        device=device,
+        compile_backend=compile_backend,
+        target=target,
+    )
+
+
+def _not_loaded(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("an isolated implementation runs in its worker, not here")
 
 
 def bound_label(impl: Implementation) -> str:
@@ -202,7 +233,7 @@ def load(target: str, device: str = "cpu", compile_backend: str | None = None) -
         return _native(target, "torch:", "torch", device, compile_backend)
     if device != "cpu":
         raise ImplError(f"--device {device}: a NumPy implementation runs where NumPy does")
-    return wrap(target, _import_function(target, target))
+    return replace(wrap(target, _import_function(target, target)), target=target)
 
 
 def _native(
@@ -242,6 +273,7 @@ def _native(
         builtin=builtin if target == builtin else None,
         device=device,
         compile_backend=compile_backend,
+        target=target,
     )
 
 
@@ -266,14 +298,16 @@ def _import_function(target: str, location: str) -> ImplFunction:
         if folder not in sys.path:
             sys.path.insert(0, folder)
         try:
-            spec.loader.exec_module(module)
+            with guard.calling("import"):
+                spec.loader.exec_module(module)
         except Exception as exc:
             raise ImplError(
                 f"--impl {target!r}: importing {where} raised {type(exc).__name__}: {exc}"
             ) from None
     else:
         try:
-            module = importlib.import_module(where)
+            with guard.calling("import"):
+                module = importlib.import_module(where)
         except Exception as exc:
             raise ImplError(
                 f"--impl {target!r}: cannot import {where} ({type(exc).__name__}: {exc})"
@@ -318,16 +352,21 @@ def options_for(spec: Spec, dtype: str | None = None) -> dict[str, Any]:
     return options
 
 
-def call(impl: Implementation, logits: np.ndarray, options: dict[str, Any]) -> tuple[Any, Any]:
-    """Call the implementation; any exception becomes an :class:`ImplError` naming it."""
+def call(
+    impl: Implementation, logits: np.ndarray, options: dict[str, Any], label: str = "call"
+) -> tuple[Any, Any]:
+    """Call the implementation (guarded, as ``label``: :func:`guard.calling`); any exception
+    becomes an :class:`ImplError` naming it."""
     options = accepted_options(impl, options)
     try:
         # a framework adapter copies into its own tensors; a NumPy function gets a copy
         given = logits if impl.native is not None else logits.copy()
-        out = impl.function(given, **options)
+        with guard.calling(label):
+            out = impl.function(given, **options)
     except Exception as exc:
         error = ImplError(
             f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
+            f"{guard.memory_hint(exc)}"
         )
         error.original = exc
         raise error from None
@@ -435,8 +474,12 @@ def native_checks(
     checks = checks or NativeChecks()
     given = accepted_options(impl, {k: v for k, v in options.items() if k != "grad_output"})
     try:
-        found, spread = impl.native.side_effects(logits, upstream, given, previous)
-        view_spread = impl.native.views(logits, upstream, given) if checks.views else None
+        with guard.calling("side-effect and determinism calls"):
+            found, spread = impl.native.side_effects(logits, upstream, given, previous)
+        view_spread = None
+        if checks.views:
+            with guard.calling("views call"):
+                view_spread = impl.native.views(logits, upstream, given)
     except Exception as exc:
         raise ImplError(
             f"implementation {impl.name} raised {type(exc).__name__}: {exc}{_where(exc)}"
@@ -839,7 +882,7 @@ def _summed_loss(impl: Implementation, options: dict[str, Any]) -> Callable[[np.
     """``z -> sum(impl loss(z))`` (real or complex, as the implementation returns it)."""
 
     def total(values: np.ndarray) -> Any:
-        loss, _ = call(impl, values, options)
+        loss, _ = call(impl, values, options, "self-consistency probe")
         if hasattr(loss, "detach"):
             loss = _torch_values(loss)
         return np.sum(np.asarray(loss))

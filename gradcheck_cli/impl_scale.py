@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gradcheck_cli import guard
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core import Problem
 from gradcheck_cli.impl import (
@@ -68,7 +69,9 @@ def forward_total(impl: Implementation, options: dict[str, Any]) -> Callable[[np
         given = accepted_options(impl, given)
 
         def total(values: np.ndarray) -> float:
-            return float(np.sum(np.asarray(native.forward(values, given), dtype=np.float64)))
+            with guard.calling("self-consistency probe"):
+                loss = native.forward(values, given)
+            return float(np.sum(np.asarray(loss, dtype=np.float64)))
 
         return total
 

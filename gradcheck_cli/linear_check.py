@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_cli import guard, tolerance_models
 from gradcheck_cli import impl as impl_module
-from gradcheck_cli import tolerance_models
 from gradcheck_cli.compare import Comparison, Tolerance, compare
 from gradcheck_cli.core.layer import Layer
 from gradcheck_cli.core.softmax_ce import CrossEntropyProblem
@@ -220,9 +220,11 @@ def call(
     given = impl_module.accepted_options(impl, options)
     try:
         if impl.native is not None:
-            loss, grads = impl.native.linear(arrays, upstream, given)
+            with guard.calling("call"):
+                loss, grads = impl.native.linear(arrays, upstream, given)
         else:
-            out = impl.function(*(None if a is None else a.copy() for a in arrays), **given)
+            with guard.calling("call"):
+                out = impl.function(*(None if a is None else a.copy() for a in arrays), **given)
             if not isinstance(out, tuple) or len(out) != 4:
                 raise ImplError(
                     f"implementation {impl.name} returned {type(out).__name__}; expected a "

@@ -147,6 +147,26 @@ class Check:
     detail: str
 
 
+@dataclass(frozen=True)
+class Captured:
+    """What an implementation printed while one spec ran (stdout and stderr together;
+    ``guard.truncate`` keeps the first and last lines)."""
+
+    text: str
+    """The kept lines, newline-joined (a line counts the dropped ones)."""
+    lines: int
+    """How many lines it printed in all."""
+    dropped: int
+    """How many of them are not in ``text``."""
+
+    def heading(self) -> str:
+        """``printed by the implementation (3 lines)``, with the dropped count if any."""
+        count = f"{self.lines:,} line{'s' if self.lines != 1 else ''}"
+        if self.dropped:
+            count += f", {self.dropped:,} dropped"
+        return f"printed by the implementation ({count})"
+
+
 @dataclass(frozen=True, eq=False)
 class SpecResult:
     """Everything computed for one spec (or the error that stopped it).
@@ -200,6 +220,8 @@ class SpecResult:
     an invalid spec ``error``: where the (first) problem is. Empty when unknown."""
     seconds: float = 0.0
     """Wall time spent on this spec (loading excluded)."""
+    output: Captured | None = None
+    """What the implementation under test printed while this spec ran (None: nothing)."""
 
 
 def error_result(

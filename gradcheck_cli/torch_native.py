@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gradcheck_cli import guard
 from gradcheck_cli.errors import XentcheckError
 
 
@@ -144,10 +145,12 @@ class TorchNative:
         torch = _torch()
         z = from_numpy(logits, self.device).requires_grad_(True)
         tensors = {k: _tensor(v, self.device) for k, v in options.items()}
-        loss = self.function(z, **tensors)
+        with guard.calling("forward"):
+            loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
-        tensors["__grad__"] = _backward(loss, z, grad_output)
+        with guard.calling("backward"):
+            tensors["__grad__"] = _backward(loss, z, grad_output)
         return z, loss, tensors
 
     def __call__(
@@ -171,13 +174,15 @@ class TorchNative:
             None if a is None else from_numpy(a, self.device).requires_grad_(True) for a in arrays
         ]
         tensors = {k: _tensor(v, self.device) for k, v in options.items()}
-        loss = self.function(*leaves, **tensors)
+        with guard.calling("forward"):
+            loss = self.function(*leaves, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
         wanted = [t for t in leaves if t is not None]
-        found = iter(
-            torch.autograd.grad(loss, wanted, _upstream(loss, grad_output), allow_unused=True)
-        )
+        with guard.calling("backward"):
+            found = iter(
+                torch.autograd.grad(loss, wanted, _upstream(loss, grad_output), allow_unused=True)
+            )
         grads: list[np.ndarray | None] = []
         for t in leaves:
             if t is None:
@@ -196,7 +201,8 @@ class TorchNative:
         with torch.no_grad():
             z = _as_tensor(logits, self.device)
             tensors = {k: _tensor(v, self.device) for k, v in options.items()}
-            loss = self.function(z, **tensors)
+            with guard.calling("forward"):
+                loss = self.function(z, **tensors)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"returned {type(loss).__name__}; expected a torch tensor (the loss)")
         return to_numpy(loss)
@@ -221,8 +227,10 @@ class TorchNative:
             longer = torch.zeros(labels.shape[0] + 1, dtype=labels.dtype, device=self.device)
             longer[1:] = labels
             tensors["labels"] = longer[1:]
-        out = self.function(z, **tensors)
-        g = _backward(out, z, grad_output)
+        with guard.calling("forward"):
+            out = self.function(z, **tensors)
+        with guard.calling("backward"):
+            g = _backward(out, z, grad_output)
         return max(_spread(to_numpy(out), loss), _spread(to_numpy(g), grad))
 
     def side_effects(

@@ -287,6 +287,9 @@ def heat_figure(c: Comparison) -> str:
 def spec_section(r: SpecResult, i: int) -> str:
     """One spec in full, as the terminal's verbose report shows it, with its heat maps."""
     parts = [f'<section class="spec {r.status}" id="{_anchor(i)}">', header(r)]
+    if r.output is not None:
+        parts.append(f'<p class="warn">{escape(r.output.heading())}:</p>')
+        parts.append(f'<pre class="output">{escape(r.output.text)}</pre>')
     if r.status == "error":
         parts.append(f'<pre class="message">{escape(r.message or "")}</pre>')
     elif r.status == "skip":

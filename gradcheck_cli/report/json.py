@@ -109,7 +109,15 @@ def result_dict(r: SpecResult) -> dict[str, Any]:
         "comparisons": [comparison_dict(c) for c in r.comparisons],
         "checks": [check_dict(c) for c in r.checks],
         "parallel": [jsonable(dataclasses.asdict(run)) for run in r.parallel],
+        "output": output_dict(r),
     }
+
+
+def output_dict(r: SpecResult) -> dict[str, Any] | None:
+    """What the implementation printed under this spec (kept lines, total, dropped), or None."""
+    if r.output is None:
+        return None
+    return {"text": r.output.text, "lines": r.output.lines, "dropped": r.output.dropped}
 
 
 def summary(results: Sequence[SpecResult]) -> dict[str, int]:

@@ -67,9 +67,12 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
         case = ET.SubElement(
             suite, "testcase", classname=r.file, name=r.name, time=f"{r.seconds:.3f}"
         )
+        printed = [r.output.heading() + ":", r.output.text] if r.output is not None else []
         if r.status == "error":
             error = ET.SubElement(case, "error", message=r.message or "invalid spec")
             error.text = r.message
+            if printed:
+                ET.SubElement(case, "system-out").text = "\n".join(printed)
             continue
         if r.status == "skip":
             ET.SubElement(case, "skipped", message=r.message or "skipped")
@@ -88,6 +91,6 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> str:
             failure = ET.SubElement(case, "failure", message=first)
             failure.text = "\n".join(line for line in lines if "FAIL" in line)
         out = ET.SubElement(case, "system-out")
-        out.text = "\n".join(lines)
+        out.text = "\n".join(lines + printed)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"

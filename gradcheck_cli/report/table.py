@@ -325,8 +325,22 @@ def check_table(r: SpecResult) -> Table | None:
     return table
 
 
+def output_block(r: SpecResult, named: bool = False) -> RenderableType | None:
+    """What the implementation printed under this spec (its first and last lines, the rest
+    counted), or None; ``named``: the heading names the spec (in the one-line-per-spec
+    report, where the spec's own block is not shown)."""
+    if r.output is None:
+        return None
+    heading = r.output.heading() + (f" under {r.name}" if named else "") + ":"
+    body = Text("\n".join("  " + line for line in r.output.text.splitlines()), style="dim")
+    return Group(Text(heading, style="yellow"), body)
+
+
 def spec_block(r: SpecResult) -> RenderableType:
     parts: list[RenderableType] = [header(r)]
+    printed = output_block(r)
+    if printed is not None:
+        parts.append(printed)
     if r.status == "error":  # its message is printed once, on stderr
         return Group(*parts)
     if r.status == "skip":
@@ -397,6 +411,9 @@ def render(results: Sequence[SpecResult], verbose: bool = False) -> RenderableTy
         for r in results:
             if r.status == "skip":
                 parts.append(Text(f"skipped {r.name}: {r.message}", style="yellow"))
+            printed = output_block(r, named=True) if r.status != "fail" else None
+            if printed is not None:
+                parts.append(printed)
         parts.append(Text(""))
         for r in results:
             if r.status == "fail":

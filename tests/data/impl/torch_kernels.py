@@ -113,3 +113,13 @@ def own_count(
     """Accepts num_items_in_batch but divides by its own batch's count (the bug transformers
     #34191 fixed): right on a whole batch whose count is M, wrong on each micro-batch."""
     return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)
+
+
+def sets_default_dtype(
+    logits: torch.Tensor, *, labels: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """Correct, but on the spec whose first logit is 13.0 it leaves torch's default dtype at
+    float64 (a global a later spec, or a later test, would silently inherit)."""
+    if float(logits.detach().reshape(-1)[0]) == 13.0:
+        torch.set_default_dtype(torch.float64)
+    return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)

@@ -33,7 +33,7 @@ IMPL = Path(__file__).resolve().parents[1] / "tests" / "data" / "impl" / "impls.
 
 def cast_copy(work: Path) -> Path:
     """A float32 spec whose logits come from a float64 file (so they are cast in memory)."""
-    spec, z, y = write(work, Case("4096 x 32000", 4096, 32000, "float32"))
+    _, z, y = write(work, Case("4096 x 32000", 4096, 32000, "float32"))
     wide = work / "z4096x32000-as-float64.npy"
     if not wide.exists():
         np.save(wide, np.load(z).astype(np.float64))

@@ -3,7 +3,7 @@
 Someone else's kernel may crash the process (a segfault in an extension, ``os.abort()`` in a
 C++ assertion), hang (a deadlocked collective, an endless autotune loop), print, allocate
 without bound or change process-wide state. Isolated, each spec is checked in one worker
-process (``python -m gradcheck_cli.isolation``), started once and reused across specs:
+process (``python -m gradcheck_cli.isolation_worker``), started once and reused across specs:
 
 * **Crashes.** A signal or an exit of the worker makes that spec an error naming the signal
   or the exit code, the call it was in and the worker's last lines of output; the next spec
@@ -23,7 +23,8 @@ Data: arrays of at least :data:`SHARED_BYTES` cross by files in ``/dev/shm`` (me
 by the receiver, one copy on the sender's side), the rest by pickle over a socket. An array
 the worker got from the parent is sent back as a reference, not copied.
 
-The parent half is :class:`Worker`; the worker's loop is :func:`serve`.
+The parent half is :class:`Worker`; the worker's loop is ``isolation_worker.serve`` (a
+module of its own: it runs ``api``, which runs this module's :class:`Worker`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -117,7 +117,7 @@ def describe_bytes(size: int) -> str:
 # --- arrays across the boundary --------------------------------------------------------------
 
 
-def _shared_dir() -> Path:
+def shared_dir() -> Path:
     """Where shared-memory files go: ``/dev/shm`` when it exists and has room, else the
     temporary directory."""
     shm = Path("/dev/shm")
@@ -199,13 +199,17 @@ def _file_region(array: np.ndarray) -> tuple[str, int] | None:
     return str(mapping.filename), start + here - begins
 
 
-def _dump(obj: Any, folder: Path, known: dict[int, int] | None = None) -> bytes:
+def dump(obj: Any, folder: Path, known: dict[int, int] | None = None) -> bytes:
+    """``obj`` pickled, its large arrays written to files in ``folder`` (or named by their own
+    file, or by their index in ``known``: id -> index); see :func:`load_blob`."""
     buffer = io.BytesIO()
     _Pickler(buffer, folder, known or {}).dump(obj)
     return buffer.getvalue()
 
 
-def _load(data: bytes, known: dict[int, np.ndarray] | None = None) -> tuple[Any, list[Any]]:
+def load_blob(data: bytes, known: dict[int, np.ndarray] | None = None) -> tuple[Any, list[Any]]:
+    """What :func:`dump` wrote (its files mapped, then unlinked; ``known``: index -> the
+    array the sender named by that index), and the memory maps made."""
     unpickler = _Unpickler(io.BytesIO(data), known or {})
     return unpickler.load(), unpickler.mapped
 
@@ -235,7 +239,7 @@ class Worker:
 
     def __init__(self, isolation: Isolation) -> None:
         self.isolation = isolation
-        self.folder = _shared_dir()
+        self.folder = shared_dir()
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.log_path = self.folder / "output.txt"
@@ -251,7 +255,13 @@ class Worker:
         limit = "none" if self.isolation.max_memory is None else str(self.isolation.max_memory)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gradcheck_cli.isolation", str(child.fileno()), limit],
+                [
+                    sys.executable,
+                    "-m",
+                    "gradcheck_cli.isolation_worker",
+                    str(child.fileno()),
+                    limit,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
                 stderr=self.log,
@@ -336,7 +346,7 @@ class Worker:
             isolation=None,
         )
         flags = (options.progress is not None, options.announce is not None)
-        blob = _dump((spec, stripped, refs, flags, display, debug), self.folder)
+        blob = dump((spec, stripped, refs, flags, display, debug), self.folder)
         outcome = self._request(("run", blob), None, options)
         printed = self._read_output()
         if isinstance(outcome, _Died):
@@ -347,7 +357,7 @@ class Worker:
                 spec.locations,
             )
             return replace(result, output=printed, seconds=time.perf_counter() - started)
-        done: SpecResult = _load(outcome, dict(enumerate(_arrays(spec))))[0]
+        done: SpecResult = load_blob(outcome, dict(enumerate(spec_arrays(spec))))[0]
         return replace(done, output=done.output or printed)
 
     def _request(self, message: tuple[Any, ...], label: str | None, options: Any) -> Any:
@@ -467,118 +477,6 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _arrays(spec: Spec) -> list[np.ndarray]:
+def spec_arrays(spec: Spec) -> list[np.ndarray]:
     """The spec's own arrays (the worker sends them back by reference)."""
     return [v for f in fields(spec) if isinstance(v := getattr(spec, f.name), np.ndarray)]
-
-
-# --- the worker's half -------------------------------------------------------------------------
-
-
-def serve(fd: int, max_memory: int | None) -> None:
-    """The worker's loop: answer the parent's requests on the socket ``fd`` until it closes
-    or says ``quit``."""
-    from gradcheck_cli import guard
-
-    if max_memory is not None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
-        guard.MEMORY_LIMIT = max_memory
-    conn = Connection(fd)
-    guard.CAPTURE = False  # our descriptors already go to the parent's file
-
-    def tell(event: str, label: str) -> None:
-        conn.send(("call", event, label))
-
-    guard.listener = tell
-    folder = _shared_dir()
-    loaded: dict[ImplRef, Any] = {}
-    try:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return
-            if message[0] == "quit":
-                return
-            if message[0] == "path":
-                sys.path[:] = message[1]
-                continue
-            if message[0] == "load":
-                conn.send(("done", _load_all(message[1], loaded)))
-                continue
-            conn.send(("done", _serve_run(message[1], loaded, conn, folder)))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _load_all(refs: dict[str, ImplRef], loaded: dict[ImplRef, Any]) -> str | None:
-    """Load each implementation (cached); the first error's message, or None."""
-    from gradcheck_cli.errors import XentcheckError
-    from gradcheck_cli.impl import bind, load
-
-    for ref in refs.values():
-        if ref in loaded:
-            continue
-        try:
-            impl = load(ref.target, ref.device, ref.compile_backend)
-        except XentcheckError as exc:
-            return str(exc)
-        for key, value in ref.bound:
-            impl = bind(impl, key, value)
-        loaded[ref] = impl
-    return None
-
-
-def _serve_run(blob: bytes, loaded: dict[ImplRef, Any], conn: Connection, folder: Path) -> bytes:
-    from gradcheck_cli import api
-
-    (spec, options, refs, flags, display, debug), _ = _load(blob)
-    started = time.perf_counter()
-    failure = _load_all(refs, loaded)
-    if failure is not None:
-        result = error_result(spec.name, display, f"{display}: {failure}", spec.locations)
-    else:
-        progress: Callable[..., None] | None = None
-        if flags[0]:
-
-            def progress(done: int, total: int) -> None:
-                conn.send(("progress", done, total))
-
-        announce: Callable[..., None] | None = None
-        if flags[1]:
-
-            def announce(name: str, operations: float) -> None:
-                conn.send(("announce", name, operations))
-
-        options = replace(
-            options,
-            impl=loaded[refs["impl"]] if "impl" in refs else None,
-            compiled=loaded[refs["compiled"]] if "compiled" in refs else None,
-            progress=progress,
-            announce=announce,
-        )
-        result = api._run_one(spec, options, display, debug)
-    result = replace(result, seconds=time.perf_counter() - started)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        return _dump(result, folder, {id(v): i for i, v in enumerate(_arrays(spec))})
-    except Exception as exc:  # something in the result does not pickle
-        failed = error_result(
-            spec.name,
-            display,
-            f"{display}: the worker could not send the result back ({type(exc).__name__}: {exc})",
-            spec.locations,
-        )
-        return _dump(failed, folder)
-
-
-def main(argv: list[str]) -> None:
-    fd, limit = int(argv[0]), argv[1]
-    serve(fd, None if limit == "none" else int(limit))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -301,7 +301,7 @@ def test_ctrl_c_stops_the_worker_and_writes_no_output(tmp_path: Path) -> None:
 def test_arrays_cross_by_file_and_keep_their_layout(tmp_path: Path) -> None:
     """Large arrays go as files (removed once mapped), a spec's memory-mapped .npy as its own
     file and offset, and a broadcast view (a linear spec's logits) as its one element."""
-    from gradcheck_cli.isolation import _dump, _load
+    from gradcheck_cli.isolation import dump, load_blob
 
     np.save(tmp_path / "z.npy", np.arange(3 * 2**18, dtype=np.float32).reshape(3, 2**18))
     on_disk = np.load(tmp_path / "z.npy", mmap_mode="r")
@@ -309,10 +309,10 @@ def test_arrays_cross_by_file_and_keep_their_layout(tmp_path: Path) -> None:
     large, small = np.linspace(0, 1, 2**18), np.arange(5)
     folder = tmp_path / "shared"
     folder.mkdir()
-    blob = _dump([on_disk, on_disk[1:], broadcast, large, small], folder)
+    blob = dump([on_disk, on_disk[1:], broadcast, large, small], folder)
     assert len(blob) < 2000  # no array's values in the message itself
     assert len(list(folder.iterdir())) == 1  # only `large` was written out
-    (disk, tail, view, big, few), _ = _load(blob)
+    (disk, tail, view, big, few), _ = load_blob(blob)
     assert list(folder.iterdir()) == []
     assert isinstance(disk, np.memmap) and Path(disk.filename) == tmp_path / "z.npy"
     np.testing.assert_array_equal(disk, on_disk)

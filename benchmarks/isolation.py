@@ -3,7 +3,9 @@
 Usage: python benchmarks/isolation.py [--runs N] [--workdir DIR]
 
 The implementation is the plain NumPy softmax cross-entropy of tests/data/impl/impls.py:correct
-(so the figures are xentcheck's and the isolation's, not a framework's start-up). Cases:
+(so the figures are xentcheck's and the isolation's, not a framework's start-up), and where
+torch is installed also ``--impl torch`` (F.cross_entropy; isolated, torch is imported by the
+worker instead of the parent). Cases:
 
 * 32 x 1000 float64, element-wise (a small check: the worker's start-up dominates);
 * 4096 x 32000 float32, fast mode, logits in a float32 .npy (the worker maps the same file);
@@ -18,6 +20,7 @@ largest of the processes (the parent, or the worker when isolated), not their su
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -49,20 +52,25 @@ def main() -> None:
     opts = parser.parse_args()
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="xentcheck-isolation-"))
     work.mkdir(parents=True, exist_ok=True)
-    specs = {
-        "32 x 1000 float64 element-wise": write(work, Case("", 32, 1000, "float64"))[0],
-        "4096 x 32000 float32 fast (.npy)": write(work, Case("", 4096, 32000, "float32"))[0],
-        "4096 x 32000 float32 fast (cast)": cast_copy(work),
+    numpy_impl = f"{IMPL}:correct"
+    small = write(work, Case("", 32, 1000, "float64"))[0]
+    large = write(work, Case("", 4096, 32000, "float32"))[0]
+    cases = {
+        "32 x 1000 float64 element-wise": (small, numpy_impl),
+        "4096 x 32000 float32 fast (.npy)": (large, numpy_impl),
+        "4096 x 32000 float32 fast (cast)": (cast_copy(work), numpy_impl),
     }
+    if importlib.util.find_spec("torch") is not None:
+        cases["32 x 1000 float64, --impl torch"] = (small, "torch")
+        cases["4096 x 32000 float32, --impl torch"] = (large, "torch")
     xc = command()
     print(f"runs per figure: {opts.runs} (medians; ratios paired run by run)")
     print(
-        f"{'case':34} {'in-process s':>12} {'isolated s':>10} {'ratio':>6} {'overhead s':>10} "
+        f"{'case':36} {'in-process s':>12} {'isolated s':>10} {'ratio':>6} {'overhead s':>10} "
         f"{'peak MB in/iso':>15}"
     )
-    for name, spec in specs.items():
-        base = [*xc, "run", str(spec), "--quiet", "--impl", f"{IMPL}:correct", "--max-array-mb"]
-        base.append("2000")
+    for name, (spec, impl) in cases.items():
+        base = [*xc, "run", str(spec), "--quiet", "--impl", impl, "--max-array-mb", "2000"]
         inside, isolated, ratios = [], [], []
         for _ in range(opts.runs):
             a = run([*base, "--no-isolate"])
@@ -75,7 +83,7 @@ def main() -> None:
         peak_in = max(t.peak_mb for t in inside)
         peak_iso = max(t.peak_mb for t in isolated)
         print(
-            f"{name:34} {t_in:12.2f} {t_iso:10.2f} {statistics.median(ratios):6.3f} "
+            f"{name:36} {t_in:12.2f} {t_iso:10.2f} {statistics.median(ratios):6.3f} "
             f"{t_iso - t_in:10.2f} {peak_in:7.0f}/{peak_iso:<7.0f}",
             flush=True,
         )

@@ -87,7 +87,7 @@ def _check_header(fh: IO[bytes], size: int, name: str, max_bytes: int) -> None:
     if count * dtype.itemsize > max_bytes:
         raise ArrayFileError(
             f"{name} holds {count:,} elements of {dtype} ({count * dtype.itemsize / 2**20:,.0f} "
-            f"MiB), more than the limit of {max_bytes / 2**20:,.0f} MiB"
+            f"MiB), more than the limit of {max_bytes / 2**20:,.0f} MiB (--max-array-mb)"
         )
     expected = fh.tell() + count * dtype.itemsize
     if expected != size:

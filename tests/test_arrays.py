@@ -85,7 +85,7 @@ def test_forged_huge_header_is_refused(tmp_path: Path) -> None:
     forged = b"\x93NUMPY\x01\x00" + len(header.ljust(118) + b"\n").to_bytes(2, "little")
     forged += header.ljust(118) + b"\n" + data[-24:]
     (tmp_path / "z.npy").write_bytes(forged)
-    assert "more than the limit of 640 MiB" in message(
+    assert "more than the limit of 640 MiB (--max-array-mb)" in message(
         tmp_path, "logits: {file: z.npy}\nlabel: 0\n"
     )
 

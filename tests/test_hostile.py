@@ -253,5 +253,5 @@ def test_size_limits_are_configurable(tmp_path: Path) -> None:
     np.save(tmp_path / "y.npy", np.zeros(300, dtype=np.int64))
     result = runner.invoke(app, ["run", str(big), "--max-array-mb", "2", "-q"])
     assert result.exit_code == 2
-    assert "more than the limit of 2 MiB" in result.stderr
+    assert "more than the limit of 2 MiB (--max-array-mb)" in result.stderr
     assert runner.invoke(app, ["run", str(big), "-q"]).exit_code == 0

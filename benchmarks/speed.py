@@ -221,18 +221,26 @@ def main() -> None:
             peers["jax check_grads"] = _python(JAX.format(z=str(z), y=str(y)))
         ours: list[Timing] = []
         ratios: dict[str, list[float]] = {p: [] for p in peers}
+        failed: dict[str, str] = {}
         runs = 1 if "--full" in case.extra or case.n * case.k > 1e8 else opts.runs
         for _ in range(runs):
             mine = run(args)
             ours.append(mine)
-            for name, peer in peers.items():
-                ratios[name].append(run(peer).wall / mine.wall)
+            for name, peer in list(peers.items()):
+                try:
+                    ratios[name].append(run(peer).wall / mine.wall)
+                except SystemExit as exc:  # a peer that cannot do this size (out of memory)
+                    failed[name] = str(exc).rsplit(" exited ", 1)[-1].split(":")[0]
+                    del peers[name]
         wall = statistics.median(t.wall for t in ours)
         cpu = statistics.median(t.cpu for t in ours)
         peak = max(t.peak_mb for t in ours)
         low = bound(case, limits, sampled)
         label = case.name + (f" (sampled {sampled})" if sampled else "")
-        peer_text = ", ".join(f"{p} {statistics.median(r):.2f}x" for p, r in ratios.items())
+        peer_text = ", ".join(
+            f"{p} exited {failed[p]}" if p in failed else f"{p} {statistics.median(r):.2f}x"
+            for p, r in ratios.items()
+        )
         over = f"{wall / low:7.1f}" if low >= 1e-3 else f"{'-':>7}"  # start-up only
         print(
             f"{label:28} {wall:7.2f} {cpu:7.2f} {peak:8.0f} {low:8.3f} {over}  {peer_text}",

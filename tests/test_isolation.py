@@ -96,6 +96,7 @@ CORPUS = [
     ("aborts", (), "error", "killed by SIGABRT (signal 6) during its call"),
     ("segfaults", (), "error", "killed by SIGSEGV (signal 11) during its call"),
     ("exits", (), "error", "sys.exit(3) was called"),
+    ("exits_hard", (), "error", "worker exited with code 5 during its call; its last output:"),
     ("loops", ("--timeout", "5"), "error", "its call did not finish within --timeout 5 s"),
     ("allocates", ("--max-memory", "4G"), "error", "over the worker's --max-memory of 4.0 GiB"),
     ("sets_errstate", (), "fail", "changed NumPy's error state (divide: warn -> ignore"),

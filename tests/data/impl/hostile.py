@@ -40,6 +40,13 @@ def exits(logits, **options):  # type: ignore[no-untyped-def]
     return correct(logits, **options)
 
 
+def exits_hard(logits, **options):  # type: ignore[no-untyped-def]
+    if _triggered(logits):
+        print("leaving", file=sys.stderr, flush=True)
+        os._exit(5)  # no exception, no clean-up: the process is gone
+    return correct(logits, **options)
+
+
 def loops(logits, **options):  # type: ignore[no-untyped-def]
     while _triggered(logits):
         pass

@@ -68,7 +68,12 @@ def _version(value: bool) -> None:
 
 
 class Interrupted(BaseException):
-    """Ctrl-C, raised by our SIGINT handler (Click would turn KeyboardInterrupt into exit 1)."""
+    """Ctrl-C or SIGTERM, raised by our handler (Click would turn KeyboardInterrupt into exit
+    1); ``signum`` gives the exit code, 128 + signum."""
+
+    def __init__(self, signum: int = 2) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -1271,18 +1276,23 @@ def _debug_requested(argv: list[str]) -> bool:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise Interrupted
+    raise Interrupted(signum)
 
 
 def main() -> None:
-    """Console-script entry point: exit 130 on Ctrl-C (no traceback, no partial --output), and
-    one line for an internal error (its traceback with --debug)."""
+    """Console-script entry point: exit 130 on Ctrl-C and 143 on SIGTERM (no traceback, no
+    partial --output, an isolated worker stopped), and one line for an internal error (its
+    traceback with --debug)."""
     import signal
 
     signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
-    except (Interrupted, KeyboardInterrupt):
+    except Interrupted as stop:
+        sys.stderr.write("xentcheck: interrupted\n")
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
         sys.stderr.write("xentcheck: interrupted\n")
         sys.exit(130)
     except Exception as exc:  # every expected error is handled inside the commands

@@ -75,14 +75,26 @@ def truncate(text: str) -> Captured | None:
     """``text`` as :class:`Captured`: its first :data:`HEAD_LINES` and last :data:`TAIL_LINES`
     lines, each cut to :data:`LINE_CHARS`, and a line counting the rest; None when empty."""
     lines = text.splitlines()
-    if not lines:
+    if len(lines) <= HEAD_LINES + TAIL_LINES:
+        return summarise(lines, [], len(lines))
+    return summarise(lines[:HEAD_LINES], lines[-TAIL_LINES:], len(lines))
+
+
+def summarise(head: list[str], tail: list[str], total: int) -> Captured | None:
+    """:class:`Captured` of ``total`` lines of which ``head`` are the first and ``tail`` the
+    last (the rest dropped and counted); None when there are none."""
+    if total == 0:
         return None
-    cut = [ln if len(ln) <= LINE_CHARS else ln[:LINE_CHARS] + " [...]" for ln in lines]
-    if len(cut) <= HEAD_LINES + TAIL_LINES:
-        return Captured("\n".join(cut), len(lines), 0)
-    dropped = len(cut) - HEAD_LINES - TAIL_LINES
-    kept = [*cut[:HEAD_LINES], f"[... {dropped:,} lines dropped ...]", *cut[-TAIL_LINES:]]
-    return Captured("\n".join(kept), len(lines), dropped)
+
+    def cut(ln: str) -> str:
+        return ln if len(ln) <= LINE_CHARS else ln[:LINE_CHARS] + " [...]"
+
+    dropped = max(0, total - len(head) - len(tail))
+    kept = [cut(ln) for ln in head]
+    if dropped:
+        kept.append(f"[... {dropped:,} lines dropped ...]")
+    kept += [cut(ln) for ln in tail]
+    return Captured("\n".join(kept), total, dropped)
 
 
 def memory_hint(exc: BaseException) -> str:

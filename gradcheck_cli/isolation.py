@@ -57,6 +57,8 @@ DEFAULT_TIMEOUT = 300.0
 SHARED_BYTES = 1 << 20
 #: Lines of the worker's output quoted in a crash's error.
 TAIL_LINES = 8
+#: Bytes of a long log read from each end (the rest is only counted).
+LOG_WINDOW = 1 << 16
 #: Seconds the worker gets to exit after being asked to, before its session is killed.
 QUIT_GRACE = 2.0
 
@@ -242,8 +244,8 @@ class Worker:
         self.folder = shared_dir()
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
-        self.log_path = self.folder / "output.txt"
-        self.log = open(self.log_path, "w+b")  # noqa: SIM115 (closed in close())
+        # the worker's stdout and stderr: on disk (not in /dev/shm, which is memory), unnamed
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.read_to = 0
 
     # life cycle
@@ -253,14 +255,18 @@ class Worker:
         parent, child = socket.socketpair()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         limit = "none" if self.isolation.max_memory is None else str(self.isolation.max_memory)
+        (self.folder / "worker").mkdir(exist_ok=True)  # its files: removed with ours
         try:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",  # the current directory cannot shadow the worker's own imports
                     "-m",
                     "gradcheck_cli.isolation_worker",
                     str(child.fileno()),
                     limit,
+                    str(self.folder / "worker"),
+                    str(os.getpid()),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=self.log,
@@ -279,16 +285,17 @@ class Worker:
     def close(self) -> None:
         """Ask the worker to exit, then kill its session (children it left behind too), and
         remove the shared files."""
-        if self.proc is not None:
-            if self.proc.poll() is None and self.conn is not None:
+        try:
+            if self.proc is not None and self.proc.poll() is None and self.conn is not None:
                 try:
                     self.conn.send(("quit",))
                     self.proc.wait(QUIT_GRACE)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
+        finally:  # even when a second Ctrl-C interrupts the wait
             self._kill()
-        self.log.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+            self.log.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
@@ -317,12 +324,9 @@ class Worker:
         fails the run before any spec (ImplError with the worker's message)."""
         from gradcheck_cli.impl import ImplError
 
-        outcome = self._request(("load", refs), "the implementation's import", None)
+        outcome = self._request(("load", refs), "import", None)
         if isinstance(outcome, _Died):
-            raise ImplError(
-                f"--isolate: the worker {outcome.how} while importing the implementation"
-                f"{outcome.tail}"
-            )
+            raise ImplError(f"--isolate: the worker {outcome.how}{outcome.tail}")
         if outcome is not None:
             raise ImplError(outcome)
 
@@ -346,7 +350,11 @@ class Worker:
             isolation=None,
         )
         flags = (options.progress is not None, options.announce is not None)
-        blob = dump((spec, stripped, refs, flags, display, debug), self.folder)
+        try:
+            blob = dump((spec, stripped, refs, flags, display, debug), self.folder)
+        except OSError as exc:  # no room for the shared files
+            message = f"{display}: --isolate: cannot pass the spec's arrays to the worker ({exc})"
+            return error_result(spec.name, display, message, spec.locations)
         outcome = self._request(("run", blob), None, options)
         printed = self._read_output()
         if isinstance(outcome, _Died):
@@ -432,23 +440,47 @@ class Worker:
         return _Died(how + where, self._tail())
 
     def _tail(self) -> str:
-        self.log.flush()
-        self.log.seek(self.read_to)
-        text = self.log.read().decode("utf-8", errors="replace")
-        self.log.seek(0, io.SEEK_END)
-        lines = last_words(text)
+        """What the worker printed last (for a crash's message): from the end of the log."""
+        head, tail, _ = self._log_since(self.read_to)
+        lines = last_words(head + tail)
         if not lines:
             return ""
         return "; its last output:\n" + "\n".join("  " + ln for ln in lines)
 
     def _read_output(self) -> Any:
+        """What the worker printed for this spec, truncated (``guard.summarise``)."""
         from gradcheck_cli import guard
 
-        self.log.flush()
-        self.log.seek(self.read_to)
-        text = self.log.read().decode("utf-8", errors="replace")
+        head, tail, total = self._log_since(self.read_to)
         self.read_to = self.log.seek(0, io.SEEK_END)
-        return guard.truncate(text)
+        if not tail:
+            return guard.truncate(head)
+        return guard.summarise(
+            head.splitlines()[: guard.HEAD_LINES], tail.splitlines()[1:][-guard.TAIL_LINES :], total
+        )
+
+    def _log_since(self, start: int) -> tuple[str, str, int]:
+        """The log from ``start``: (all of it, "", lines) when short; else (its first
+        :data:`LOG_WINDOW` bytes, its last, its line count), never the whole of a long log in
+        memory."""
+        self.log.flush()
+        end = self.log.seek(0, io.SEEK_END)
+        self.log.seek(start)
+        if end - start <= 2 * LOG_WINDOW:
+            data = self.log.read(end - start)
+            return data.decode("utf-8", errors="replace"), "", data.count(b"\n")
+        head = self.log.read(LOG_WINDOW)
+        lines, last = head.count(b"\n"), head[-1:]
+        while chunk := self.log.read(1 << 20):
+            lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+        self.log.seek(end - LOG_WINDOW)
+        tail = self.log.read(LOG_WINDOW)
+        lines += last != b"\n"
+        return (
+            head.decode("utf-8", errors="replace"),
+            tail.decode("utf-8", errors="replace"),
+            lines,
+        )
 
 
 def last_words(text: str) -> list[str]:

@@ -5,6 +5,7 @@ and the transport both use)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -14,15 +15,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from gradcheck_cli.isolation import ImplRef, dump, load_blob, shared_dir, spec_arrays
+from gradcheck_cli.isolation import ImplRef, dump, load_blob, spec_arrays
 from gradcheck_cli.model import error_result
 
 
-def serve(fd: int, max_memory: int | None) -> None:
+def serve(fd: int, max_memory: int | None, folder: Path, parent: int) -> None:
     """The worker's loop: answer the parent's requests on the socket ``fd`` until it closes
-    or says ``quit``."""
+    or says ``quit``; its shared files go to ``folder`` (the parent removes it). The worker
+    dies with its parent (process ``parent``), even one killed outright."""
     from gradcheck_cli import guard
 
+    _die_with(parent)
     if max_memory is not None:
         import resource
 
@@ -35,7 +38,6 @@ def serve(fd: int, max_memory: int | None) -> None:
         conn.send(("call", event, label))
 
     guard.listener = tell
-    folder = shared_dir()
     loaded: dict[ImplRef, Any] = {}
     try:
         while True:
@@ -118,9 +120,34 @@ def _serve_run(blob: bytes, loaded: dict[ImplRef, Any], conn: Connection, folder
         return dump(failed, folder)
 
 
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+    so that a parent killed by SIGKILL or a second Ctrl-C leaves no worker running a hung
+    call; elsewhere a thread watches the parent."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # gone before the kernel was told
+        os._exit(1)
+
+
 def main(argv: list[str]) -> None:
-    fd, limit = int(argv[0]), argv[1]
-    serve(fd, None if limit == "none" else int(limit))
+    fd, limit, folder, parent = int(argv[0]), argv[1], Path(argv[2]), int(argv[3])
+    serve(fd, None if limit == "none" else int(limit), folder, parent)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +75,13 @@ def _no_process_left(wait: float = 3.0) -> list[str]:
     return left
 
 
+def _shared_folders() -> set[Path]:
+    found = set()
+    for where in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+        found |= set(where.glob("xentcheck-iso-*")) if where.is_dir() else set()
+    return found
+
+
 def _specs(tmp_path: Path) -> Path:
     f = tmp_path / "specs.yaml"
     f.write_text(SPECS)
@@ -110,7 +118,7 @@ CORPUS = [
 def test_a_hostile_implementation_loses_only_its_own_spec(
     tmp_path: Path, function: str, extra: tuple[str, ...], status: str, said: str
 ) -> None:
-    started = time.perf_counter()
+    started, folders = time.perf_counter(), _shared_folders()
     code, report, stderr = _run_json(tmp_path, f"{HOSTILE}:{function}", "--isolate", *extra)
     results = _by_name(report)
     assert results["good-first"]["status"] == "pass", stderr
@@ -122,6 +130,7 @@ def test_a_hostile_implementation_loses_only_its_own_spec(
     assert code == (2 if status == "error" else 1)
     assert report["summary"]["total"] == 3
     assert _no_process_left() == []
+    assert _shared_folders() <= folders  # nothing left in /dev/shm, even after a crash
     if "--timeout" in extra:  # killed at the time-out, not at the sleep's end
         assert time.perf_counter() - started < 60
 
@@ -321,3 +330,50 @@ def test_arrays_cross_by_file_and_keep_their_layout(tmp_path: Path) -> None:
     assert view.strides == (0, 0) and view.shape == (8, 8000) and view[7, 7999] == 0.5
     np.testing.assert_array_equal(big, large)
     np.testing.assert_array_equal(few, small)
+
+
+def _hang(tmp_path: Path, function: str = "spawns_and_hangs") -> subprocess.Popen[bytes]:
+    """A run whose hostile spec is hanging (its worker, and the child it spawned, running)."""
+    specs = str(_specs(tmp_path))
+    proc = subprocess.Popen(
+        [*CLI, f"{HOSTILE}:{function}", "--isolate", "-f", "json", specs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    needle = "time.sleep(600)" if function == "spawns_and_hangs" else "isolation_worker"
+    while not any(needle in c for c in _left_over()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(0.5)  # inside the call
+    return proc
+
+
+def test_sigterm_and_a_second_ctrl_c_stop_the_worker_and_its_children(tmp_path: Path) -> None:
+    proc = _hang(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert _no_process_left() == []
+    proc = _hang(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # while the parent waits for the worker to quit
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert _no_process_left() == []
+
+
+def test_a_parent_killed_outright_takes_its_worker_with_it(tmp_path: Path) -> None:
+    proc = _hang(tmp_path, "loops")
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _no_process_left() == []  # the kernel killed the worker (PR_SET_PDEATHSIG)
+
+
+def test_the_current_directory_cannot_shadow_the_workers_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mmap.py").write_text("raise ImportError('shadowed')\n")
+    monkeypatch.chdir(tmp_path)
+    _, report, stderr = _run_json(tmp_path, f"{HOSTILE}:aborts", "--isolate")
+    assert [r["status"] for r in report["results"]] == ["pass", "error", "pass"], stderr

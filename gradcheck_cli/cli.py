@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -88,6 +90,11 @@ def _state(ctx: typer.Context) -> CliState:
     return obj if isinstance(obj, CliState) else CliState()
 
 
+_report_out: Any = None
+"""Where a report on stdout goes when ``sys.stdout`` no longer is stdout
+(:func:`_stdout_on_stderr`); None: ``sys.stdout``."""
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -102,6 +109,8 @@ def _root(
     ] = False,
 ) -> None:
     """Verify softmax cross-entropy losses and their gradients."""
+    global _report_out
+    _report_out = None  # a report of an earlier command in this process went elsewhere
     ctx.obj = CliState(debug=debug)
 
 
@@ -111,11 +120,15 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _out() -> Any:
+    return _report_out if _report_out is not None else sys.stdout
+
+
 def _stdout() -> Console:
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
-    return Console(highlight=False, width=width)
+    width = None if _out().isatty() or os.environ.get("COLUMNS") else 120
+    return Console(highlight=False, width=width, file=_out())
 
 
 def _fail(message: str) -> NoReturn:
@@ -162,7 +175,8 @@ def bundled_specs_dir() -> Path:
 def _write(text: str, output: Path | None) -> None:
     """Write the report to stdout, or atomically to ``output`` (temporary file, then rename)."""
     if output is None:
-        sys.stdout.write(text)
+        _out().write(text)
+        _out().flush()  # (sys.stdout may no longer be this stream: no one else flushes it)
         return
     import tempfile
 
@@ -693,9 +707,15 @@ def _run_report(
             )
     progress = DelayedProgress(enabled=not quiet and sys.stderr.isatty())
     try:
-        found = run_paths(
-            paths, options, limits=limits, progress=progress.update, debug=debug, exclude=exclude
-        )
+        with _stdout_on_stderr(options.impl is not None and options.isolation is None):
+            found = run_paths(
+                paths,
+                options,
+                limits=limits,
+                progress=progress.update,
+                debug=debug,
+                exclude=exclude,
+            )
     except XentcheckError as exc:  # an isolated implementation that will not load
         progress.close()
         _fail(str(exc))
@@ -714,6 +734,35 @@ def _run_report(
                 markup=False,
             )
     return Report(tuple(found))
+
+
+@contextmanager
+def _stdout_on_stderr(active: bool) -> Iterator[None]:
+    """While an in-process implementation may run, file descriptor 1 and ``sys.stdout`` point
+    at stderr: what its background threads print between its calls (the calls themselves are
+    captured by ``guard``) cannot reach the report on stdout. Afterwards descriptor 1 is back,
+    but ``sys.stdout`` stays on stderr for threads that outlive the run; the report is written
+    to the real stdout (``_report_out``)."""
+    global _report_out
+    _report_out = None
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no descriptors to move
+        yield
+        return
+    out, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        _report_out = out
 
 
 def _emit(

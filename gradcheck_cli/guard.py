@@ -125,8 +125,10 @@ def drain_changes() -> list[tuple[bool, str]]:
             label if (n := labels.count(label)) == 1 else f"{label} ×{n}"
             for label in dict.fromkeys(labels)
         )
-        then = "restored" if fails else "restored when the spec ended"
-        out.append((fails, f"the implementation {what} (in its {named}); {then}"))
+        then = "; restored" if fails else ""
+        if what.startswith("drew from"):
+            then = "; restored when the spec ended"
+        out.append((fails, f"the implementation {what} (in its {named}){then}"))
     return out
 
 
@@ -270,7 +272,12 @@ def _restore(before: dict[str, Any], label: str) -> None:
         record(True, f"changed NumPy's error state ({moved})")
         np.seterr(**before["numpy_err"])
     imported = len(sys.modules) > before["modules"]  # a library's import-time filters are its own
-    if list(warnings.filters) != before["warnings"] and not imported:
+    if list(warnings.filters) != before["warnings"] and imported:
+        new = len(sys.modules) - before["modules"]
+        modules = f"{new} new module{'s' if new != 1 else ''}"
+        what = f"changed the warnings filters while importing ({modules}; not restored:"
+        _changes.append((False, f"{what} they may be those modules' own)", label))
+    elif list(warnings.filters) != before["warnings"]:
         added = [f for f in warnings.filters if f not in before["warnings"]]
         what = f"{added[0][0]!r} for {_category(added[0][2])}" if added else "a removal"
         record(True, f"changed the warnings filters ({len(added)} added, first {what})")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,19 @@ def test_ten_thousand_printed_lines_keep_the_json_valid(tmp_path: Path) -> None:
     assert _no_process_left() == []
 
 
+def test_a_background_thread_printing_after_its_call_cannot_corrupt_the_json(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.run(
+        [*CLI, f"{HOSTILE}:prints_later", "--no-isolate", "-f", "json", str(_specs(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert json.loads(proc.stdout)["summary"]["passed"] == 3, proc.stderr
+    assert "background line" not in proc.stdout
+
+
 def test_printed_lines_are_shown_under_their_spec_in_the_table(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--impl", f"{HOSTILE}:prints", str(_specs(tmp_path))])
     assert result.exit_code == 0, result.output
@@ -240,6 +255,28 @@ def test_the_guard_restores_state_and_names_the_call(drained: None) -> None:
         ),
     ]
     assert guard.drain_changes() == []
+
+
+def test_a_filter_set_while_importing_is_noted_not_restored(drained: None) -> None:
+    """A module imported during the call may set its own filters: the change is said, and
+    left (restoring would undo the module's); without an import it fails and is undone."""
+    sys.modules.pop("colorsys", None)
+    before = list(warnings.filters)
+    try:
+        with guard.calling("call"):
+            import colorsys  # noqa: F401
+
+            warnings.simplefilter("ignore", ResourceWarning)
+        (change,) = guard.drain_changes()
+        assert change[0] is False
+        assert re.search(r"while importing \(\d+ new modules?; not restored", change[1])
+    finally:
+        warnings.filters[:] = before
+    with guard.calling("call"):
+        warnings.simplefilter("ignore", ResourceWarning)
+    (change,) = guard.drain_changes()
+    assert change[0] is True and "changed the warnings filters" in change[1]
+    assert warnings.filters == before
 
 
 def test_the_guard_captures_output_and_turns_sys_exit_into_an_error(drained: None) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -64,6 +65,19 @@ def prints(logits, **options):  # type: ignore[no-untyped-def]
     if _triggered(logits):
         for i in range(10_000):
             print(f"debug line {i}: {{not json")
+    return correct(logits, **options)
+
+
+def prints_later(logits, **options):  # type: ignore[no-untyped-def]
+    """Prints from a background thread, after its call has returned (outside the guard)."""
+    if _triggered(logits):
+
+        def chatter() -> None:
+            for i in range(20):
+                time.sleep(0.01)
+                print(f"background line {i}: {{not json", flush=True)
+
+        threading.Thread(target=chatter, daemon=True).start()
     return correct(logits, **options)
 
 

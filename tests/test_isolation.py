@@ -110,7 +110,7 @@ CORPUS = [
     ("loops", ("--timeout", "5"), "error", "its call did not finish within --timeout 5 s"),
     ("allocates", ("--max-memory", "4G"), "error", "over the worker's --max-memory of 4.0 GiB"),
     ("sets_errstate", (), "fail", "changed NumPy's error state (divide: warn -> ignore"),
-    ("spawns_and_hangs", ("--timeout", "5"), "error", "did not finish within --timeout 5 s"),
+    ("spawns_and_hangs", ("--timeout", "2"), "error", "did not finish within --timeout 2 s"),
 ]
 
 
@@ -177,7 +177,8 @@ def test_a_background_thread_printing_after_its_call_cannot_corrupt_the_json(
         timeout=120,
     )
     assert json.loads(proc.stdout)["summary"]["passed"] == 3, proc.stderr
-    assert "background line" not in proc.stdout
+    # (a line printed during a later call is captured as that call's output, inside the JSON)
+    assert not [ln for ln in proc.stdout.splitlines() if ln.startswith("background line")]
 
 
 def test_printed_lines_are_shown_under_their_spec_in_the_table(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradcheck_cli import guard
 from gradcheck_cli.engine import RunOptions, run_spec
@@ -29,6 +29,9 @@ from gradcheck_cli.errors import CannotCheck, SpecError, XentcheckError
 from gradcheck_cli.impl import Implementation, wrap
 from gradcheck_cli.impl import load as load_impl
 from gradcheck_cli.model import Check, DType, Spec, SpecResult, error_result, skipped_result
+
+if TYPE_CHECKING:
+    from gradcheck_cli.isolation import ImplRef, Worker
 
 __all__ = ["Report", "assert_passes", "check", "load", "run_paths"]
 
@@ -191,19 +194,17 @@ def run_paths(
     re-raises internal errors instead of reporting them; ``exclude`` globs leave files out of
     directory searches (see ``spec.discover``).
     """
-    from gradcheck_cli.spec import discover, load_file
+    from gradcheck_cli.spec import discover
 
     worker, refs = _worker(options)
     try:
-        return _run_found(
-            discover(paths, exclude), load_file, options, limits, progress, debug, worker, refs
-        )
+        return _run_found(discover(paths, exclude), options, limits, progress, debug, worker, refs)
     finally:
         if worker is not None:
             worker.close()
 
 
-def _worker(options: RunOptions) -> tuple[Any, Any]:
+def _worker(options: RunOptions) -> tuple[Worker | None, dict[str, ImplRef] | None]:
     """The isolated worker (started, with the implementations loaded in it) and the refs it
     loads them by, when ``options.isolation`` asks for one; (None, None) otherwise. A
     tensor-parallel run is not isolated again: its ranks are worker processes already."""
@@ -224,14 +225,16 @@ def _worker(options: RunOptions) -> tuple[Any, Any]:
 
 def _run_found(
     found_items: Iterable[Any],
-    load_file: Callable[..., Any],
     options: RunOptions,
     limits: Mapping[str, int] | None,
     progress: Callable[[int, int, str], None] | None,
     debug: bool,
-    worker: Any,
-    refs: Any,
+    worker: Worker | None,
+    refs: dict[str, ImplRef] | None,
 ) -> list[SpecResult]:
+    """The results of the specs ``discover`` found, in order (through ``worker`` when set)."""
+    from gradcheck_cli.spec import load_file
+
     results: list[SpecResult] = []
     for found in found_items:
         if isinstance(found, SpecError):
@@ -250,7 +253,7 @@ def _run_found(
             if progress is not None:
                 progress(len(results), len(results) + 1, item.name)
                 run_options = replace(options, progress=_chunk_progress(progress, item.name))
-            if worker is not None:
+            if worker is not None and refs is not None:
                 results.append(worker.run(item, run_options, refs, display, debug))
             else:
                 results.append(_run_one(item, run_options, display, debug))
@@ -278,17 +281,16 @@ def _run_one(spec: Spec, options: RunOptions, display: str, debug: bool = False)
     implementation changed in process-wide state and what it printed (``guard``) are part of
     the result."""
     started = time.perf_counter()
-    return with_guard(_attempt(spec, options, display, debug), started)
+    return _with_guard(_attempt(spec, options, display, debug), started)
 
 
-def with_guard(result: SpecResult, started: float | None = None) -> SpecResult:
-    """``result`` with what ``guard`` recorded since the last spec: a failed
-    ``impl_global_state`` check for each change of process-wide state (a note for a draw from
-    a global random generator), and the captured output. ``started``: set ``seconds``."""
+def _with_guard(result: SpecResult, started: float) -> SpecResult:
+    """``result`` with its ``seconds`` since ``started`` and what ``guard`` recorded since the
+    last spec: a failed ``impl_global_state`` check for each change of process-wide state (a
+    note for a draw from a global random generator), and the captured output."""
     changes = guard.drain_changes()
     printed = guard.truncate(guard.drain_output())
-    if started is not None:
-        result = replace(result, seconds=time.perf_counter() - started)
+    result = replace(result, seconds=time.perf_counter() - started)
     if not changes and printed is None:
         return result
     failing = list(dict.fromkeys(text for fails, text in changes if fails))

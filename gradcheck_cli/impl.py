@@ -187,7 +187,8 @@ def reference(
 ) -> Implementation:
     """An implementation *named* but not loaded: an isolated run's parent never imports the
     code under test (its worker loads it from ``target``, ``gradcheck_cli.isolation``).
-    Calling it is a bug."""
+    Calling it is a bug. The options are checked as :func:`load` checks them."""
+    _check_placement(target, device, compile_backend)
     name = target if compile_backend is None else f"{target} [compiled: {compile_backend}]"
     return Implementation(
         name,
@@ -224,16 +225,22 @@ def load(target: str, device: str = "cpu", compile_backend: str | None = None) -
     ``cuda:N``, ``mps``; JAX ``cpu``, ``cuda``/``gpu``, ``tpu`` (``:N``). ``compile_backend``:
     the torch loss under ``torch.compile`` with that backend, named ``TARGET [compiled:
     BACKEND]``."""
+    _check_placement(target, device, compile_backend)
+    if target == "optax" or target.startswith("jax:"):
+        return _native(target, "jax:", "optax", device)
+    if target == "torch" or target.startswith("torch:"):
+        return _native(target, "torch:", "torch", device, compile_backend)
+    return replace(wrap(target, _import_function(target, target)), target=target)
+
+
+def _check_placement(target: str, device: str, compile_backend: str | None) -> None:
+    """ImplError for ``--compile`` on a target that is not torch, or ``--device`` on a NumPy
+    one."""
     is_torch = target == "torch" or target.startswith("torch:")
     if compile_backend is not None and not is_torch:
         raise ImplError(f"--compile applies to torch implementations only, not {target!r}")
-    if target == "optax" or target.startswith("jax:"):
-        return _native(target, "jax:", "optax", device)
-    if is_torch:
-        return _native(target, "torch:", "torch", device, compile_backend)
-    if device != "cpu":
+    if device != "cpu" and not is_native_target(target):
         raise ImplError(f"--device {device}: a NumPy implementation runs where NumPy does")
-    return replace(wrap(target, _import_function(target, target)), target=target)
 
 
 def _native(
